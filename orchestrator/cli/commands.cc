@@ -1,0 +1,42 @@
+#include "commands.h"
+
+#include <ostream>
+
+namespace llmorch::cli {
+
+const std::vector<Command>& commands() {
+  static const std::vector<Command> table = {
+      // {"weights", "compute priority weights and whole-CPU shares (offline)", cmd_weights},
+      // {"plan", "place VMs on a host described by a capabilities file (offline)", cmd_plan},
+  };
+  return table;
+}
+
+namespace {
+void usage(std::ostream& os) {
+  os << "usage: llmorch <command> [options]\n\n"
+        "llmorch places LLM virtual machines on a KVM host's NUMA nodes and shows what llmorchd does.\n\n"
+        "commands:\n";
+  for (const Command& c : commands()) {
+    os << "  " << c.name << std::string(c.name.size() < 10 ? 10 - c.name.size() : 1, ' ') << c.summary
+       << "\n";
+  }
+  os << "\n'llmorch <command> --help' explains a command.\n"
+        "Exit status: 0 done, 1 the environment failed (libvirt, missing VM), 2 bad arguments or input,\n"
+        "3 the host cannot fit the VM.\n";
+}
+}  // namespace
+
+int run(const std::vector<std::string>& argv, Io io) {
+  if (argv.size() < 2 || argv[1] == "--help" || argv[1] == "-h" || argv[1] == "help") {
+    usage(argv.size() < 2 ? io.err : io.out);
+    return argv.size() < 2 ? kExitUsage : kExitOk;
+  }
+  for (const Command& c : commands()) {
+    if (c.name == argv[1]) return c.run({argv.begin() + 2, argv.end()}, io);
+  }
+  io.err << "llmorch: unknown command '" << argv[1] << "'; 'llmorch --help' lists the commands\n";
+  return kExitUsage;
+}
+
+}  // namespace llmorch::cli

@@ -1,0 +1,40 @@
+// The ops CLI's subcommands. Each lives in its own cmd_NAME.cc and is listed in commands.cc.
+#pragma once
+
+#include <iosfwd>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace llmorch::cli {
+
+// Exit statuses, the same for every subcommand (documented in README.md).
+inline constexpr int kExitOk = 0;        // done
+inline constexpr int kExitFailure = 1;   // the environment failed: libvirt error, VM not found, ...
+inline constexpr int kExitUsage = 2;     // bad arguments, malformed template/config/capabilities
+inline constexpr int kExitNoFit = 3;     // the host cannot fit the VM (nothing was changed)
+
+struct Io {
+  std::ostream& out;
+  std::ostream& err;
+};
+
+// args: the subcommand's own arguments (without the program and subcommand names).
+using CommandFn = int (*)(const std::vector<std::string>& args, Io io);
+
+struct Command {
+  std::string_view name;
+  std::string_view summary;
+  CommandFn run;
+};
+
+const std::vector<Command>& commands();
+
+// Entry point used by main(): dispatches argv[1] to its subcommand.
+int run(const std::vector<std::string>& argv, Io io);
+
+// Subcommands (one file each).
+int cmd_weights(const std::vector<std::string>& args, Io io);
+int cmd_plan(const std::vector<std::string>& args, Io io);
+
+}  // namespace llmorch::cli
