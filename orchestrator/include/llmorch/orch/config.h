@@ -1,0 +1,39 @@
+// Host configuration: one INI file (/etc/llmorch/llmorch.conf unless --config names another).
+// Command-line options override the file; a missing default file means built-in defaults.
+#pragma once
+
+#include <cstdint>
+#include <set>
+#include <stdexcept>
+#include <string>
+
+#include "llmorch/policy/types.h"
+
+namespace llmorch::orch {
+
+inline constexpr const char* kDefaultConfigPath = "/etc/llmorch/llmorch.conf";
+
+struct HostConfig {
+  std::set<policy::CpuId> reserved_cpus;   // host CPUs never given to VMs
+  std::set<policy::CpuId> shared_cpus;     // pool `shared` VMs float over; empty: unreserved CPUs of the node
+  double alpha = 0.8;                      // weighting: priority vs equal split
+  int interval_ms = 1000;                  // daemon tick
+  std::uint64_t memory_reserve_mib = 512;  // per node, memory VMs may not take
+  std::string domain_type = "kvm";         // default for templates that do not set one
+};
+
+class ConfigError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// Parses a CPU list such as "0-3,8,10-11". Throws std::invalid_argument naming the bad part.
+std::set<policy::CpuId> parse_cpu_list(const std::string& text);
+// Formats a CPU set as a compact list ("0-3,8").
+std::string format_cpu_list(const std::set<policy::CpuId>& cpus);
+
+// path empty: the default path, which may be missing. A named file that is missing is an error.
+// Throws ConfigError naming the file, the key and what is allowed.
+HostConfig load_config(const std::string& path);
+
+}  // namespace llmorch::orch

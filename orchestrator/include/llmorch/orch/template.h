@@ -1,0 +1,41 @@
+// VM templates: INI files (templates/*.conf) read with Boost.Program_options. Every key is documented
+// in templates/README.md.
+#pragma once
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "llmorch/policy/types.h"
+
+namespace llmorch::orch {
+
+struct VmTemplate {
+  int vcpus = 1;                       // vCPUs online at start
+  int max_vcpus = 0;                   // vCPUs the domain can hot-add up to; 0 after load means = vcpus
+  std::uint64_t memory_mib = 0;        // memory at start (balloon current)
+  std::uint64_t max_memory_mib = 0;    // domain maximum; what placement reserves. 0 after load: = memory_mib
+  std::uint64_t memory_floor_mib = 0;  // never balloon below this
+  policy::CpuPolicy cpu_policy = policy::CpuPolicy::Dedicated;
+  std::uint64_t hugepage_kib = 0;      // 0, 2048 or 1048576
+  double priority = 1.0;               // used until the agent reports
+  double priority_min = 1.0;           // an agent's reported priority is clamped into [min, max]
+  double priority_max = 100.0;
+  std::string domain_type;             // "kvm" or "qemu"; empty: the host config's domain_type
+  std::string kernel, initrd, kernel_args;  // direct kernel boot
+  std::string disk;                    // or a disk image
+};
+
+// A template problem: names the file, the key and what is allowed.
+class TemplateError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// Reads `path`, then applies overrides ("KEY=VALUE", split at the first '='), then validates.
+// Throws TemplateError.
+VmTemplate load_template(const std::string& path, const std::vector<std::string>& overrides = {});
+
+}  // namespace llmorch::orch

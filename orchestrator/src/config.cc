@@ -1,0 +1,2 @@
+// placeholder; see orchestrator/include/llmorch/orch
+namespace llmorch::orch {}
