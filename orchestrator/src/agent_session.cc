@@ -1,0 +1,95 @@
+#include "llmorch/orch/agent_session.h"
+
+#include <algorithm>
+#include <cassert>
+#include <cmath>
+
+#include "llmorch/protocol/codec.h"
+
+namespace llmorch::orch {
+
+using std::chrono::duration;
+using std::chrono::milliseconds;
+
+AgentSession::AgentSession(AgentSessionLimits limits, TimePoint now)
+    : limits_(limits), tokens_(limits.burst), refilled_at_(now) {
+  assert(limits_.priority_min > 0 && limits_.priority_min <= limits_.priority_max);
+  assert(limits_.rate_per_s > 0 && limits_.burst >= 1 && limits_.hostile_errors >= 1);
+}
+
+std::vector<protocol::Report> AgentSession::feed(std::string_view bytes, TimePoint now) {
+  std::vector<protocol::Report> reports;
+  for (protocol::Frame& frame : decoder_.feed(bytes)) {
+    if (!take_token(now)) {
+      ++counters_.rate_limited;
+      record_error(now, "guest sends more than the rate limit allows; frames dropped");
+      continue;
+    }
+    if (frame.oversized) {
+      ++counters_.oversized;
+      record_error(now, "frame longer than " + std::to_string(protocol::kMaxFrameBytes) + " bytes");
+      continue;
+    }
+    protocol::ParseStats stats;
+    auto parsed = protocol::parse_report(frame.line, &stats);
+    counters_.unknown_keys += stats.unknown_keys;
+    if (!parsed) {
+      ++counters_.malformed;
+      record_error(now, parsed.error());
+      continue;
+    }
+    ++counters_.frames_ok;
+    latest_ = sanitise(parsed.value());
+    latest_at_ = now;
+    reports.push_back(*latest_);
+  }
+  return reports;
+}
+
+std::optional<protocol::Report> AgentSession::latest(TimePoint now) const {
+  if (!latest_) return std::nullopt;
+  milliseconds ttl = std::max(limits_.min_ttl,
+                              milliseconds(latest_->interval_ms * static_cast<std::uint64_t>(limits_.ttl_intervals)));
+  if (now - latest_at_ > ttl) return std::nullopt;
+  return latest_;
+}
+
+bool AgentSession::hostile(TimePoint now) const { return now < hostile_until_; }
+
+bool AgentSession::take_token(TimePoint now) {
+  // A clock that goes backwards (it should not) refills nothing.
+  double elapsed_s = std::max(0.0, duration<double>(now - refilled_at_).count());
+  tokens_ = std::min(limits_.burst, tokens_ + elapsed_s * limits_.rate_per_s);
+  refilled_at_ = std::max(refilled_at_, now);
+  if (tokens_ < 1.0) return false;
+  tokens_ -= 1.0;
+  return true;
+}
+
+void AgentSession::record_error(TimePoint now, std::string message) {
+  last_error_ = std::move(message);
+  recent_errors_.push_back(now);
+  if (recent_errors_.size() > static_cast<std::size_t>(limits_.hostile_errors)) recent_errors_.pop_front();
+  if (recent_errors_.size() == static_cast<std::size_t>(limits_.hostile_errors) &&
+      now - recent_errors_.front() <= limits_.hostile_window)
+    hostile_until_ = now + limits_.hostile_window;
+}
+
+protocol::Report AgentSession::sanitise(protocol::Report r) {
+  bool clamped = false;
+  if (r.priority) {
+    double p = std::clamp(*r.priority, limits_.priority_min, limits_.priority_max);
+    clamped |= p != *r.priority;
+    r.priority = p;
+  }
+  std::uint64_t floor_cap = r.mem_total_kib / 1024;
+  if (limits_.floor_max_mib > 0) floor_cap = std::min(floor_cap, limits_.floor_max_mib);
+  if (r.floor_mib > floor_cap) {
+    r.floor_mib = floor_cap;
+    clamped = true;
+  }
+  if (clamped) ++counters_.clamped;
+  return r;
+}
+
+}  // namespace llmorch::orch

@@ -1,0 +1,67 @@
+#include "llmorch/protocol/frame_decoder.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+
+namespace llmorch::protocol {
+namespace {
+
+TEST(FrameDecoder, JoinsFramesSplitAcrossFeeds) {
+  FrameDecoder d;
+  EXPECT_TRUE(d.feed("LLMO1 rep").empty());
+  EXPECT_EQ(d.pending(), 9u);
+  auto frames = d.feed("ort a=1\nLLMO1 x");
+  ASSERT_EQ(frames.size(), 1u);
+  EXPECT_EQ(frames[0].line, "LLMO1 report a=1");
+  frames = d.feed("\n");
+  ASSERT_EQ(frames.size(), 1u);
+  EXPECT_EQ(frames[0].line, "LLMO1 x");
+  EXPECT_EQ(d.pending(), 0u);
+}
+
+TEST(FrameDecoder, ByteAtATime) {
+  FrameDecoder d;
+  std::string input = "a\r\nbb\n\n\nccc\n";
+  std::vector<std::string> lines;
+  for (char c : input)
+    for (auto& f : d.feed(std::string_view(&c, 1))) lines.push_back(f.line);
+  EXPECT_EQ(lines, (std::vector<std::string>{"a", "bb", "ccc"}));
+}
+
+TEST(FrameDecoder, OversizedLineIsDiscardedToNextNewlineAndReportedOnce) {
+  FrameDecoder d(16);
+  auto frames = d.feed(std::string(10, 'x'));
+  EXPECT_TRUE(frames.empty());
+  frames = d.feed(std::string(10, 'y'));
+  ASSERT_EQ(frames.size(), 1u);
+  EXPECT_TRUE(frames[0].oversized);
+  EXPECT_EQ(d.pending(), 0u);
+  // It goes on for a long time: still discarded, not reported again, memory stays bounded.
+  for (int i = 0; i < 1000; ++i) EXPECT_TRUE(d.feed(std::string(100, 'z')).empty());
+  EXPECT_EQ(d.pending(), 0u);
+  frames = d.feed("zzz\nok\n");
+  ASSERT_EQ(frames.size(), 1u);
+  EXPECT_FALSE(frames[0].oversized);
+  EXPECT_EQ(frames[0].line, "ok");
+}
+
+TEST(FrameDecoder, LimitIsInclusive) {
+  FrameDecoder d(4);
+  auto frames = d.feed("abcd\nabcde\nabcd\r\n");
+  ASSERT_EQ(frames.size(), 3u);
+  EXPECT_EQ(frames[0].line, "abcd");
+  EXPECT_TRUE(frames[1].oversized);
+  EXPECT_EQ(frames[2].line, "abcd");
+}
+
+TEST(FrameDecoder, PassesNulAndGarbageBytesThroughForTheParserToReject) {
+  FrameDecoder d;
+  std::string input("a\0b\xff\n", 5);
+  auto frames = d.feed(input);
+  ASSERT_EQ(frames.size(), 1u);
+  EXPECT_EQ(frames[0].line, std::string("a\0b\xff", 4));
+}
+
+}  // namespace
+}  // namespace llmorch::protocol
