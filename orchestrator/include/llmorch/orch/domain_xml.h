@@ -1,0 +1,83 @@
+// libvirt domain XML for llmorch VMs: generation (pure, pugixml) and reading back llmorch's facts and
+// a few live values. No libvirt include: this is plain text in, plain text out.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "llmorch/orch/template.h"
+#include "llmorch/policy/types.h"
+
+namespace llmorch::orch {
+
+// The XML namespace of llmorch's <metadata> element (and its prefix / virDomainSetMetadata key).
+inline constexpr const char* kMetadataNamespace = "https://llmorch.dev/xmlns/domain/1";
+inline constexpr const char* kMetadataPrefix = "llmorch";
+// The virtio-serial port name the in-guest agent looks for.
+inline constexpr const char* kAgentChannelName = "org.llmorch.agent.0";
+
+// What llmorch knows about a VM beyond libvirt's own view; stored in the domain's <metadata> so a
+// restarted orchestrator rebuilds its state from libvirt alone.
+struct VmFacts {
+  std::string template_path;
+  double priority = 1.0;
+  double priority_min = 1.0;
+  double priority_max = 100.0;
+  int vcpus = 1;
+  int max_vcpus = 1;
+  std::uint64_t memory_mib = 0;
+  std::uint64_t max_memory_mib = 0;
+  std::uint64_t memory_floor_mib = 0;
+  policy::CpuPolicy cpu_policy = policy::CpuPolicy::Dedicated;
+  std::uint64_t hugepage_kib = 0;
+  policy::Placement placement;
+};
+
+VmFacts make_facts(const std::string& template_path, const VmTemplate& tmpl,
+                   const policy::Placement& placement);
+
+struct DomainSpec {
+  std::string name;
+  std::string template_path;  // recorded in the metadata only
+  VmTemplate tmpl;            // max_vcpus and max_memory_mib already resolved (non-zero)
+  // Dedicated: placement.cpus has one host CPU per vCPU up to tmpl.max_vcpus (placement was
+  // requested with max_vcpus, so hot-added vCPUs land on reserved CPUs). Shared: the pool.
+  policy::Placement placement;
+  std::string domain_type = "kvm";  // "kvm" or "qemu", already resolved against the host config
+  std::uint64_t cpu_shares = 1024;
+  // Host CPUs for QEMU's emulator threads. Empty: the VM's own CPUs (dedicated) or the pool (shared).
+  std::vector<policy::CpuId> emulator_cpus;
+};
+
+// VM names become file names and libvirt names: [A-Za-z0-9_.-]{1,64}, and not "." or "..".
+bool valid_vm_name(std::string_view name);
+
+// Deterministic for a given spec (golden-file tested). Throws std::invalid_argument when the spec is
+// inconsistent (bad name, unknown domain type, too few pinned CPUs, cells not covering every vCPU).
+std::string render_domain_xml(const DomainSpec& spec);
+
+// The <metadata> child element alone (what virDomainSetMetadata takes; namespace on the root).
+std::string render_metadata(const VmFacts& facts);
+
+// Accepts a whole domain XML (live or inactive) or the metadata fragment itself (as rendered, or as
+// virDomainGetMetadata returns it). nullopt when there is no llmorch metadata or it is malformed.
+std::optional<VmFacts> parse_metadata(std::string_view xml);
+
+// Values read back from a (live) domain XML.
+struct LiveDomainXml {
+  std::map<int, std::vector<policy::CpuId>> vcpu_pins;  // vCPU -> host CPUs; absent: not pinned
+  std::vector<policy::CpuId> emulator_pins;             // empty: not pinned
+  std::optional<std::uint64_t> cpu_shares;
+  std::string channel_path;  // socket of the llmorch agent channel; empty if none or not yet started
+  int vcpus_current = 0;
+  int vcpus_max = 0;
+};
+
+// Throws std::invalid_argument when the text is not a domain XML.
+LiveDomainXml parse_live_domain_xml(std::string_view domain_xml);
+
+}  // namespace llmorch::orch

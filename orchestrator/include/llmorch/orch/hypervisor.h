@@ -1,0 +1,142 @@
+// The hypervisor as llmorch sees it: one small interface, one libvirt backend (orchestrator/libvirt/),
+// fakes beside the tests. No libvirt include here.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "llmorch/orch/domain_xml.h"
+#include "llmorch/policy/types.h"
+
+namespace llmorch::orch {
+
+// A hypervisor call failed. what() is a sentence for the operator: what failed, libvirt's message, and
+// the hint (what to do).
+class HypervisorError : public std::runtime_error {
+ public:
+  enum class Kind { Other, NoDomain, Connection, InvalidArgument };
+
+  HypervisorError(Kind kind, const std::string& action, std::string libvirt_message, std::string hint)
+      : std::runtime_error(action + ": " + libvirt_message + (hint.empty() ? "" : " (" + hint + ")")),
+        kind_(kind), libvirt_message_(std::move(libvirt_message)), hint_(std::move(hint)) {}
+
+  Kind kind() const { return kind_; }
+  const std::string& libvirt_message() const { return libvirt_message_; }
+  const std::string& hint() const { return hint_; }
+
+ private:
+  Kind kind_;
+  std::string libvirt_message_;
+  std::string hint_;
+};
+
+enum class DomainState { NoState, Running, Blocked, Paused, ShuttingDown, ShutOff, Crashed, PmSuspended };
+inline std::string_view to_string(DomainState s) {
+  switch (s) {
+    case DomainState::NoState: return "no state";
+    case DomainState::Running: return "running";
+    case DomainState::Blocked: return "blocked";
+    case DomainState::Paused: return "paused";
+    case DomainState::ShuttingDown: return "shutting down";
+    case DomainState::ShutOff: return "shut off";
+    case DomainState::Crashed: return "crashed";
+    case DomainState::PmSuspended: return "pm suspended";
+  }
+  return "unknown";
+}
+
+// A domain that carries llmorch metadata, as libvirt reports it now.
+struct ManagedDomain {
+  std::string name;
+  std::string uuid;
+  DomainState state = DomainState::NoState;
+  VmFacts facts;
+  int vcpus_current = 0;
+  int vcpus_max = 0;
+  std::vector<std::vector<policy::CpuId>> vcpu_pins;  // [vCPU] -> host CPUs it may run on (up to max)
+  std::optional<std::uint64_t> cpu_shares;            // absent when the driver does not report it
+  std::uint64_t memory_actual_kib = 0;                // balloon size now (configured size when off)
+  std::uint64_t memory_max_kib = 0;
+  std::string channel_path;  // agent socket; empty while the domain is not running
+  bool active() const {
+    return state == DomainState::Running || state == DomainState::Paused || state == DomainState::Blocked;
+  }
+};
+
+// virDomainMemoryStats; a field the guest/driver did not report is absent. KiB unless noted.
+struct MemoryStats {
+  std::optional<std::uint64_t> actual_kib, unused_kib, available_kib, usable_kib, swap_in_kib,
+      swap_out_kib, major_faults, minor_faults, rss_kib, last_update_s;
+};
+
+struct CpuStats {
+  std::uint64_t total_ns = 0;          // all of the domain's threads
+  std::vector<std::uint64_t> vcpu_ns;  // per present vCPU
+};
+
+enum class LifecycleEvent { Defined, Undefined, Started, Suspended, Resumed, Stopped, Shutdown, PmSuspended, Crashed };
+inline std::string_view to_string(LifecycleEvent e) {
+  switch (e) {
+    case LifecycleEvent::Defined: return "defined";
+    case LifecycleEvent::Undefined: return "undefined";
+    case LifecycleEvent::Started: return "started";
+    case LifecycleEvent::Suspended: return "suspended";
+    case LifecycleEvent::Resumed: return "resumed";
+    case LifecycleEvent::Stopped: return "stopped";
+    case LifecycleEvent::Shutdown: return "shutdown";
+    case LifecycleEvent::PmSuspended: return "pm suspended";
+    case LifecycleEvent::Crashed: return "crashed";
+  }
+  return "unknown";
+}
+// Called on the hypervisor's event thread: keep it short and thread-safe (e.g. push to a queue).
+using LifecycleCallback = std::function<void(const std::string& domain, LifecycleEvent event)>;
+
+class Hypervisor {
+ public:
+  virtual ~Hypervisor() = default;
+
+  // Host.
+  virtual std::string capabilities_xml() = 0;  // parse with parse_capabilities() (topology.h)
+  virtual std::map<policy::NodeId, std::uint64_t> free_memory_mib() = 0;
+
+  // Domains llmorch manages (those with llmorch metadata). Others are ignored.
+  virtual std::vector<ManagedDomain> list_managed() = 0;
+  virtual std::optional<ManagedDomain> find_managed(const std::string& name) = 0;
+
+  // Defines a new persistent domain and starts it. Refuses a name that exists. If the start fails the
+  // domain is undefined again, so nothing half-made remains. Throws HypervisorError.
+  virtual void define_and_start(const std::string& domain_xml) = 0;
+  // Stops the domain if running and removes its definition, managed save and snapshot metadata.
+  // Returns false when there was no such domain.
+  virtual bool destroy_and_undefine(const std::string& name) = 0;
+
+  // Live levers. Changes apply to the running domain and to its persistent definition (where libvirt
+  // allows: set_memory_mib is live only, the definition keeps its start size).
+  virtual void set_cpu_shares(const std::string& name, std::uint64_t shares) = 0;
+  virtual void pin_vcpu(const std::string& name, int vcpu, const std::vector<policy::CpuId>& cpus) = 0;
+  virtual void pin_emulator(const std::string& name, const std::vector<policy::CpuId>& cpus) = 0;
+  virtual void set_vcpus(const std::string& name, int count) = 0;  // hot-add; guest must online them
+  virtual void set_memory_mib(const std::string& name, std::uint64_t mib) = 0;  // balloon target
+  virtual void set_metadata(const std::string& name, const VmFacts& facts) = 0;
+
+  // Statistics of a running domain.
+  virtual MemoryStats memory_stats(const std::string& name) = 0;
+  virtual CpuStats cpu_stats(const std::string& name) = 0;
+
+  // Replaces the lifecycle callback (empty function: none). Events arrive on an internal thread.
+  virtual void set_lifecycle_callback(LifecycleCallback cb) = 0;
+
+  // Connection. alive(): cheap check. ensure_connected(): reconnects with backoff when the connection
+  // died (libvirtd restarted); throws HypervisorError(Kind::Connection) when it gives up.
+  virtual bool alive() = 0;
+  virtual void ensure_connected() = 0;
+};
+
+}  // namespace llmorch::orch

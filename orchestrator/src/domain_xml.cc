@@ -1,0 +1,447 @@
+// Domain XML generation and metadata parsing with pugixml (which does all escaping).
+#include "llmorch/orch/domain_xml.h"
+
+#include <algorithm>
+#include <charconv>
+#include <set>
+#include <sstream>
+#include <stdexcept>
+
+#include <pugixml.hpp>
+
+#include "llmorch/orch/config.h"
+
+namespace llmorch::orch {
+namespace {
+
+using policy::CpuId;
+using policy::CpuPolicy;
+
+// ---------------------------------------------------------------------------------------------
+// Small formatting helpers.
+
+std::string num(double v) {
+  char buf[64];
+  auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);  // shortest round-trip form
+  return std::string(buf, end);
+}
+
+// Keeps the order (dedicated pins: position i is vCPU i), unlike format_cpu_list.
+std::string ordered_list(const std::vector<int>& ids) {
+  std::string out;
+  for (int id : ids) {
+    if (!out.empty()) out += ',';
+    out += std::to_string(id);
+  }
+  return out;
+}
+
+std::vector<int> parse_ordered_list(std::string_view text) {
+  std::vector<int> out;
+  while (!text.empty()) {
+    auto comma = text.find(',');
+    auto part = text.substr(0, comma);
+    int v = 0;
+    auto [p, ec] = std::from_chars(part.data(), part.data() + part.size(), v);
+    if (ec != std::errc() || p != part.data() + part.size()) throw std::invalid_argument("bad id list");
+    out.push_back(v);
+    text = comma == std::string_view::npos ? std::string_view() : text.substr(comma + 1);
+  }
+  return out;
+}
+
+std::string cpuset(const std::vector<int>& ids) { return format_cpu_list({ids.begin(), ids.end()}); }
+
+std::vector<int> parse_cpuset(std::string_view text) {
+  auto s = parse_cpu_list(std::string(text));
+  return {s.begin(), s.end()};
+}
+
+const char* policy_name(CpuPolicy p) { return p == CpuPolicy::Dedicated ? "dedicated" : "shared"; }
+
+CpuPolicy parse_policy(std::string_view s) {
+  if (s == "dedicated") return CpuPolicy::Dedicated;
+  if (s == "shared") return CpuPolicy::Shared;
+  throw std::invalid_argument("bad cpu policy");
+}
+
+pugi::xml_node child_text(pugi::xml_node parent, const char* name, const std::string& text) {
+  auto n = parent.append_child(name);
+  n.text().set(text.c_str());
+  return n;
+}
+
+void attr(pugi::xml_node n, const char* name, const std::string& value) {
+  n.append_attribute(name).set_value(value.c_str());
+}
+
+std::string to_string(const pugi::xml_document& doc) {
+  std::ostringstream out;
+  doc.save(out, "  ", pugi::format_indent | pugi::format_no_declaration, pugi::encoding_utf8);
+  return out.str();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation of a spec: inconsistencies are the caller's bug, reported precisely.
+
+[[noreturn]] void bad_spec(const std::string& name, const std::string& why) {
+  throw std::invalid_argument("cannot build the domain XML for VM '" + name + "': " + why);
+}
+
+void validate(const DomainSpec& s) {
+  const auto& t = s.tmpl;
+  const auto& p = s.placement;
+  if (!valid_vm_name(s.name)) bad_spec(s.name, "the name must match [A-Za-z0-9_.-]{1,64}");
+  if (s.domain_type != "kvm" && s.domain_type != "qemu")
+    bad_spec(s.name, "domain type '" + s.domain_type + "' is neither kvm nor qemu");
+  if (t.vcpus < 1 || t.max_vcpus < t.vcpus) bad_spec(s.name, "need 1 <= vcpus <= max_vcpus");
+  if (t.memory_mib == 0 || t.max_memory_mib < t.memory_mib)
+    bad_spec(s.name, "need 0 < memory_mib <= max_memory_mib");
+  if (p.nodes.empty()) bad_spec(s.name, "the placement names no host node");
+  if (p.cpu_policy == CpuPolicy::Dedicated && p.cpus.size() != static_cast<std::size_t>(t.max_vcpus))
+    bad_spec(s.name, "a dedicated placement needs one host CPU per vCPU up to max_vcpus (" +
+                         std::to_string(t.max_vcpus) + "), it has " + std::to_string(p.cpus.size()));
+  if (p.cpus.empty()) bad_spec(s.name, "the placement has no host CPUs");
+  if (p.cells.size() > 1) {
+    std::set<int> seen;
+    std::uint64_t mem = 0;
+    for (const auto& c : p.cells) {
+      for (int v : c.vcpus)
+        if (v < 0 || v >= t.max_vcpus || !seen.insert(v).second)
+          bad_spec(s.name, "vCPU " + std::to_string(v) + " is out of range or in two guest cells");
+      mem += c.memory_mib;
+    }
+    if (seen.size() != static_cast<std::size_t>(t.max_vcpus))
+      bad_spec(s.name, "the guest cells must cover every vCPU up to max_vcpus");
+    if (mem != t.max_memory_mib)
+      bad_spec(s.name, "the guest cells' memory (" + std::to_string(mem) +
+                           " MiB) differs from max_memory_mib (" + std::to_string(t.max_memory_mib) + ")");
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rendering, one section per function, in libvirt's element order.
+
+void render_metadata_into(pugi::xml_node parent, const VmFacts& f) {
+  const std::string pfx = std::string(kMetadataPrefix) + ":";
+  auto el = [&](pugi::xml_node n, const char* local) { return n.append_child((pfx + local).c_str()); };
+  auto vm = el(parent, "vm");
+  attr(vm, ("xmlns:" + std::string(kMetadataPrefix)).c_str(), kMetadataNamespace);
+  attr(el(vm, "template"), "path", f.template_path);
+  auto pr = el(vm, "priority");
+  attr(pr, "value", num(f.priority));
+  attr(pr, "min", num(f.priority_min));
+  attr(pr, "max", num(f.priority_max));
+  auto vc = el(vm, "vcpus");
+  attr(vc, "current", std::to_string(f.vcpus));
+  attr(vc, "max", std::to_string(f.max_vcpus));
+  auto mem = el(vm, "memory");
+  attr(mem, "current_mib", std::to_string(f.memory_mib));
+  attr(mem, "max_mib", std::to_string(f.max_memory_mib));
+  attr(mem, "floor_mib", std::to_string(f.memory_floor_mib));
+  attr(el(vm, "cpu"), "policy", policy_name(f.cpu_policy));
+  attr(el(vm, "hugepages"), "size_kib", std::to_string(f.hugepage_kib));
+
+  const auto& p = f.placement;
+  auto pl = el(vm, "placement");
+  attr(pl, "name", p.name);
+  attr(pl, "policy", policy_name(p.cpu_policy));
+  attr(pl, "vcpus", std::to_string(p.vcpus));
+  attr(pl, "hugepage_kib", std::to_string(p.hugepage_kib));
+  attr(pl, "nodes", ordered_list(p.nodes));
+  attr(pl, "cpus", ordered_list(p.cpus));
+  for (const auto& [node, mib] : p.memory_mib_per_node) {
+    auto n = el(pl, "node");
+    attr(n, "id", std::to_string(node));
+    attr(n, "memory_mib", std::to_string(mib));
+  }
+  for (const auto& c : p.cells) {
+    auto n = el(pl, "cell");
+    attr(n, "node", std::to_string(c.host_node));
+    attr(n, "vcpus", cpuset(c.vcpus));
+    attr(n, "memory_mib", std::to_string(c.memory_mib));
+  }
+}
+
+void render_vcpus_and_tuning(pugi::xml_node dom, const DomainSpec& s) {
+  const auto& p = s.placement;
+  auto vcpu = child_text(dom, "vcpu", std::to_string(s.tmpl.max_vcpus));
+  attr(vcpu, "placement", "static");
+  attr(vcpu, "current", std::to_string(s.tmpl.vcpus));
+
+  auto tune = dom.append_child("cputune");
+  child_text(tune, "shares", std::to_string(s.cpu_shares));
+  const std::string pool = cpuset(p.cpus);
+  for (int v = 0; v < s.tmpl.max_vcpus; ++v) {
+    auto pin = tune.append_child("vcpupin");
+    attr(pin, "vcpu", std::to_string(v));
+    attr(pin, "cpuset", p.cpu_policy == CpuPolicy::Dedicated ? std::to_string(p.cpus[v]) : pool);
+  }
+  attr(tune.append_child("emulatorpin"), "cpuset", s.emulator_cpus.empty() ? pool : cpuset(s.emulator_cpus));
+}
+
+void render_numatune(pugi::xml_node dom, const DomainSpec& s) {
+  const auto& p = s.placement;
+  auto tune = dom.append_child("numatune");
+  auto mem = tune.append_child("memory");
+  attr(mem, "mode", "strict");
+  attr(mem, "nodeset", cpuset(p.nodes));
+  if (p.cells.size() < 2) return;
+  for (std::size_t i = 0; i < p.cells.size(); ++i) {
+    auto mn = tune.append_child("memnode");
+    attr(mn, "cellid", std::to_string(i));
+    attr(mn, "mode", "strict");
+    attr(mn, "nodeset", std::to_string(p.cells[i].host_node));
+  }
+}
+
+void render_hugepages(pugi::xml_node dom, const DomainSpec& s) {
+  if (s.tmpl.hugepage_kib == 0) return;
+  auto page = dom.append_child("memoryBacking").append_child("hugepages").append_child("page");
+  attr(page, "size", std::to_string(s.tmpl.hugepage_kib));
+  attr(page, "unit", "KiB");
+  // nodeset names guest cells; only meaningful (and only accepted) when the guest has cells.
+  if (s.placement.cells.size() > 1) attr(page, "nodeset", "0-" + std::to_string(s.placement.cells.size() - 1));
+}
+
+void render_os(pugi::xml_node dom, const DomainSpec& s) {
+  auto os = dom.append_child("os");
+  auto type = child_text(os, "type", "hvm");
+  attr(type, "arch", "x86_64");
+  attr(type, "machine", "pc");
+  if (!s.tmpl.kernel.empty()) {
+    child_text(os, "kernel", s.tmpl.kernel);
+    if (!s.tmpl.initrd.empty()) child_text(os, "initrd", s.tmpl.initrd);
+    if (!s.tmpl.kernel_args.empty()) child_text(os, "cmdline", s.tmpl.kernel_args);
+  } else {
+    attr(os.append_child("boot"), "dev", "hd");
+  }
+}
+
+void render_cpu(pugi::xml_node dom, const DomainSpec& s) {
+  const auto& cells = s.placement.cells;
+  // KVM: expose the host's vector extensions (AVX2/AVX-512 matter for CPU inference). TCG cannot.
+  if (s.domain_type == "kvm") {
+    auto cpu = dom.append_child("cpu");
+    attr(cpu, "mode", "host-passthrough");
+  }
+  if (cells.size() < 2) return;
+  auto cpu = dom.child("cpu") ? dom.child("cpu") : dom.append_child("cpu");
+  auto numa = cpu.append_child("numa");
+  for (std::size_t i = 0; i < cells.size(); ++i) {
+    auto c = numa.append_child("cell");
+    attr(c, "id", std::to_string(i));
+    attr(c, "cpus", cpuset(cells[i].vcpus));
+    attr(c, "memory", std::to_string(cells[i].memory_mib));
+    attr(c, "unit", "MiB");
+  }
+}
+
+void render_devices(pugi::xml_node dom, const DomainSpec& s) {
+  auto dev = dom.append_child("devices");
+  if (!s.tmpl.disk.empty()) {
+    auto disk = dev.append_child("disk");
+    attr(disk, "type", "file");
+    attr(disk, "device", "disk");
+    auto drv = disk.append_child("driver");
+    attr(drv, "name", "qemu");
+    const bool qcow2 = s.tmpl.disk.ends_with(".qcow2");
+    attr(drv, "type", qcow2 ? "qcow2" : "raw");
+    attr(disk.append_child("source"), "file", s.tmpl.disk);
+    auto target = disk.append_child("target");
+    attr(target, "dev", "vda");
+    attr(target, "bus", "virtio");
+  }
+  attr(dev.append_child("controller"), "type", "virtio-serial");
+  auto serial = dev.append_child("serial");
+  attr(serial, "type", "pty");
+  auto log = serial.append_child("log");
+  attr(log, "file", "/var/log/libvirt/qemu/" + s.name + "-serial.log");
+  attr(log, "append", "off");
+  attr(serial.append_child("target"), "port", "0");
+  auto console = dev.append_child("console");
+  attr(console, "type", "pty");
+  auto ct = console.append_child("target");
+  attr(ct, "type", "serial");
+  attr(ct, "port", "0");
+  auto chan = dev.append_child("channel");
+  attr(chan, "type", "unix");
+  attr(chan.append_child("source"), "mode", "bind");  // no path: libvirt picks one
+  auto tt = chan.append_child("target");
+  attr(tt, "type", "virtio");
+  attr(tt, "name", kAgentChannelName);
+  auto balloon = dev.append_child("memballoon");
+  attr(balloon, "model", "virtio");
+  attr(balloon.append_child("stats"), "period", "2");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parsing helpers: pugixml knows no namespaces, so match prefixes against the declared URI.
+
+std::string_view local_name(std::string_view qname) {
+  auto colon = qname.find(':');
+  return colon == std::string_view::npos ? qname : qname.substr(colon + 1);
+}
+
+bool is_llmorch_root(pugi::xml_node n) {
+  std::string_view q = n.name();
+  if (local_name(q) != "vm") return false;
+  auto colon = q.find(':');
+  std::string decl = colon == std::string_view::npos ? "xmlns" : "xmlns:" + std::string(q.substr(0, colon));
+  return std::string_view(n.attribute(decl.c_str()).value()) == kMetadataNamespace;
+}
+
+pugi::xml_node child_local(pugi::xml_node parent, std::string_view local) {
+  for (auto c : parent.children())
+    if (c.type() == pugi::node_element && local_name(c.name()) == local) return c;
+  return {};
+}
+
+pugi::xml_node find_llmorch_root(const pugi::xml_document& doc) {
+  auto top = doc.document_element();
+  if (is_llmorch_root(top)) return top;
+  if (std::string_view(top.name()) != "domain") return {};
+  for (auto c : top.child("metadata").children())
+    if (is_llmorch_root(c)) return c;
+  return {};
+}
+
+// Required attribute parsed as T; throws std::invalid_argument when missing or malformed.
+template <typename T>
+T get(pugi::xml_node n, const char* name) {
+  auto a = n.attribute(name);
+  if (!a) throw std::invalid_argument(std::string("missing attribute ") + name);
+  std::string_view s = a.value();
+  T v{};
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc() || p != s.data() + s.size()) throw std::invalid_argument(std::string("bad ") + name);
+  return v;
+}
+
+VmFacts parse_facts(pugi::xml_node vm) {
+  VmFacts f;
+  f.template_path = child_local(vm, "template").attribute("path").value();
+  auto pr = child_local(vm, "priority");
+  f.priority = get<double>(pr, "value");
+  f.priority_min = get<double>(pr, "min");
+  f.priority_max = get<double>(pr, "max");
+  auto vc = child_local(vm, "vcpus");
+  f.vcpus = get<int>(vc, "current");
+  f.max_vcpus = get<int>(vc, "max");
+  auto mem = child_local(vm, "memory");
+  f.memory_mib = get<std::uint64_t>(mem, "current_mib");
+  f.max_memory_mib = get<std::uint64_t>(mem, "max_mib");
+  f.memory_floor_mib = get<std::uint64_t>(mem, "floor_mib");
+  f.cpu_policy = parse_policy(child_local(vm, "cpu").attribute("policy").value());
+  f.hugepage_kib = get<std::uint64_t>(child_local(vm, "hugepages"), "size_kib");
+
+  auto pl = child_local(vm, "placement");
+  auto& p = f.placement;
+  p.name = pl.attribute("name").value();
+  p.cpu_policy = parse_policy(pl.attribute("policy").value());
+  p.vcpus = get<int>(pl, "vcpus");
+  p.hugepage_kib = get<std::uint64_t>(pl, "hugepage_kib");
+  p.nodes = parse_ordered_list(pl.attribute("nodes").value());
+  p.cpus = parse_ordered_list(pl.attribute("cpus").value());
+  for (auto c : pl.children()) {
+    auto local = local_name(c.name());
+    if (local == "node") {
+      p.memory_mib_per_node[get<int>(c, "id")] = get<std::uint64_t>(c, "memory_mib");
+    } else if (local == "cell") {
+      p.cells.push_back({get<int>(c, "node"), parse_cpuset(c.attribute("vcpus").value()),
+                         get<std::uint64_t>(c, "memory_mib")});
+    }
+  }
+  return f;
+}
+
+}  // namespace
+
+VmFacts make_facts(const std::string& template_path, const VmTemplate& t, const policy::Placement& p) {
+  VmFacts f;
+  f.template_path = template_path;
+  f.priority = t.priority;
+  f.priority_min = t.priority_min;
+  f.priority_max = t.priority_max;
+  f.vcpus = t.vcpus;
+  f.max_vcpus = t.max_vcpus;
+  f.memory_mib = t.memory_mib;
+  f.max_memory_mib = t.max_memory_mib;
+  f.memory_floor_mib = t.memory_floor_mib;
+  f.cpu_policy = t.cpu_policy;
+  f.hugepage_kib = t.hugepage_kib;
+  f.placement = p;
+  return f;
+}
+
+bool valid_vm_name(std::string_view name) {
+  if (name.empty() || name.size() > 64 || name == "." || name == "..") return false;
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' ||
+           c == '.' || c == '-';
+  });
+}
+
+std::string render_domain_xml(const DomainSpec& s) {
+  validate(s);
+  pugi::xml_document doc;
+  auto dom = doc.append_child("domain");
+  attr(dom, "type", s.domain_type);
+  child_text(dom, "name", s.name);
+  render_metadata_into(dom.append_child("metadata"), make_facts(s.template_path, s.tmpl, s.placement));
+  attr(child_text(dom, "memory", std::to_string(s.tmpl.max_memory_mib)), "unit", "MiB");
+  attr(child_text(dom, "currentMemory", std::to_string(s.tmpl.memory_mib)), "unit", "MiB");
+  render_hugepages(dom, s);
+  render_vcpus_and_tuning(dom, s);
+  render_numatune(dom, s);
+  render_os(dom, s);
+  auto features = dom.append_child("features");
+  features.append_child("acpi");
+  features.append_child("apic");
+  render_cpu(dom, s);
+  child_text(dom, "on_poweroff", "destroy");
+  child_text(dom, "on_reboot", "restart");
+  child_text(dom, "on_crash", "destroy");
+  render_devices(dom, s);
+  return to_string(doc);
+}
+
+std::string render_metadata(const VmFacts& facts) {
+  pugi::xml_document doc;
+  render_metadata_into(doc, facts);
+  return to_string(doc);
+}
+
+std::optional<VmFacts> parse_metadata(std::string_view xml) {
+  pugi::xml_document doc;
+  if (!doc.load_buffer(xml.data(), xml.size())) return std::nullopt;
+  auto root = find_llmorch_root(doc);
+  if (!root) return std::nullopt;
+  try {
+    return parse_facts(root);
+  } catch (const std::invalid_argument&) {
+    return std::nullopt;  // malformed metadata counts as none: the VM is not one llmorch can manage
+  }
+}
+
+LiveDomainXml parse_live_domain_xml(std::string_view xml) {
+  pugi::xml_document doc;
+  if (!doc.load_buffer(xml.data(), xml.size()) || std::string_view(doc.document_element().name()) != "domain")
+    throw std::invalid_argument("not a libvirt domain XML");
+  auto dom = doc.document_element();
+  LiveDomainXml out;
+  auto vcpu = dom.child("vcpu");
+  out.vcpus_max = vcpu.text().as_int();
+  out.vcpus_current = vcpu.attribute("current") ? vcpu.attribute("current").as_int() : out.vcpus_max;
+  auto tune = dom.child("cputune");
+  for (auto pin : tune.children("vcpupin"))
+    out.vcpu_pins[pin.attribute("vcpu").as_int()] = parse_cpuset(pin.attribute("cpuset").value());
+  if (auto emu = tune.child("emulatorpin")) out.emulator_pins = parse_cpuset(emu.attribute("cpuset").value());
+  if (auto shares = tune.child("shares")) out.cpu_shares = shares.text().as_ullong();
+  for (auto chan : dom.child("devices").children("channel"))
+    if (std::string_view(chan.child("target").attribute("name").value()) == kAgentChannelName)
+      out.channel_path = chan.child("source").attribute("path").value();
+  return out;
+}
+
+}  // namespace llmorch::orch

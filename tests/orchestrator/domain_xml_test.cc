@@ -1,0 +1,278 @@
+// Domain XML generation against golden files, metadata round trips, live-XML read-back.
+// Regenerate the golden files after an intended change with:
+//   LLMORCH_UPDATE_GOLDEN=1 ctest --test-dir BUILD -R DomainXml   (then review `git diff tests/golden`)
+#include "llmorch/orch/domain_xml.h"
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+#include <gtest/gtest.h>
+
+namespace llmorch::orch {
+namespace {
+
+using policy::CpuPolicy;
+using policy::GuestCell;
+using policy::Placement;
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+void expect_golden(const std::string& actual, const std::string& file) {
+  const std::string path = std::string(LLMORCH_GOLDEN_DIR) + "/" + file;
+  const char* update = std::getenv("LLMORCH_UPDATE_GOLDEN");
+  if (update && std::string(update) == "1") {
+    std::ofstream(path) << actual;
+    GTEST_SKIP() << "rewrote " << path;
+  }
+  std::ifstream in(path);
+  ASSERT_TRUE(in.good()) << path << " is missing; run with LLMORCH_UPDATE_GOLDEN=1 to create it";
+  EXPECT_EQ(actual, read_file(path)) << "generated XML differs from " << path
+                                     << "; if intended, rerun with LLMORCH_UPDATE_GOLDEN=1";
+}
+
+VmTemplate base_template() {
+  VmTemplate t;
+  t.vcpus = 2;
+  t.max_vcpus = 2;
+  t.memory_mib = 1024;
+  t.max_memory_mib = 1024;
+  t.memory_floor_mib = 512;
+  t.priority = 2;
+  t.priority_min = 1;
+  t.priority_max = 10;
+  t.kernel = "/var/lib/libvirt/images/llmorch/vmlinuz";
+  t.initrd = "/var/lib/libvirt/images/llmorch/initrd.gz";
+  t.kernel_args = "console=ttyS0 llmorch.priority=2";
+  return t;
+}
+
+DomainSpec dedicated_single_node() {
+  DomainSpec s;
+  s.name = "llm-small";
+  s.template_path = "/etc/llmorch/templates/small.conf";
+  s.tmpl = base_template();
+  s.tmpl.vcpus = 2;
+  s.tmpl.max_vcpus = 4;
+  s.placement = {.name = "llm-small", .nodes = {1}, .cpus = {9, 8, 10, 11},
+                 .memory_mib_per_node = {{1, 1024}}, .cells = {{1, {0, 1, 2, 3}, 1024}},
+                 .cpu_policy = CpuPolicy::Dedicated, .hugepage_kib = 0, .vcpus = 4};
+  s.domain_type = "kvm";
+  s.cpu_shares = 2048;
+  return s;
+}
+
+DomainSpec shared_vm() {
+  DomainSpec s;
+  s.name = "batch_job.1";
+  s.template_path = "templates/batch.conf";
+  s.tmpl = base_template();
+  s.tmpl.cpu_policy = CpuPolicy::Shared;
+  s.tmpl.priority = 5.5;
+  s.tmpl.memory_mib = 768;
+  s.placement = {.name = "batch_job.1", .nodes = {0}, .cpus = {2, 3, 4, 5},
+                 .memory_mib_per_node = {{0, 1024}}, .cells = {{0, {0, 1}, 1024}},
+                 .cpu_policy = CpuPolicy::Shared, .hugepage_kib = 0, .vcpus = 2};
+  s.domain_type = "qemu";
+  s.emulator_cpus = {0, 1};
+  return s;
+}
+
+DomainSpec spanning_hugepages() {
+  DomainSpec s;
+  s.name = "llm-big";
+  s.template_path = "templates/big & <wide>.conf";  // must come out escaped
+  s.tmpl = base_template();
+  s.tmpl.vcpus = 4;
+  s.tmpl.max_vcpus = 4;
+  s.tmpl.memory_mib = 8192;
+  s.tmpl.max_memory_mib = 8192;
+  s.tmpl.hugepage_kib = 2048;
+  s.placement = {.name = "llm-big", .nodes = {0, 1}, .cpus = {6, 7, 8, 9},
+                 .memory_mib_per_node = {{0, 4096}, {1, 4096}},
+                 .cells = {{0, {0, 1}, 4096}, {1, {2, 3}, 4096}},
+                 .cpu_policy = CpuPolicy::Dedicated, .hugepage_kib = 2048, .vcpus = 4};
+  s.domain_type = "kvm";
+  return s;
+}
+
+DomainSpec disk_boot() {
+  DomainSpec s = dedicated_single_node();
+  s.name = "llm-disk";
+  s.tmpl.kernel.clear();
+  s.tmpl.initrd.clear();
+  s.tmpl.kernel_args.clear();
+  s.tmpl.disk = "/var/lib/libvirt/images/llm-disk.qcow2";
+  s.tmpl.max_vcpus = 2;
+  s.placement.cpus = {4, 5};
+  s.placement.cells = {{1, {0, 1}, 1024}};
+  s.placement.vcpus = 2;
+  return s;
+}
+
+TEST(DomainXmlGolden, DedicatedSingleNode) { expect_golden(render_domain_xml(dedicated_single_node()), "dedicated_single_node.xml"); }
+TEST(DomainXmlGolden, SharedVm) { expect_golden(render_domain_xml(shared_vm()), "shared.xml"); }
+TEST(DomainXmlGolden, SpanningTwoNodesHugepages) { expect_golden(render_domain_xml(spanning_hugepages()), "spanning_hugepages.xml"); }
+TEST(DomainXmlGolden, DiskBoot) { expect_golden(render_domain_xml(disk_boot()), "disk_boot.xml"); }
+
+void expect_same_facts(const VmFacts& a, const VmFacts& b) {
+  EXPECT_EQ(a.template_path, b.template_path);
+  EXPECT_EQ(a.priority, b.priority);
+  EXPECT_EQ(a.priority_min, b.priority_min);
+  EXPECT_EQ(a.priority_max, b.priority_max);
+  EXPECT_EQ(a.vcpus, b.vcpus);
+  EXPECT_EQ(a.max_vcpus, b.max_vcpus);
+  EXPECT_EQ(a.memory_mib, b.memory_mib);
+  EXPECT_EQ(a.max_memory_mib, b.max_memory_mib);
+  EXPECT_EQ(a.memory_floor_mib, b.memory_floor_mib);
+  EXPECT_EQ(a.cpu_policy, b.cpu_policy);
+  EXPECT_EQ(a.hugepage_kib, b.hugepage_kib);
+  const auto& p = a.placement;
+  const auto& q = b.placement;
+  EXPECT_EQ(p.name, q.name);
+  EXPECT_EQ(p.nodes, q.nodes);
+  EXPECT_EQ(p.cpus, q.cpus);  // order matters: cpus[i] is vCPU i's CPU
+  EXPECT_EQ(p.memory_mib_per_node, q.memory_mib_per_node);
+  ASSERT_EQ(p.cells.size(), q.cells.size());
+  for (std::size_t i = 0; i < p.cells.size(); ++i) {
+    EXPECT_EQ(p.cells[i].host_node, q.cells[i].host_node);
+    EXPECT_EQ(p.cells[i].vcpus, q.cells[i].vcpus);
+    EXPECT_EQ(p.cells[i].memory_mib, q.cells[i].memory_mib);
+  }
+  EXPECT_EQ(p.cpu_policy, q.cpu_policy);
+  EXPECT_EQ(p.hugepage_kib, q.hugepage_kib);
+  EXPECT_EQ(p.vcpus, q.vcpus);
+}
+
+class MetadataRoundTrip : public ::testing::TestWithParam<DomainSpec (*)()> {};
+
+TEST_P(MetadataRoundTrip, FromWholeDomainXml) {
+  DomainSpec s = GetParam()();
+  auto facts = parse_metadata(render_domain_xml(s));
+  ASSERT_TRUE(facts.has_value());
+  expect_same_facts(*facts, make_facts(s.template_path, s.tmpl, s.placement));
+}
+
+TEST_P(MetadataRoundTrip, FromFragment) {
+  DomainSpec s = GetParam()();
+  VmFacts f = make_facts(s.template_path, s.tmpl, s.placement);
+  f.priority = 0.125;
+  auto back = parse_metadata(render_metadata(f));
+  ASSERT_TRUE(back.has_value());
+  expect_same_facts(*back, f);
+}
+
+INSTANTIATE_TEST_SUITE_P(AllShapes, MetadataRoundTrip,
+                         ::testing::Values(&dedicated_single_node, &shared_vm, &spanning_hugepages, &disk_boot));
+
+TEST(Metadata, AcceptsLibvirtsFragmentForms) {
+  // virDomainGetMetadata returns the element with a default namespace; virDomainSetMetadata may leave
+  // children unprefixed. Both must parse.
+  VmFacts f = make_facts("t.conf", shared_vm().tmpl, shared_vm().placement);
+  std::string frag = render_metadata(f);
+  std::string unprefixed;
+  for (std::size_t i = 0; i < frag.size(); ++i) {
+    if (frag.compare(i, 8, "llmorch:") == 0) {
+      i += 7;  // drop the element prefix
+    } else if (frag.compare(i, 14, "xmlns:llmorch=") == 0) {
+      unprefixed += "xmlns=";  // declare the namespace as the default one
+      i += 13;
+    } else {
+      unprefixed += frag[i];
+    }
+  }
+  ASSERT_NE(unprefixed.find("xmlns=\"https://llmorch.dev/xmlns/domain/1\""), std::string::npos) << unprefixed;
+  auto back = parse_metadata(unprefixed);
+  ASSERT_TRUE(back.has_value());
+  expect_same_facts(*back, f);
+}
+
+TEST(Metadata, RejectsForeignNamespaceAndMalformedFacts) {
+  EXPECT_FALSE(parse_metadata("<domain><name>x</name></domain>").has_value());
+  EXPECT_FALSE(parse_metadata("<domain><metadata><other:vm xmlns:other='urn:x'/></metadata></domain>").has_value());
+  EXPECT_FALSE(parse_metadata("not xml").has_value());
+  std::string frag = render_metadata(make_facts("t", base_template(), shared_vm().placement));
+  auto pos = frag.find("max_mib=\"1024\"");
+  ASSERT_NE(pos, std::string::npos);
+  frag.replace(pos, 14, "max_mib=\"lots\"");
+  EXPECT_FALSE(parse_metadata(frag).has_value());
+}
+
+TEST(DomainXml, ValidatesNames) {
+  EXPECT_TRUE(valid_vm_name("llm-a_1.b"));
+  EXPECT_TRUE(valid_vm_name(std::string(64, 'a')));
+  EXPECT_FALSE(valid_vm_name(std::string(65, 'a')));
+  EXPECT_FALSE(valid_vm_name(""));
+  EXPECT_FALSE(valid_vm_name(".."));
+  EXPECT_FALSE(valid_vm_name("a/b"));
+  EXPECT_FALSE(valid_vm_name("a b"));
+  EXPECT_FALSE(valid_vm_name("<x>"));
+  DomainSpec s = shared_vm();
+  s.name = "bad name";
+  EXPECT_THROW(render_domain_xml(s), std::invalid_argument);
+}
+
+TEST(DomainXml, RejectsInconsistentSpecs) {
+  DomainSpec s = dedicated_single_node();
+  s.placement.cpus.pop_back();  // 3 CPUs for max_vcpus 4
+  EXPECT_THROW(render_domain_xml(s), std::invalid_argument);
+
+  s = spanning_hugepages();
+  s.placement.cells[1].vcpus = {2};  // vCPU 3 in no cell
+  EXPECT_THROW(render_domain_xml(s), std::invalid_argument);
+
+  s = spanning_hugepages();
+  s.placement.cells[1].memory_mib = 1;
+  EXPECT_THROW(render_domain_xml(s), std::invalid_argument);
+
+  s = shared_vm();
+  s.domain_type = "xen";
+  EXPECT_THROW(render_domain_xml(s), std::invalid_argument);
+}
+
+TEST(LiveDomainXml, ReadsPinsSharesAndChannelPath) {
+  // As libvirt reports a running domain: ranges in cpusets, a path filled into the channel source.
+  const char* xml = R"(<domain type='qemu' id='3'>
+  <name>x</name>
+  <vcpu placement='static' current='1'>2</vcpu>
+  <cputune><shares>3072</shares><vcpupin vcpu='0' cpuset='1'/><vcpupin vcpu='1' cpuset='0-1,3'/>
+    <emulatorpin cpuset='0-1'/></cputune>
+  <devices>
+    <channel type='unix'><source mode='bind' path='/var/lib/libvirt/qemu/channel/target/other'/>
+      <target type='virtio' name='org.qemu.guest_agent.0'/></channel>
+    <channel type='unix'><source mode='bind' path='/var/lib/libvirt/qemu/channel/target/d-3-x/org.llmorch.agent.0'/>
+      <target type='virtio' name='org.llmorch.agent.0' state='disconnected'/></channel>
+  </devices></domain>)";
+  LiveDomainXml live = parse_live_domain_xml(xml);
+  EXPECT_EQ(live.vcpus_current, 1);
+  EXPECT_EQ(live.vcpus_max, 2);
+  EXPECT_EQ(live.vcpu_pins.at(0), std::vector<int>({1}));
+  EXPECT_EQ(live.vcpu_pins.at(1), std::vector<int>({0, 1, 3}));
+  EXPECT_EQ(live.emulator_pins, std::vector<int>({0, 1}));
+  EXPECT_EQ(live.cpu_shares, 3072u);
+  EXPECT_EQ(live.channel_path, "/var/lib/libvirt/qemu/channel/target/d-3-x/org.llmorch.agent.0");
+  EXPECT_THROW(parse_live_domain_xml("<network/>"), std::invalid_argument);
+}
+
+TEST(LiveDomainXml, GeneratedXmlPinsEveryVcpuUpToMax) {
+  LiveDomainXml live = parse_live_domain_xml(render_domain_xml(dedicated_single_node()));
+  EXPECT_EQ(live.vcpus_current, 2);
+  EXPECT_EQ(live.vcpus_max, 4);
+  ASSERT_EQ(live.vcpu_pins.size(), 4u);
+  EXPECT_EQ(live.vcpu_pins.at(0), std::vector<int>({9}));
+  EXPECT_EQ(live.vcpu_pins.at(3), std::vector<int>({11}));
+  EXPECT_EQ(live.cpu_shares, 2048u);
+  EXPECT_TRUE(live.channel_path.empty());  // libvirt picks the path at start
+
+  live = parse_live_domain_xml(render_domain_xml(shared_vm()));
+  for (int v = 0; v < 2; ++v) EXPECT_EQ(live.vcpu_pins.at(v), std::vector<int>({2, 3, 4, 5}));
+  EXPECT_EQ(live.emulator_pins, std::vector<int>({0, 1}));
+}
+
+}  // namespace
+}  // namespace llmorch::orch
