@@ -1,0 +1,255 @@
+#include "llmorch/policy/division.h"
+
+#include <algorithm>
+#include <cassert>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <numeric>
+#include <stdexcept>
+
+namespace llmorch::policy {
+
+namespace {
+
+std::vector<std::size_t> iota_indices(std::size_t n) {
+  std::vector<std::size_t> order(n);
+  std::iota(order.begin(), order.end(), std::size_t{0});
+  return order;
+}
+
+void check_weights(std::span<const double> weights) {
+  for (std::size_t i = 0; i < weights.size(); ++i) {
+    if (!(weights[i] > 0.0) || !std::isfinite(weights[i])) {
+      throw std::invalid_argument("weight #" + std::to_string(i + 1) + " must be finite and > 0");
+    }
+  }
+}
+
+void check_same_size(std::size_t a, std::size_t b, const char* what) {
+  if (a != b) {
+    throw std::invalid_argument(std::string(what) + " has " + std::to_string(b) +
+                                " entries but there are " + std::to_string(a) + " weights");
+  }
+}
+
+// Σmin > total: mins in order of weight (highest first, ties by lower index) until CPUs run out.
+std::vector<int> mins_by_weight(std::span<const double> weights, int total, std::span<const int> min) {
+  std::vector<std::size_t> order = iota_indices(weights.size());
+  std::stable_sort(order.begin(), order.end(),
+                   [&](std::size_t a, std::size_t b) { return weights[a] > weights[b]; });
+  std::vector<int> cpus(weights.size(), 0);
+  int left = total;
+  for (std::size_t i : order) {
+    cpus[i] = std::min(min[i], left);
+    left -= cpus[i];
+  }
+  return cpus;
+}
+
+// Fractional ideal x_i = clamp(λ·w_i, lo_i, hi_i) with Σx_i = total; needs Σlo <= total < Σhi.
+// f(λ) = Σx_i is piecewise linear and non-decreasing: VM i grows with slope w_i between
+// λ = lo_i/w_i and λ = hi_i/w_i. Sweep those breakpoints until f reaches total.
+std::vector<double> bounded_proportional(std::span<const double> weights, int total,
+                                         std::span<const int> lo, std::span<const int> hi) {
+  struct Breakpoint {
+    double lambda;
+    double slope_change;
+  };
+  std::vector<Breakpoint> points;
+  points.reserve(2 * weights.size());
+  double f = 0.0;
+  for (std::size_t i = 0; i < weights.size(); ++i) {
+    points.push_back({lo[i] / weights[i], weights[i]});
+    points.push_back({hi[i] / weights[i], -weights[i]});
+    f += lo[i];
+  }
+  std::sort(points.begin(), points.end(),
+            [](const Breakpoint& a, const Breakpoint& b) { return a.lambda < b.lambda; });
+  double lambda = 0.0;
+  double slope = 0.0;
+  for (const Breakpoint& p : points) {
+    const double f_at_point = f + slope * (p.lambda - lambda);
+    if (f_at_point >= total) break;
+    f = f_at_point;
+    lambda = p.lambda;
+    slope += p.slope_change;
+  }
+  assert(slope > 0.0);  // Σhi > total, so f reaches total on a rising segment
+  lambda += (total - f) / slope;
+
+  std::vector<double> x(weights.size());
+  for (std::size_t i = 0; i < weights.size(); ++i) {
+    x[i] = std::clamp(lambda * weights[i], double(lo[i]), double(hi[i]));
+  }
+  return x;
+}
+
+// Whole CPUs from a fractional ideal: floors, then one more each by largest remainder (ties: higher
+// weight, then lower index) for VMs still below their max, until the sum is total.
+std::vector<int> largest_remainder(std::span<const double> x, std::span<const double> weights,
+                                   int total, std::span<const int> hi) {
+  std::vector<int> cpus(x.size());
+  std::vector<double> remainder(x.size());
+  std::int64_t assigned = 0;
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    cpus[i] = static_cast<int>(std::floor(x[i]));
+    remainder[i] = x[i] - cpus[i];
+    assigned += cpus[i];
+  }
+  std::vector<std::size_t> order = iota_indices(x.size());
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+    if (remainder[a] != remainder[b]) return remainder[a] > remainder[b];
+    return weights[a] > weights[b];
+  });
+  std::int64_t left = total - assigned;
+  assert(left >= 0);
+  for (std::size_t i : order) {
+    if (left == 0) break;
+    if (cpus[i] < hi[i]) {
+      ++cpus[i];
+      --left;
+    }
+  }
+  assert(left == 0);
+  return cpus;
+}
+
+}  // namespace
+
+std::vector<int> apportion(std::span<const double> weights, int total, std::span<const int> min,
+                           std::span<const int> max) {
+  check_weights(weights);
+  check_same_size(weights.size(), min.size(), "min");
+  check_same_size(weights.size(), max.size(), "max");
+  if (total < 0) throw std::invalid_argument("total CPUs must be >= 0, got " + std::to_string(total));
+  std::int64_t sum_min = 0;
+  std::int64_t sum_max = 0;
+  for (std::size_t i = 0; i < weights.size(); ++i) {
+    if (min[i] < 0 || max[i] < min[i]) {
+      throw std::invalid_argument("bounds #" + std::to_string(i + 1) + " need 0 <= min <= max, got min " +
+                                  std::to_string(min[i]) + ", max " + std::to_string(max[i]));
+    }
+    sum_min += min[i];
+    sum_max += max[i];
+  }
+  if (sum_min >= total) return mins_by_weight(weights, total, min);
+  if (sum_max <= total) return {max.begin(), max.end()};
+  return largest_remainder(bounded_proportional(weights, total, min, max), weights, total, max);
+}
+
+std::vector<double> waterfill(std::span<const double> weights, std::span<const double> demand,
+                              double capacity) {
+  check_weights(weights);
+  check_same_size(weights.size(), demand.size(), "demand");
+  for (std::size_t i = 0; i < demand.size(); ++i) {
+    if (!(demand[i] >= 0.0)) {
+      throw std::invalid_argument("demand #" + std::to_string(i + 1) + " must be >= 0");
+    }
+  }
+  if (!(capacity >= 0.0) || !std::isfinite(capacity)) {
+    throw std::invalid_argument("capacity must be finite and >= 0");
+  }
+  // Serve VMs by demand per unit of weight, smallest first. If the smallest does not fit in its
+  // weighted share of what is left, nobody after it does either: they split the rest by weight.
+  std::vector<std::size_t> order = iota_indices(weights.size());
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+    return demand[a] / weights[a] < demand[b] / weights[b];
+  });
+  // weight_after[k]: Σ weights of order[k..], summed exactly once rather than by repeated subtraction.
+  std::vector<double> weight_after(order.size() + 1, 0.0);
+  for (std::size_t k = order.size(); k-- > 0;) weight_after[k] = weight_after[k + 1] + weights[order[k]];
+
+  std::vector<double> share(weights.size(), 0.0);
+  double left = capacity;
+  for (std::size_t k = 0; k < order.size(); ++k) {
+    const std::size_t i = order[k];
+    const double level = left / weight_after[k];  // capacity per unit of weight still unclaimed
+    if (demand[i] > level * weights[i]) {
+      for (std::size_t j = k; j < order.size(); ++j) {
+        share[order[j]] = std::min(level * weights[order[j]], demand[order[j]]);
+      }
+      break;
+    }
+    share[i] = demand[i];
+    left -= demand[i];
+  }
+  return share;
+}
+
+namespace {
+
+void check_vm(const VmDemand& vm) {
+  const std::string who = "VM '" + vm.name + "': ";
+  if (vm.min_cpus < 0) throw std::invalid_argument(who + "min_cpus must be >= 0");
+  if (vm.max_cpus < vm.min_cpus) throw std::invalid_argument(who + "max_cpus must be >= min_cpus");
+  if (std::isnan(vm.demand_cpus)) throw std::invalid_argument(who + "demand_cpus is NaN");
+  if (!(vm.priority > 0.0) || !std::isfinite(vm.priority)) {
+    throw std::invalid_argument(who + "priority must be a finite number > 0");
+  }
+}
+
+// A VM's demand in CPUs: what it reported, at most its max; unknown (< 0) means its max.
+double demand_of(const VmDemand& vm) {
+  return vm.demand_cpus < 0.0 ? vm.max_cpus : std::min(vm.demand_cpus, double(vm.max_cpus));
+}
+
+// The most whole CPUs worth giving a VM for its demand: enough to cover it, within its bounds.
+int cpu_bound_of(const VmDemand& vm, double demand) {
+  // A hair of tolerance so that a demand of 2.0000000001 (sampling noise) does not ask for 3 CPUs.
+  const double whole = std::ceil(demand - 1e-9);
+  return static_cast<int>(std::clamp(whole, double(vm.min_cpus), double(vm.max_cpus)));
+}
+
+}  // namespace
+
+Division divide(std::span<const VmDemand> vms, int total_cpus, double alpha) {
+  if (total_cpus < 0) throw std::invalid_argument("total CPUs must be >= 0");
+  // Work in name order, so ties (broken by lower index below) are broken by name.
+  std::vector<std::size_t> by_name = iota_indices(vms.size());
+  std::stable_sort(by_name.begin(), by_name.end(),
+                   [&](std::size_t a, std::size_t b) { return vms[a].name < vms[b].name; });
+
+  const std::size_t n = vms.size();
+  std::vector<double> priority(n), demand(n);
+  std::vector<int> min(n), bound(n);
+  for (std::size_t k = 0; k < n; ++k) {
+    const VmDemand& vm = vms[by_name[k]];
+    check_vm(vm);
+    priority[k] = vm.priority;
+    demand[k] = demand_of(vm);
+    min[k] = vm.min_cpus;
+    bound[k] = cpu_bound_of(vm, demand[k]);
+  }
+  const std::vector<double> weights = compute_weights(priority, alpha);
+  const std::vector<double> share = waterfill(weights, demand, total_cpus);
+  const std::vector<int> cpus = apportion(weights, total_cpus, min, bound);
+
+  Division d;
+  d.names.resize(n);
+  d.weights.resize(n);
+  d.share_cpus.resize(n);
+  d.cpus.resize(n);
+  for (std::size_t k = 0; k < n; ++k) {
+    const std::size_t i = by_name[k];
+    d.names[i] = vms[i].name;
+    d.weights[i] = weights[k];
+    d.share_cpus[i] = share[k];
+    d.cpus[i] = cpus[k];
+  }
+  return d;
+}
+
+bool significant_change(const Division& current, const Division& proposed,
+                        const HysteresisConfig& config) {
+  if (current.names != proposed.names) return true;
+  assert(current.cpus.size() == proposed.cpus.size());
+  assert(current.share_cpus.size() == proposed.share_cpus.size());
+  for (std::size_t i = 0; i < current.names.size(); ++i) {
+    if (std::abs(proposed.share_cpus[i] - current.share_cpus[i]) > config.share_threshold_cpus) return true;
+    if (std::abs(proposed.cpus[i] - current.cpus[i]) > config.cpu_threshold) return true;
+  }
+  return false;
+}
+
+}  // namespace llmorch::policy
