@@ -12,7 +12,7 @@ namespace llmorch::protocol {
 namespace {
 
 // ---------------------------------------------------------------------------------------------
-// Encoding. std::to_chars is locale-independent, unlike printf.
+// Encoding: locale-independent, unlike printf.
 
 class Writer {
  public:
@@ -27,12 +27,21 @@ class Writer {
     auto [end, ec] = std::to_chars(buf.data(), buf.data() + buf.size(), value);
     append(key, std::string_view(buf.data(), static_cast<std::size_t>(end - buf.data())));
   }
+  // Fixed-point by hand: std::to_chars(double) would pull ~250 KB of Ryu tables into the static agent.
   void add(std::string_view key, double value, int decimals) {
-    std::array<char, 64> buf{};
-    auto [end, ec] =
-        std::to_chars(buf.data(), buf.data() + buf.size(), value, std::chars_format::fixed, decimals);
-    // Only out-of-range values overflow 64 chars; they would be rejected by the parser anyway.
-    std::string_view text = ec == std::errc() ? std::string_view(buf.data(), end - buf.data()) : "nan";
+    if (!std::isfinite(value) || std::fabs(value) >= 1e12) {
+      append(key, "nan");  // outside every field's range: the parser rejects it
+      return;
+    }
+    std::uint64_t scale = 1;
+    for (int i = 0; i < decimals; ++i) scale *= 10;
+    auto scaled = static_cast<std::uint64_t>(std::llround(std::fabs(value) * static_cast<double>(scale)));
+    std::string text = value < 0 && scaled != 0 ? "-" : "";
+    text += std::to_string(scaled / scale);
+    if (decimals > 0) {
+      std::string fraction = std::to_string(scaled % scale);
+      text += '.' + std::string(static_cast<std::size_t>(decimals) - fraction.size(), '0') + fraction;
+    }
     append(key, text);
   }
   std::string finish() {
