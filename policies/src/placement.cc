@@ -247,7 +247,9 @@ std::string node_reason(const NumaNode& node, const NodeFree& free, const Reques
   if (node.cpus.empty()) {
     lacks.push_back("no CPUs (memory-only node)");
   } else if (req.dedicated() && free.dedicated_cpus() < static_cast<std::size_t>(vm.vcpus)) {
-    lacks.push_back(std::to_string(free.dedicated_cpus()) + " CPUs free, " + std::to_string(vm.vcpus) + " needed");
+    const std::string kept = free.hosts_shared && !free.cpus.empty() ? " (1 kept for shared VMs)" : "";
+    lacks.push_back(std::to_string(free.dedicated_cpus()) + " CPUs free" + kept + ", " + std::to_string(vm.vcpus) +
+                    " needed");
   } else if (!req.dedicated() && free.cpus.empty()) {
     lacks.push_back("no CPU left for shared vCPUs");
   }
