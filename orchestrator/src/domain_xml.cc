@@ -122,11 +122,12 @@ void validate(const DomainSpec& s) {
 // ---------------------------------------------------------------------------------------------
 // Rendering, one section per function, in libvirt's element order.
 
-void render_metadata_into(pugi::xml_node parent, const VmFacts& f) {
-  const std::string pfx = std::string(kMetadataPrefix) + ":";
+// with_namespace false: plain element names, no declaration (virDomainSetMetadata adds its own).
+void render_metadata_into(pugi::xml_node parent, const VmFacts& f, bool with_namespace) {
+  const std::string pfx = with_namespace ? std::string(kMetadataPrefix) + ":" : "";
   auto el = [&](pugi::xml_node n, const char* local) { return n.append_child((pfx + local).c_str()); };
   auto vm = el(parent, "vm");
-  attr(vm, ("xmlns:" + std::string(kMetadataPrefix)).c_str(), kMetadataNamespace);
+  if (with_namespace) attr(vm, ("xmlns:" + std::string(kMetadataPrefix)).c_str(), kMetadataNamespace);
   attr(el(vm, "template"), "path", f.template_path);
   auto pr = el(vm, "priority");
   attr(pr, "value", num(f.priority));
@@ -388,7 +389,7 @@ std::string render_domain_xml(const DomainSpec& s) {
   auto dom = doc.append_child("domain");
   attr(dom, "type", s.domain_type);
   child_text(dom, "name", s.name);
-  render_metadata_into(dom.append_child("metadata"), make_facts(s.template_path, s.tmpl, s.placement));
+  render_metadata_into(dom.append_child("metadata"), make_facts(s.template_path, s.tmpl, s.placement), true);
   attr(child_text(dom, "memory", std::to_string(s.tmpl.max_memory_mib)), "unit", "MiB");
   attr(child_text(dom, "currentMemory", std::to_string(s.tmpl.memory_mib)), "unit", "MiB");
   render_hugepages(dom, s);
@@ -408,7 +409,13 @@ std::string render_domain_xml(const DomainSpec& s) {
 
 std::string render_metadata(const VmFacts& facts) {
   pugi::xml_document doc;
-  render_metadata_into(doc, facts);
+  render_metadata_into(doc, facts, true);
+  return to_string(doc);
+}
+
+std::string render_metadata_body(const VmFacts& facts) {
+  pugi::xml_document doc;
+  render_metadata_into(doc, facts, false);
   return to_string(doc);
 }
 

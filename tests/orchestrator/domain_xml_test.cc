@@ -192,6 +192,22 @@ TEST(Metadata, AcceptsLibvirtsFragmentForms) {
   expect_same_facts(*back, f);
 }
 
+TEST(Metadata, BodyForLibvirtCarriesNoNamespace) {
+  VmFacts f = make_facts("t.conf", shared_vm().tmpl, shared_vm().placement);
+  std::string body = render_metadata_body(f);
+  EXPECT_EQ(body.find("xmlns"), std::string::npos) << body;
+  EXPECT_EQ(body.find("llmorch:"), std::string::npos) << body;
+  EXPECT_EQ(body.rfind("<vm>", 0), 0u) << body;
+  EXPECT_FALSE(parse_metadata(body).has_value());  // without the namespace it is not ours
+  // What libvirt stores after virDomainSetMetadata(key "llmorch"): the prefix on the root only.
+  std::string stored = "<domain><metadata>" + body + "</metadata></domain>";
+  stored.replace(stored.find("<vm>"), 4, "<llmorch:vm xmlns:llmorch=\"https://llmorch.dev/xmlns/domain/1\">");
+  stored.replace(stored.find("</vm>"), 5, "</llmorch:vm>");
+  auto back = parse_metadata(stored);
+  ASSERT_TRUE(back.has_value());
+  expect_same_facts(*back, f);
+}
+
 TEST(Metadata, RejectsForeignNamespaceAndMalformedFacts) {
   EXPECT_FALSE(parse_metadata("<domain><name>x</name></domain>").has_value());
   EXPECT_FALSE(parse_metadata("<domain><metadata><other:vm xmlns:other='urn:x'/></metadata></domain>").has_value());

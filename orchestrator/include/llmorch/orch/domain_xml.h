@@ -60,8 +60,11 @@ bool valid_vm_name(std::string_view name);
 // inconsistent (bad name, unknown domain type, too few pinned CPUs, cells not covering every vCPU).
 std::string render_domain_xml(const DomainSpec& spec);
 
-// The <metadata> child element alone (what virDomainSetMetadata takes; namespace on the root).
+// The llmorch element of <metadata> alone, namespace declared on its root (parse_metadata reads it).
 std::string render_metadata(const VmFacts& facts);
+// The same without any namespace: what virDomainSetMetadata takes (libvirt puts the namespace on the
+// root itself, and refuses a fragment that already declares the prefix).
+std::string render_metadata_body(const VmFacts& facts);
 
 // Accepts a whole domain XML (live or inactive) or the metadata fragment itself (as rendered, or as
 // virDomainGetMetadata returns it). nullopt when there is no llmorch metadata or it is malformed.

@@ -1,0 +1,81 @@
+// The libvirt backend without a daemon: URI resolution, connection errors, and libvirt's built-in
+// test driver (test:///default: 2 NUMA cells, no cpu_shares). Labelled `unit`: it needs no libvirtd.
+#include <cstdlib>
+
+#include <gtest/gtest.h>
+
+#include "llmorch/orch/domain_xml.h"
+#include "llmorch/orch/libvirt_hypervisor.h"
+
+namespace llmorch::orch {
+namespace {
+
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    if (const char* old = std::getenv(name)) old_ = old;
+    value ? setenv(name, value, 1) : unsetenv(name);
+  }
+  ~ScopedEnv() { old_ ? setenv(name_, old_->c_str(), 1) : unsetenv(name_); }
+
+ private:
+  const char* name_;
+  std::optional<std::string> old_;
+};
+
+TEST(ResolveUri, FlagThenEnvironmentThenSystem) {
+  {
+    ScopedEnv env("LIBVIRT_DEFAULT_URI", nullptr);
+    EXPECT_EQ(resolve_uri(std::nullopt), "qemu:///system");
+    EXPECT_EQ(resolve_uri(std::string()), "qemu:///system");
+    EXPECT_EQ(resolve_uri(std::string("test:///default")), "test:///default");
+  }
+  ScopedEnv env("LIBVIRT_DEFAULT_URI", "qemu:///session");
+  EXPECT_EQ(resolve_uri(std::nullopt), "qemu:///session");
+  EXPECT_EQ(resolve_uri(std::string("qemu+ssh://host/system")), "qemu+ssh://host/system");
+}
+
+TEST(LibvirtConnect, UnreachableDaemonIsAConnectionErrorWithAHint) {
+  try {
+    connect_libvirt("qemu+unix:///system?socket=/nonexistent/llmorch.sock");
+    FAIL() << "connected to a socket that does not exist";
+  } catch (const HypervisorError& e) {
+    EXPECT_EQ(e.kind(), HypervisorError::Kind::Connection);
+    EXPECT_NE(std::string(e.what()).find("libvirtd"), std::string::npos) << e.what();
+    EXPECT_FALSE(e.libvirt_message().empty());
+  }
+}
+
+TEST(LibvirtTestDriver, HostQueriesAndManagedDomains) {
+  auto hv = connect_libvirt("test:///default");
+  EXPECT_TRUE(hv->alive());
+  EXPECT_NE(hv->capabilities_xml().find("<cells num='2'>"), std::string::npos);
+  EXPECT_EQ(hv->free_memory_mib().size(), 2u);
+
+  // The test driver's own domain has no llmorch metadata: not managed.
+  EXPECT_TRUE(hv->list_managed().empty());
+  EXPECT_FALSE(hv->find_managed("test").has_value());
+
+  DomainSpec s;
+  s.name = "llmorch-offline";
+  s.domain_type = "qemu";
+  s.tmpl.vcpus = 2;
+  s.tmpl.max_vcpus = 2;
+  s.tmpl.memory_mib = 256;
+  s.tmpl.max_memory_mib = 256;
+  s.placement = {.name = s.name, .nodes = {0}, .cpus = {2, 3}, .memory_mib_per_node = {{0, 256}},
+                 .cells = {{0, {0, 1}, 256}}, .cpu_policy = policy::CpuPolicy::Dedicated,
+                 .hugepage_kib = 0, .vcpus = 2};
+  hv->define_and_start(render_domain_xml(s));
+  auto managed = hv->list_managed();
+  ASSERT_EQ(managed.size(), 1u);
+  EXPECT_EQ(managed[0].name, s.name);
+  EXPECT_EQ(managed[0].state, DomainState::Running);
+  EXPECT_EQ(managed[0].vcpu_pins, std::vector<std::vector<int>>({{2}, {3}}));
+  EXPECT_FALSE(managed[0].cpu_shares.has_value());  // the test driver calls it "weight"
+  EXPECT_TRUE(hv->destroy_and_undefine(s.name));
+  EXPECT_TRUE(hv->list_managed().empty());
+}
+
+}  // namespace
+}  // namespace llmorch::orch
