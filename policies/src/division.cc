@@ -7,6 +7,8 @@
 #include <limits>
 #include <numeric>
 #include <stdexcept>
+#include <string_view>
+#include <utility>
 
 namespace llmorch::policy {
 
@@ -89,29 +91,30 @@ std::vector<double> bounded_proportional(std::span<const double> weights, int to
 // weight, then lower index) for VMs still below their max, until the sum is total.
 std::vector<int> largest_remainder(std::span<const double> x, std::span<const double> weights,
                                    int total, std::span<const int> hi) {
+  struct Candidate {
+    double remainder;
+    double weight;
+    std::size_t index;
+  };
   std::vector<int> cpus(x.size());
-  std::vector<double> remainder(x.size());
+  std::vector<Candidate> below_max;
   std::int64_t assigned = 0;
   for (std::size_t i = 0; i < x.size(); ++i) {
     cpus[i] = static_cast<int>(std::floor(x[i]));
-    remainder[i] = x[i] - cpus[i];
     assigned += cpus[i];
+    if (cpus[i] < hi[i]) below_max.push_back({x[i] - cpus[i], weights[i], i});
   }
-  std::vector<std::size_t> order = iota_indices(x.size());
-  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
-    if (remainder[a] != remainder[b]) return remainder[a] > remainder[b];
-    return weights[a] > weights[b];
-  });
-  std::int64_t left = total - assigned;
-  assert(left >= 0);
-  for (std::size_t i : order) {
-    if (left == 0) break;
-    if (cpus[i] < hi[i]) {
-      ++cpus[i];
-      --left;
-    }
-  }
-  assert(left == 0);
+  const std::int64_t left = total - assigned;
+  assert(left >= 0 && left <= std::ssize(below_max));
+  // A strict total order, so the `left` best candidates are one well-defined set; nth_element finds
+  // them in O(n) without sorting the rest.
+  const auto better = [](const Candidate& a, const Candidate& b) {
+    if (a.remainder != b.remainder) return a.remainder > b.remainder;
+    if (a.weight != b.weight) return a.weight > b.weight;
+    return a.index < b.index;
+  };
+  std::nth_element(below_max.begin(), below_max.begin() + left, below_max.end(), better);
+  for (std::int64_t k = 0; k < left; ++k) ++cpus[below_max[k].index];
   return cpus;
 }
 
@@ -150,29 +153,38 @@ std::vector<double> waterfill(std::span<const double> weights, std::span<const d
   if (!(capacity >= 0.0) || !std::isfinite(capacity)) {
     throw std::invalid_argument("capacity must be finite and >= 0");
   }
+  // The common case on a host that is not saturated: nobody is short, everybody gets its demand.
+  if (std::accumulate(demand.begin(), demand.end(), 0.0) <= capacity) return {demand.begin(), demand.end()};
   // Serve VMs by demand per unit of weight, smallest first. If the smallest does not fit in its
   // weighted share of what is left, nobody after it does either: they split the rest by weight.
-  std::vector<std::size_t> order = iota_indices(weights.size());
-  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
-    return demand[a] / weights[a] < demand[b] / weights[b];
+  struct Vm {
+    double demand_per_weight;
+    std::size_t index;
+  };
+  std::vector<Vm> order;
+  order.reserve(weights.size());
+  for (std::size_t i = 0; i < weights.size(); ++i) order.push_back({demand[i] / weights[i], i});
+  std::sort(order.begin(), order.end(), [](const Vm& a, const Vm& b) {
+    if (a.demand_per_weight != b.demand_per_weight) return a.demand_per_weight < b.demand_per_weight;
+    return a.index < b.index;
   });
   // weight_after[k]: Σ weights of order[k..], summed exactly once rather than by repeated subtraction.
   std::vector<double> weight_after(order.size() + 1, 0.0);
-  for (std::size_t k = order.size(); k-- > 0;) weight_after[k] = weight_after[k + 1] + weights[order[k]];
+  for (std::size_t k = order.size(); k-- > 0;) weight_after[k] = weight_after[k + 1] + weights[order[k].index];
 
   std::vector<double> share(weights.size(), 0.0);
   double left = capacity;
   for (std::size_t k = 0; k < order.size(); ++k) {
-    const std::size_t i = order[k];
     const double level = left / weight_after[k];  // capacity per unit of weight still unclaimed
-    if (demand[i] > level * weights[i]) {
+    if (order[k].demand_per_weight > level) {
       for (std::size_t j = k; j < order.size(); ++j) {
-        share[order[j]] = std::min(level * weights[order[j]], demand[order[j]]);
+        const std::size_t i = order[j].index;
+        share[i] = std::min(level * weights[i], demand[i]);
       }
       break;
     }
-    share[i] = demand[i];
-    left -= demand[i];
+    share[order[k].index] = demand[order[k].index];
+    left -= demand[order[k].index];
   }
   return share;
 }
@@ -180,13 +192,11 @@ std::vector<double> waterfill(std::span<const double> weights, std::span<const d
 namespace {
 
 void check_vm(const VmDemand& vm) {
-  const std::string who = "VM '" + vm.name + "': ";
-  if (vm.min_cpus < 0) throw std::invalid_argument(who + "min_cpus must be >= 0");
-  if (vm.max_cpus < vm.min_cpus) throw std::invalid_argument(who + "max_cpus must be >= min_cpus");
-  if (std::isnan(vm.demand_cpus)) throw std::invalid_argument(who + "demand_cpus is NaN");
-  if (!(vm.priority > 0.0) || !std::isfinite(vm.priority)) {
-    throw std::invalid_argument(who + "priority must be a finite number > 0");
-  }
+  const auto fail = [&](const char* what) { throw std::invalid_argument("VM '" + vm.name + "': " + what); };
+  if (vm.min_cpus < 0) fail("min_cpus must be >= 0");
+  if (vm.max_cpus < vm.min_cpus) fail("max_cpus must be >= min_cpus");
+  if (std::isnan(vm.demand_cpus)) fail("demand_cpus is NaN");
+  if (!(vm.priority > 0.0) || !std::isfinite(vm.priority)) fail("priority must be a finite number > 0");
 }
 
 // A VM's demand in CPUs: what it reported, at most its max; unknown (< 0) means its max.
@@ -201,14 +211,26 @@ int cpu_bound_of(const VmDemand& vm, double demand) {
   return static_cast<int>(std::clamp(whole, double(vm.min_cpus), double(vm.max_cpus)));
 }
 
+// Positions of `vms` in order of name (then position). O(n) when they are already sorted by name.
+std::vector<std::size_t> name_order(std::span<const VmDemand> vms) {
+  // Sorting (name, position) pairs kept side by side is much faster than sorting positions that
+  // point into the larger VmDemand records.
+  std::vector<std::pair<std::string_view, std::size_t>> keyed;
+  keyed.reserve(vms.size());
+  for (std::size_t i = 0; i < vms.size(); ++i) keyed.emplace_back(vms[i].name, i);
+  if (!std::is_sorted(keyed.begin(), keyed.end())) std::sort(keyed.begin(), keyed.end());
+  std::vector<std::size_t> order;
+  order.reserve(vms.size());
+  for (const auto& [name, i] : keyed) order.push_back(i);
+  return order;
+}
+
 }  // namespace
 
 Division divide(std::span<const VmDemand> vms, int total_cpus, double alpha) {
   if (total_cpus < 0) throw std::invalid_argument("total CPUs must be >= 0");
   // Work in name order, so ties (broken by lower index below) are broken by name.
-  std::vector<std::size_t> by_name = iota_indices(vms.size());
-  std::stable_sort(by_name.begin(), by_name.end(),
-                   [&](std::size_t a, std::size_t b) { return vms[a].name < vms[b].name; });
+  const std::vector<std::size_t> by_name = name_order(vms);
 
   const std::size_t n = vms.size();
   std::vector<double> priority(n), demand(n);

@@ -50,7 +50,8 @@ struct Division {
 //   can use (full contention) this is the plain formula apportion(weights, total, min, max).
 //   CPUs that no VM wants stay unassigned (Σcpus < total_cpus).
 // Ties are broken by name (then by position), so the result does not depend on the order of `vms`
-// except for VMs with equal names. Throws std::invalid_argument naming the VM for a bad priority,
+// except for VMs with equal names; passing them already sorted by name (as from a std::map) skips a
+// sort. O(n log n). Throws std::invalid_argument naming the VM for a bad priority,
 // min_cpus < 0, max_cpus < min_cpus, a NaN demand, or total_cpus < 0.
 Division divide(std::span<const VmDemand> vms, int total_cpus, double alpha = kDefaultAlpha);
 
