@@ -1,0 +1,98 @@
+#include "llmorch/policy/cpu_plan.h"
+
+#include <algorithm>
+#include <limits>
+#include <map>
+#include <set>
+#include <stdexcept>
+
+#include "llmorch/policy/weighting.h"
+
+namespace llmorch::policy {
+
+namespace {
+
+bool rebalanced_here(const VmCpuInput& vm) {
+  return vm.cpu_policy == CpuPolicy::Dedicated && vm.nodes.size() == 1;
+}
+
+// Re-divides the CPUs held by the dedicated VMs of one node (indices into `vms`) among them.
+void plan_node(std::span<const VmCpuInput> vms, const std::vector<std::size_t>& members, double alpha,
+               CpuPlan& plan) {
+  std::set<CpuId> pool;
+  std::vector<VmDemand> demands;
+  for (std::size_t i : members) {
+    const VmCpuInput& vm = vms[i];
+    for (CpuId c : vm.cpus) {
+      if (!pool.insert(c).second)
+        throw std::invalid_argument("dedicated CPU " + std::to_string(c) + " is claimed twice (VM '" +
+                                    vm.name + "' and another VM on its node)");
+    }
+    demands.push_back({vm.name, vm.priority, vm.min_vcpus, vm.max_vcpus, vm.demand_cpus});
+  }
+  const Division division = divide(demands, static_cast<int>(pool.size()), alpha);
+
+  // Each VM keeps a prefix of what it holds (its lowest vCPUs stay where they are).
+  std::set<CpuId> free = pool;
+  for (std::size_t k = 0; k < members.size(); ++k) {
+    VmCpuPlan& out = plan.vms[members[k]];
+    const auto& held = vms[members[k]].cpus;
+    const std::size_t keep = std::min<std::size_t>(held.size(), static_cast<std::size_t>(division.cpus[k]));
+    out.cpus.assign(held.begin(), held.begin() + static_cast<std::ptrdiff_t>(keep));
+    for (CpuId c : out.cpus) free.erase(c);
+    out.node_share = division.share_cpus[k];
+  }
+  // CPUs set free go, lowest id first, to the VMs that grow, in name order.
+  std::vector<std::size_t> by_name(members.size());
+  for (std::size_t k = 0; k < by_name.size(); ++k) by_name[k] = k;
+  std::sort(by_name.begin(), by_name.end(),
+            [&](std::size_t a, std::size_t b) { return vms[members[a]].name < vms[members[b]].name; });
+  for (std::size_t k : by_name) {
+    VmCpuPlan& out = plan.vms[members[k]];
+    while (out.cpus.size() < static_cast<std::size_t>(division.cpus[k]) && !free.empty()) {
+      out.cpus.push_back(*free.begin());
+      free.erase(free.begin());
+    }
+    out.vcpus_online = static_cast<int>(out.cpus.size());
+  }
+}
+
+}  // namespace
+
+CpuPlan plan_cpus(std::span<const VmCpuInput> vms, double alpha) {
+  CpuPlan plan;
+  if (vms.empty()) return plan;
+
+  std::vector<double> priorities;
+  priorities.reserve(vms.size());
+  for (const VmCpuInput& vm : vms) priorities.push_back(vm.priority);
+  std::vector<double> weights;
+  try {
+    weights = compute_weights(priorities, alpha);
+  } catch (const std::invalid_argument& e) {
+    // Name the VM: compute_weights only knows positions.
+    for (const VmCpuInput& vm : vms) {
+      if (!(vm.priority > 0) || vm.priority == std::numeric_limits<double>::infinity())
+        throw std::invalid_argument("VM '" + vm.name + "': " + e.what());
+    }
+    throw;
+  }
+
+  plan.vms.resize(vms.size());
+  std::map<NodeId, std::vector<std::size_t>> dedicated_by_node;
+  for (std::size_t i = 0; i < vms.size(); ++i) {
+    VmCpuPlan& out = plan.vms[i];
+    out.name = vms[i].name;
+    out.weight = weights[i];
+    out.cpu_shares = cpu_shares(weights[i], vms.size());
+    if (rebalanced_here(vms[i])) {
+      dedicated_by_node[vms[i].nodes.front()].push_back(i);
+    } else {
+      out.cpus = vms[i].cpus;
+    }
+  }
+  for (const auto& [node, members] : dedicated_by_node) plan_node(vms, members, alpha, plan);
+  return plan;
+}
+
+}  // namespace llmorch::policy
