@@ -7,7 +7,7 @@ namespace llmorch::cli {
 const std::vector<Command>& commands() {
   static const std::vector<Command> table = {
       {"weights", "compute priority weights and whole-CPU shares (offline)", cmd_weights},
-      // {"plan", "place VMs on a host described by a capabilities file (offline)", cmd_plan},
+      {"plan", "place VMs on a host described by a capabilities file (offline)", cmd_plan},
   };
   return table;
 }

@@ -283,7 +283,7 @@ std::string no_fit_reason(const HostTopology& host, const std::vector<NodeFree>&
       mib += candidates[i].granule_cap * req.granule_mib;
     }
   }
-  s += "; the " + std::to_string(usable) + " usable nodes together have " + std::to_string(cpus) + " CPUs and " +
+  s += "; all " + std::to_string(usable) + " usable nodes together have " + std::to_string(cpus) + " CPUs and " +
        std::to_string(mib) + " MiB" + (req.vm.hugepage_kib ? " of such hugepages" : "") + " free";
   if ((!req.dedicated() || cpus >= static_cast<std::uint64_t>(req.vm.vcpus)) && mib >= req.vm.memory_mib) {
     s += ", but a VM spread over several nodes needs at least one vCPU and one page on each";

@@ -274,7 +274,7 @@ TEST(Placement, RejectionsNameEveryNode) {
   const std::string why = must_reject(host, usage, vm("big", 16, 4096));
   EXPECT_EQ(why,
             "no NUMA node set fits 'big' (16 vCPUs, 4096 MiB): node 0: 6 CPUs free, 16 needed; node 1: 8 CPUs "
-            "free, 16 needed, 2048 MiB free, 4096 needed; the 2 usable nodes together have 14 CPUs and 10240 MiB free");
+            "free, 16 needed, 2048 MiB free, 4096 needed; all 2 usable nodes together have 14 CPUs and 10240 MiB free");
   EXPECT_NE(must_reject(host, usage, vm("z", 0, 10)).find("at least 1"), std::string::npos);
   EXPECT_NE(must_reject(host, usage, vm("m", 1, 0)).find("0 MiB"), std::string::npos);
   EXPECT_NE(must_reject(host, usage, vm("p", 1, 10, CpuPolicy::Dedicated, 3)).find("KiB hugepages"), std::string::npos);
