@@ -1,2 +1,132 @@
-// placeholder; see orchestrator/include/llmorch/orch
-namespace llmorch::orch {}
+// VM templates (templates/*.conf; templates/README.md documents every key). To add a key: a field
+// in VmTemplate, one line in keys(), a check in validate() if it interacts with others, a README line.
+#include <charconv>
+#include <limits>
+
+#include "ini_keys.h"
+#include "llmorch/orch/template.h"
+
+namespace llmorch::orch {
+namespace {
+
+using Key = ini::Key<VmTemplate>;
+
+constexpr int kMaxVcpus = 4096;
+constexpr std::uint64_t kMinMemoryMib = 64;  // below this a Linux guest does not boot
+
+double positive(const std::string& text) {
+  const double v = ini::number(text, 0.0, std::numeric_limits<double>::max());
+  if (v <= 0) ini::reject();
+  return v;
+}
+
+std::uint64_t hugepage_kib(const std::string& text) {
+  static constexpr std::uint64_t sizes[] = {0, 2048, 1048576};
+  return sizes[ini::choice(text, {"none", "2M", "1G"})];
+}
+
+const std::vector<Key>& keys() {
+  using T = VmTemplate;
+  using S = std::string;
+  static const std::vector<Key> table = {
+      {"vcpus", "a whole number in [1, 4096]", [](const S& v, T& t) { t.vcpus = ini::whole(v, 1, kMaxVcpus); }},
+      {"max_vcpus", "a whole number in [1, 4096]", [](const S& v, T& t) { t.max_vcpus = ini::whole(v, 1, kMaxVcpus); }},
+      {"memory_mib", "a whole number of MiB >= 64",
+       [](const S& v, T& t) { t.memory_mib = ini::whole(v, kMinMemoryMib); }},
+      {"max_memory_mib", "a whole number of MiB >= 64",
+       [](const S& v, T& t) { t.max_memory_mib = ini::whole(v, kMinMemoryMib); }},
+      {"memory_floor_mib", "a whole number of MiB >= 0",
+       [](const S& v, T& t) { t.memory_floor_mib = ini::whole<std::uint64_t>(v, 0); }},
+      {"cpu_policy", "dedicated or shared",
+       [](const S& v, T& t) {
+         t.cpu_policy = ini::choice(v, {"dedicated", "shared"}) == 0 ? policy::CpuPolicy::Dedicated
+                                                                      : policy::CpuPolicy::Shared;
+       }},
+      {"hugepages", "none, 2M or 1G", [](const S& v, T& t) { t.hugepage_kib = hugepage_kib(v); }},
+      {"priority", "a number > 0", [](const S& v, T& t) { t.priority = positive(v); }},
+      {"priority_min", "a number > 0", [](const S& v, T& t) { t.priority_min = positive(v); }},
+      {"priority_max", "a number > 0", [](const S& v, T& t) { t.priority_max = positive(v); }},
+      {"domain_type", "kvm or qemu (or empty: the host config's domain_type)",
+       [](const S& v, T& t) { if (!v.empty()) ini::choice(v, {"kvm", "qemu"}); t.domain_type = v; }},
+      {"kernel", "an absolute path", [](const S& v, T& t) { t.kernel = ini::absolute_path(v); }},
+      {"initrd", "an absolute path", [](const S& v, T& t) { t.initrd = ini::absolute_path(v); }},
+      {"kernel_args", "a kernel command line", [](const S& v, T& t) { t.kernel_args = v; }},
+      {"disk", "an absolute path", [](const S& v, T& t) { t.disk = ini::absolute_path(v); }},
+  };
+  return table;
+}
+
+std::string num(double v) {
+  char buf[32];
+  const auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
+  return std::string(buf, end);
+}
+
+std::string num(std::uint64_t v) { return std::to_string(v); }
+
+// Checks that need several keys. `set` holds the keys the file and overrides gave.
+void validate(VmTemplate& t, const std::set<std::string>& set, const std::string& source) {
+  auto fail = [&](const std::string& what) { throw TemplateError(source + ": " + what); };
+  if (!set.count("memory_mib")) fail("key 'memory_mib' is missing; set it to the VM's memory at start in MiB (>= 64)");
+  if (!set.count("max_vcpus")) t.max_vcpus = t.vcpus;
+  if (!set.count("max_memory_mib")) t.max_memory_mib = t.memory_mib;
+
+  if (t.max_vcpus < t.vcpus) {
+    fail("max_vcpus (" + std::to_string(t.max_vcpus) + ") is less than vcpus (" + std::to_string(t.vcpus) +
+         "); max_vcpus must be >= vcpus");
+  }
+  if (t.max_memory_mib < t.memory_mib) {
+    fail("max_memory_mib (" + num(t.max_memory_mib) + ") is less than memory_mib (" + num(t.memory_mib) +
+         "); max_memory_mib must be >= memory_mib");
+  }
+  if (t.memory_floor_mib > t.memory_mib) {
+    fail("memory_floor_mib (" + num(t.memory_floor_mib) + ") is above memory_mib (" + num(t.memory_mib) +
+         "); the floor must be <= memory_mib");
+  }
+  if (const std::uint64_t page_mib = t.hugepage_kib / 1024; page_mib > 1) {
+    for (const auto& [name, mib] : {std::pair{"memory_mib", t.memory_mib}, {"max_memory_mib", t.max_memory_mib}}) {
+      if (mib % page_mib != 0) {
+        fail(std::string(name) + " (" + num(mib) + ") is not a multiple of the hugepage size (" + num(page_mib) +
+             " MiB); round it to a whole number of pages");
+      }
+    }
+  }
+  if (t.priority_max < t.priority_min) {
+    fail("priority_max (" + num(t.priority_max) + ") is less than priority_min (" + num(t.priority_min) +
+         "); priority_max must be >= priority_min");
+  }
+  if (t.priority < t.priority_min || t.priority > t.priority_max) {
+    fail("priority (" + num(t.priority) + ") is outside [priority_min, priority_max] = [" + num(t.priority_min) +
+         ", " + num(t.priority_max) + "]; set a priority inside that range");
+  }
+  if (!t.kernel.empty() && !t.disk.empty()) {
+    fail("both kernel and disk are set; a VM boots from one of them, remove the other");
+  }
+  if (t.kernel.empty() && t.disk.empty()) {
+    fail("neither kernel nor disk is set; set kernel (direct kernel boot) or disk (a disk image)");
+  }
+  if (t.kernel.empty() && !t.initrd.empty()) fail("initrd is set without kernel; initrd is only used with kernel");
+  if (t.kernel.empty() && !t.kernel_args.empty()) {
+    fail("kernel_args is set without kernel; kernel_args is only used with kernel");
+  }
+}
+
+}  // namespace
+
+std::vector<std::string> template_keys() {
+  std::vector<std::string> names;
+  for (const auto& k : keys()) names.emplace_back(k.name);
+  return names;
+}
+
+VmTemplate load_template(const std::string& path, const std::vector<std::string>& overrides) {
+  VmTemplate t;
+  auto set = ini::apply<TemplateError>(ini::read_file<TemplateError>(path, keys()), keys(), t, path);
+  const std::string where = path + ": --set";
+  set.merge(ini::apply<TemplateError>(ini::parse_overrides<TemplateError>(overrides, keys(), where), keys(), t,
+                                      where));
+  validate(t, set, overrides.empty() ? path : path + " (with --set overrides)");
+  return t;
+}
+
+}  // namespace llmorch::orch

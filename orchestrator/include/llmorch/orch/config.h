@@ -6,6 +6,7 @@
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "llmorch/policy/types.h"
 
@@ -32,8 +33,13 @@ std::set<policy::CpuId> parse_cpu_list(const std::string& text);
 // Formats a CPU set as a compact list ("0-3,8").
 std::string format_cpu_list(const std::set<policy::CpuId>& cpus);
 
-// path empty: the default path, which may be missing. A named file that is missing is an error.
-// Throws ConfigError naming the file, the key and what is allowed.
-HostConfig load_config(const std::string& path);
+// path empty: the default path, which may be missing (then built-in defaults). A named file that is
+// missing is an error. `overrides` ("KEY=VALUE", split at the first '=') are applied after the file,
+// the same way as a template's --set: this is how command-line options override the file.
+// Throws ConfigError naming the file, the key, the value and what is allowed.
+HostConfig load_config(const std::string& path, const std::vector<std::string>& overrides = {});
+
+// The keys a host config file may set, in documentation order.
+std::vector<std::string> host_config_keys();
 
 }  // namespace llmorch::orch

@@ -14,9 +14,9 @@ namespace llmorch::orch {
 
 struct VmTemplate {
   int vcpus = 1;                       // vCPUs online at start
-  int max_vcpus = 0;                   // vCPUs the domain can hot-add up to; 0 after load means = vcpus
-  std::uint64_t memory_mib = 0;        // memory at start (balloon current)
-  std::uint64_t max_memory_mib = 0;    // domain maximum; what placement reserves. 0 after load: = memory_mib
+  int max_vcpus = 0;                   // vCPUs the domain can hot-add up to; unset in the file: = vcpus
+  std::uint64_t memory_mib = 0;        // memory at start (balloon current); required
+  std::uint64_t max_memory_mib = 0;    // domain maximum; what placement reserves. unset: = memory_mib
   std::uint64_t memory_floor_mib = 0;  // never balloon below this
   policy::CpuPolicy cpu_policy = policy::CpuPolicy::Dedicated;
   std::uint64_t hugepage_kib = 0;      // 0, 2048 or 1048576
@@ -37,5 +37,8 @@ class TemplateError : public std::runtime_error {
 // Reads `path`, then applies overrides ("KEY=VALUE", split at the first '='), then validates.
 // Throws TemplateError.
 VmTemplate load_template(const std::string& path, const std::vector<std::string>& overrides = {});
+
+// The keys a template may set, in documentation order.
+std::vector<std::string> template_keys();
 
 }  // namespace llmorch::orch
