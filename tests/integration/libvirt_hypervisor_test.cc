@@ -310,5 +310,42 @@ TEST_F(LibvirtIntegration, DestroyUndefineCleansUpAndEventsArrive) {
   }
 }
 
+// libvirtd dropping the connection (as on a daemon restart), simulated with virt-admin so that other
+// test processes keep theirs: alive() notices, ensure_connected() reconnects.
+std::vector<std::string> clients_of_this_process() {
+  std::vector<std::string> ids;
+  std::istringstream list(run("virt-admin srv-clients-list libvirtd 2>&1"));
+  std::string line;
+  for (int skip = 0; skip < 2 && std::getline(list, line); ++skip) {}
+  while (std::getline(list, line)) {
+    std::istringstream fields(line);
+    std::string id;
+    if (!(fields >> id)) continue;
+    const std::string info = run("virt-admin client-info libvirtd " + id + " 2>&1");
+    if (info.find("unix_process_id: " + std::to_string(getpid()) + "\n") != std::string::npos) ids.push_back(id);
+  }
+  return ids;
+}
+
+TEST_F(LibvirtIntegration, ReconnectsAfterTheDaemonDropsTheConnection) {
+  auto ids = clients_of_this_process();
+  ASSERT_FALSE(ids.empty()) << "virt-admin lists no client for this process";
+  for (const auto& id : ids) run("virt-admin client-disconnect libvirtd " + id + " 2>&1");
+
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (hv_->alive() && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_FALSE(hv_->alive());
+  try {
+    hv_->list_managed();
+    ADD_FAILURE() << "listing on a dropped connection succeeded";
+  } catch (const HypervisorError& e) {
+    EXPECT_EQ(e.kind(), HypervisorError::Kind::Connection) << e.what();
+  }
+  hv_->ensure_connected();
+  EXPECT_TRUE(hv_->alive());
+  EXPECT_NO_THROW(hv_->list_managed());
+}
+
 }  // namespace
 }  // namespace llmorch::orch
