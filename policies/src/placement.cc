@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <functional>
 #include <map>
 #include <optional>
 #include <tuple>
@@ -126,16 +127,19 @@ struct Choice {
   int distance = 0;
   std::uint64_t free_cpus_after = 0;
   std::uint64_t free_mib_after = 0;
-
-  auto rank() const {
-    std::vector<NodeId> ids;
-    for (const Candidate* c : nodes) ids.push_back(c->node->id);
-    return std::tuple(distance, free_cpus_after, free_mib_after, ids);
-  }
 };
 
-std::optional<Choice> evaluate(const HostTopology& host, const Request& req,
-                               std::vector<const Candidate*> set) {
+// Nearer first, then best fit, then the lowest node ids.
+bool better(const Choice& a, const Choice& b) {
+  if (a.distance != b.distance) return a.distance < b.distance;
+  if (a.free_cpus_after != b.free_cpus_after) return a.free_cpus_after < b.free_cpus_after;
+  if (a.free_mib_after != b.free_mib_after) return a.free_mib_after < b.free_mib_after;
+  return std::lexicographical_compare(a.nodes.begin(), a.nodes.end(), b.nodes.begin(), b.nodes.end(),
+                                      [](auto* x, auto* y) { return x->node->id < y->node->id; });
+}
+
+// `set` is sorted by node id.
+std::optional<Choice> evaluate(const HostTopology& host, const Request& req, const std::vector<const Candidate*>& set) {
   const std::uint64_t k = set.size();
   if (static_cast<std::uint64_t>(req.vm.vcpus) < k || req.granules < k) return std::nullopt;
   std::uint64_t cpus = 0, granules = 0;
@@ -153,29 +157,43 @@ std::optional<Choice> evaluate(const HostTopology& host, const Request& req,
   }
   if (req.dedicated()) choice.free_cpus_after -= req.vm.vcpus;
   choice.free_mib_after -= req.vm.memory_mib;
-  std::sort(set.begin(), set.end(), [](auto* a, auto* b) { return a->node->id < b->node->id; });
-  choice.nodes = std::move(set);
+  choice.nodes = set;
   return choice;
 }
 
-// Node sets of size k to try: all of them for small hosts, else nearest-neighbour growth.
-std::vector<std::vector<const Candidate*>> node_sets(const HostTopology& host,
-                                                     const std::vector<const Candidate*>& usable, std::size_t k) {
-  std::vector<std::vector<const Candidate*>> sets;
+// Whether any k usable nodes could hold the VM: the k largest capacities must add up (cheap pruning).
+bool k_nodes_may_fit(const std::vector<const Candidate*>& usable, std::size_t k, const Request& req) {
+  auto top_k_sum = [&](auto cap) {
+    std::vector<std::uint64_t> caps;
+    for (const Candidate* c : usable) caps.push_back(cap(*c));
+    std::partial_sort(caps.begin(), caps.begin() + k, caps.end(), std::greater<>());
+    return std::accumulate(caps.begin(), caps.begin() + k, std::uint64_t{0});
+  };
+  if (top_k_sum([](const Candidate& c) { return c.granule_cap; }) < req.granules) return false;
+  return !req.dedicated() ||
+         top_k_sum([](const Candidate& c) { return c.cpu_cap; }) >= static_cast<std::uint64_t>(req.vm.vcpus);
+}
+
+// Calls visit(set) for each node set of size k to try (sorted by id): all of them for small hosts,
+// else the sets grown from each node by adding the nearest one.
+template <typename Visit>
+void for_each_node_set(const HostTopology& host, const std::vector<const Candidate*>& usable, std::size_t k,
+                       Visit&& visit) {
   const std::size_t n = usable.size();
+  std::vector<const Candidate*> set;
   if (n <= kExhaustiveMaxNodes) {
     for (unsigned mask = 1; mask < (1u << n); ++mask) {
       if (static_cast<std::size_t>(std::popcount(mask)) != k) continue;
-      std::vector<const Candidate*> set;
+      set.clear();
       for (std::size_t i = 0; i < n; ++i) {
         if (mask & (1u << i)) set.push_back(usable[i]);
       }
-      sets.push_back(std::move(set));
+      visit(set);
     }
-    return sets;
+    return;
   }
   for (const Candidate* start : usable) {
-    std::vector<const Candidate*> set{start};
+    set.assign(1, start);
     while (set.size() < k) {
       const Candidate* nearest = nullptr;
       int nearest_sum = std::numeric_limits<int>::max();
@@ -187,9 +205,9 @@ std::vector<std::vector<const Candidate*>> node_sets(const HostTopology& host,
       }
       set.push_back(nearest);
     }
-    sets.push_back(std::move(set));
+    std::sort(set.begin(), set.end(), [](auto* a, auto* b) { return a->node->id < b->node->id; });
+    visit(set);
   }
-  return sets;
 }
 
 std::optional<Choice> choose(const HostTopology& host, const Request& req, const std::vector<Candidate>& candidates) {
@@ -198,11 +216,12 @@ std::optional<Choice> choose(const HostTopology& host, const Request& req, const
     if (c.usable()) usable.push_back(&c);
   }
   for (std::size_t k = 1; k <= usable.size(); ++k) {
+    if (!k_nodes_may_fit(usable, k, req)) continue;
     std::optional<Choice> best;
-    for (auto& set : node_sets(host, usable, k)) {
-      std::optional<Choice> c = evaluate(host, req, std::move(set));
-      if (c && (!best || c->rank() < best->rank())) best = std::move(c);
-    }
+    for_each_node_set(host, usable, k, [&](const std::vector<const Candidate*>& set) {
+      std::optional<Choice> c = evaluate(host, req, set);
+      if (c && (!best || better(*c, *best))) best = std::move(c);
+    });
     if (best) return best;
   }
   return std::nullopt;
