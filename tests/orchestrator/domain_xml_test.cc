@@ -171,8 +171,7 @@ INSTANTIATE_TEST_SUITE_P(AllShapes, MetadataRoundTrip,
                          ::testing::Values(&dedicated_single_node, &shared_vm, &spanning_hugepages, &disk_boot));
 
 TEST(Metadata, AcceptsLibvirtsFragmentForms) {
-  // virDomainGetMetadata returns the element with a default namespace; virDomainSetMetadata may leave
-  // children unprefixed. Both must parse.
+  // Namespace-aware tools may write the element with a default namespace and unprefixed children.
   VmFacts f = make_facts("t.conf", shared_vm().tmpl, shared_vm().placement);
   std::string frag = render_metadata(f);
   std::string unprefixed;
@@ -199,7 +198,8 @@ TEST(Metadata, BodyForLibvirtCarriesNoNamespace) {
   EXPECT_EQ(body.find("llmorch:"), std::string::npos) << body;
   EXPECT_EQ(body.rfind("<vm>", 0), 0u) << body;
   EXPECT_FALSE(parse_metadata(body).has_value());  // without the namespace it is not ours
-  // What libvirt stores after virDomainSetMetadata(key "llmorch"): the prefix on the root only.
+  // Unprefixed children under the prefixed root must parse too (libvirt 9 prefixes every element,
+  // as the integration test sees; older versions may not).
   std::string stored = "<domain><metadata>" + body + "</metadata></domain>";
   stored.replace(stored.find("<vm>"), 4, "<llmorch:vm xmlns:llmorch=\"https://llmorch.dev/xmlns/domain/1\">");
   stored.replace(stored.find("</vm>"), 5, "</llmorch:vm>");

@@ -66,8 +66,10 @@ std::string render_metadata(const VmFacts& facts);
 // root itself, and refuses a fragment that already declares the prefix).
 std::string render_metadata_body(const VmFacts& facts);
 
-// Accepts a whole domain XML (live or inactive) or the metadata fragment itself (as rendered, or as
-// virDomainGetMetadata returns it). nullopt when there is no llmorch metadata or it is malformed.
+// Accepts a whole domain XML (live or inactive) or a metadata fragment that declares the llmorch
+// namespace (render_metadata; prefixed or default namespace). Not virDomainGetMetadata's output: libvirt
+// returns that without any namespace, so read the domain XML instead. nullopt when there is no llmorch
+// metadata or it is malformed.
 std::optional<VmFacts> parse_metadata(std::string_view xml);
 
 // Values read back from a (live) domain XML.
