@@ -170,7 +170,7 @@ TEST_P(MetadataRoundTrip, FromFragment) {
 INSTANTIATE_TEST_SUITE_P(AllShapes, MetadataRoundTrip,
                          ::testing::Values(&dedicated_single_node, &shared_vm, &spanning_hugepages, &disk_boot));
 
-TEST(Metadata, AcceptsLibvirtsFragmentForms) {
+TEST(Metadata, AcceptsDefaultNamespaceForm) {
   // Namespace-aware tools may write the element with a default namespace and unprefixed children.
   VmFacts f = make_facts("t.conf", shared_vm().tmpl, shared_vm().placement);
   std::string frag = render_metadata(f);
