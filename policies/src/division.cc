@@ -4,7 +4,6 @@
 #include <cassert>
 #include <cmath>
 #include <cstdint>
-#include <limits>
 #include <numeric>
 #include <stdexcept>
 #include <string_view>
@@ -104,8 +103,10 @@ std::vector<int> largest_remainder(std::span<const double> x, std::span<const do
     assigned += cpus[i];
     if (cpus[i] < hi[i]) below_max.push_back({x[i] - cpus[i], weights[i], i});
   }
-  const std::int64_t left = total - assigned;
-  assert(left >= 0 && left <= std::ssize(below_max));
+  // In exact arithmetic 0 <= total - assigned < |below_max|; the clamp keeps rounding error in x from
+  // ever handing out more than total.
+  assert(total - assigned >= 0 && total - assigned <= std::ssize(below_max));
+  const std::int64_t left = std::clamp<std::int64_t>(total - assigned, 0, std::ssize(below_max));
   // A strict total order, so the `left` best candidates are one well-defined set; nth_element finds
   // them in O(n) without sorting the rest.
   const auto better = [](const Candidate& a, const Candidate& b) {
