@@ -98,21 +98,24 @@ void validate(const DomainSpec& s) {
   if (t.memory_mib == 0 || t.max_memory_mib < t.memory_mib)
     bad_spec(s.name, "need 0 < memory_mib <= max_memory_mib");
   if (p.nodes.empty()) bad_spec(s.name, "the placement names no host node");
-  if (p.cpu_policy == CpuPolicy::Dedicated && p.cpus.size() != static_cast<std::size_t>(t.max_vcpus))
-    bad_spec(s.name, "a dedicated placement needs one host CPU per vCPU up to max_vcpus (" +
-                         std::to_string(t.max_vcpus) + "), it has " + std::to_string(p.cpus.size()));
+  const auto held = p.cpus.size();
+  if (p.cpu_policy == CpuPolicy::Dedicated &&
+      (held < static_cast<std::size_t>(t.vcpus) || held > static_cast<std::size_t>(t.max_vcpus)))
+    bad_spec(s.name, "a dedicated placement needs between vcpus (" + std::to_string(t.vcpus) + ") and max_vcpus (" +
+                         std::to_string(t.max_vcpus) + ") host CPUs, it has " + std::to_string(held));
   if (p.cpus.empty()) bad_spec(s.name, "the placement has no host CPUs");
   if (p.cells.size() > 1) {
     std::set<int> seen;
     std::uint64_t mem = 0;
     for (const auto& c : p.cells) {
+      if (c.vcpus.empty()) bad_spec(s.name, "guest cell on node " + std::to_string(c.host_node) + " has no vCPU");
       for (int v : c.vcpus)
         if (v < 0 || v >= t.max_vcpus || !seen.insert(v).second)
           bad_spec(s.name, "vCPU " + std::to_string(v) + " is out of range or in two guest cells");
       mem += c.memory_mib;
     }
-    if (seen.size() != static_cast<std::size_t>(t.max_vcpus))
-      bad_spec(s.name, "the guest cells must cover every vCPU up to max_vcpus");
+    if (seen.empty() || *seen.rbegin() + 1 != static_cast<int>(seen.size()))
+      bad_spec(s.name, "the guest cells must cover vCPUs 0.." + std::to_string(seen.size() - 1) + " without gaps");
     if (mem != t.max_memory_mib)
       bad_spec(s.name, "the guest cells' memory (" + std::to_string(mem) +
                            " MiB) differs from max_memory_mib (" + std::to_string(t.max_memory_mib) + ")");
@@ -174,9 +177,12 @@ void render_vcpus_and_tuning(pugi::xml_node dom, const DomainSpec& s) {
   child_text(tune, "shares", std::to_string(s.cpu_shares));
   const std::string pool = cpuset(p.cpus);
   for (int v = 0; v < s.tmpl.max_vcpus; ++v) {
+    // Dedicated vCPUs beyond the CPUs held start offline and may run on any of them until llmorchd
+    // gives them a CPU of their own.
+    const bool own = p.cpu_policy == CpuPolicy::Dedicated && static_cast<std::size_t>(v) < p.cpus.size();
     auto pin = tune.append_child("vcpupin");
     attr(pin, "vcpu", std::to_string(v));
-    attr(pin, "cpuset", p.cpu_policy == CpuPolicy::Dedicated ? std::to_string(p.cpus[v]) : pool);
+    attr(pin, "cpuset", own ? std::to_string(p.cpus[v]) : pool);
   }
   attr(tune.append_child("emulatorpin"), "cpuset", s.emulator_cpus.empty() ? pool : cpuset(s.emulator_cpus));
 }
@@ -383,8 +389,35 @@ bool valid_vm_name(std::string_view name) {
   });
 }
 
-std::string render_domain_xml(const DomainSpec& s) {
-  validate(s);
+policy::Placement cells_up_to(const policy::Placement& placement, int max_vcpus) {
+  policy::Placement p = placement;
+  if (p.cells.empty()) return p;
+  std::size_t covered = 0;
+  for (const auto& c : p.cells) covered += c.vcpus.size();
+  if (covered >= static_cast<std::size_t>(max_vcpus)) return p;
+  // Largest remainder: cell i gets extra * size_i / covered, the leftovers to the largest remainders
+  // (ties to the earlier cell). New vCPU ids follow the existing ones, cell by cell.
+  const std::size_t extra = static_cast<std::size_t>(max_vcpus) - covered;
+  std::vector<std::size_t> add(p.cells.size());
+  std::vector<std::pair<std::size_t, std::size_t>> remainders;  // (remainder, cell)
+  std::size_t given = 0;
+  for (std::size_t i = 0; i < p.cells.size(); ++i) {
+    add[i] = extra * p.cells[i].vcpus.size() / covered;
+    given += add[i];
+    remainders.emplace_back(extra * p.cells[i].vcpus.size() % covered, i);
+  }
+  std::stable_sort(remainders.begin(), remainders.end(), [](auto& a, auto& b) { return a.first > b.first; });
+  for (std::size_t j = 0; given < extra; ++j, ++given) ++add[remainders[j].second];
+  int next = static_cast<int>(covered);
+  for (std::size_t i = 0; i < p.cells.size(); ++i)
+    for (std::size_t k = 0; k < add[i]; ++k) p.cells[i].vcpus.push_back(next++);
+  return p;
+}
+
+std::string render_domain_xml(const DomainSpec& spec) {
+  validate(spec);
+  DomainSpec s = spec;
+  s.placement = cells_up_to(spec.placement, spec.tmpl.max_vcpus);
   pugi::xml_document doc;
   auto dom = doc.append_child("domain");
   attr(dom, "type", s.domain_type);

@@ -59,9 +59,10 @@ DomainSpec dedicated_single_node() {
   s.tmpl = base_template();
   s.tmpl.vcpus = 2;
   s.tmpl.max_vcpus = 4;
-  s.placement = {.name = "llm-small", .nodes = {1}, .cpus = {9, 8, 10, 11},
-                 .memory_mib_per_node = {{1, 1024}}, .cells = {{1, {0, 1, 2, 3}, 1024}},
-                 .cpu_policy = CpuPolicy::Dedicated, .hugepage_kib = 0, .vcpus = 4};
+  // Placement reserved the start count (2 CPUs); vCPUs 2 and 3 start offline on both.
+  s.placement = {.name = "llm-small", .nodes = {1}, .cpus = {9, 8},
+                 .memory_mib_per_node = {{1, 1024}}, .cells = {{1, {0, 1}, 1024}},
+                 .cpu_policy = CpuPolicy::Dedicated, .hugepage_kib = 0, .vcpus = 2};
   s.domain_type = "kvm";
   s.cpu_shares = 2048;
   return s;
@@ -155,7 +156,8 @@ TEST_P(MetadataRoundTrip, FromWholeDomainXml) {
   DomainSpec s = GetParam()();
   auto facts = parse_metadata(render_domain_xml(s));
   ASSERT_TRUE(facts.has_value());
-  expect_same_facts(*facts, make_facts(s.template_path, s.tmpl, s.placement));
+  // The metadata records the cells completed up to max_vcpus.
+  expect_same_facts(*facts, make_facts(s.template_path, s.tmpl, cells_up_to(s.placement, s.tmpl.max_vcpus)));
 }
 
 TEST_P(MetadataRoundTrip, FromFragment) {
@@ -235,11 +237,17 @@ TEST(DomainXml, ValidatesNames) {
 
 TEST(DomainXml, RejectsInconsistentSpecs) {
   DomainSpec s = dedicated_single_node();
-  s.placement.cpus.pop_back();  // 3 CPUs for max_vcpus 4
+  s.placement.cpus = {9};  // 1 CPU for 2 vCPUs at start
+  EXPECT_THROW(render_domain_xml(s), std::invalid_argument);
+  s.placement.cpus = {8, 9, 10, 11, 12};  // 5 CPUs for max_vcpus 4
   EXPECT_THROW(render_domain_xml(s), std::invalid_argument);
 
   s = spanning_hugepages();
-  s.placement.cells[1].vcpus = {2};  // vCPU 3 in no cell
+  s.placement.cells[1].vcpus = {3};  // vCPU 2 in no cell: a gap
+  EXPECT_THROW(render_domain_xml(s), std::invalid_argument);
+
+  s = spanning_hugepages();
+  s.placement.cells[1].vcpus = {2, 3, 4};  // beyond max_vcpus 4
   EXPECT_THROW(render_domain_xml(s), std::invalid_argument);
 
   s = spanning_hugepages();
@@ -281,13 +289,52 @@ TEST(LiveDomainXml, GeneratedXmlPinsEveryVcpuUpToMax) {
   EXPECT_EQ(live.vcpus_max, 4);
   ASSERT_EQ(live.vcpu_pins.size(), 4u);
   EXPECT_EQ(live.vcpu_pins.at(0), std::vector<int>({9}));
-  EXPECT_EQ(live.vcpu_pins.at(3), std::vector<int>({11}));
+  EXPECT_EQ(live.vcpu_pins.at(1), std::vector<int>({8}));
+  EXPECT_EQ(live.vcpu_pins.at(2), std::vector<int>({8, 9}));  // offline at start: any held CPU
+  EXPECT_EQ(live.vcpu_pins.at(3), std::vector<int>({8, 9}));
   EXPECT_EQ(live.cpu_shares, 2048u);
   EXPECT_TRUE(live.channel_path.empty());  // libvirt picks the path at start
 
   live = parse_live_domain_xml(render_domain_xml(shared_vm()));
   for (int v = 0; v < 2; ++v) EXPECT_EQ(live.vcpu_pins.at(v), std::vector<int>({2, 3, 4, 5}));
   EXPECT_EQ(live.emulator_pins, std::vector<int>({0, 1}));
+}
+
+TEST(DomainXml, DedicatedVmHoldingMoreThanItsStartCount) {
+  // After llmorchd gave it a third CPU: vCPU 2 gets its own, vCPU 3 floats over all three.
+  DomainSpec s = dedicated_single_node();
+  s.placement.cpus = {9, 8, 10};
+  LiveDomainXml live = parse_live_domain_xml(render_domain_xml(s));
+  EXPECT_EQ(live.vcpu_pins.at(2), std::vector<int>({10}));
+  EXPECT_EQ(live.vcpu_pins.at(3), std::vector<int>({8, 9, 10}));
+  EXPECT_EQ(live.emulator_pins, std::vector<int>({8, 9, 10}));
+}
+
+TEST(DomainXml, SpanningCellsCompletedUpToMaxVcpus) {
+  DomainSpec s = spanning_hugepages();
+  s.tmpl.max_vcpus = 6;  // vCPUs 4 and 5: one per cell (both cells hold 2)
+  std::string xml = render_domain_xml(s);
+  EXPECT_NE(xml.find(R"(<cell id="0" cpus="0-1,4" memory="4096" unit="MiB" />)"), std::string::npos) << xml;
+  EXPECT_NE(xml.find(R"(<cell id="1" cpus="2-3,5" memory="4096" unit="MiB" />)"), std::string::npos) << xml;
+  LiveDomainXml live = parse_live_domain_xml(xml);
+  EXPECT_EQ(live.vcpu_pins.at(3), std::vector<int>({9}));
+  EXPECT_EQ(live.vcpu_pins.at(4), std::vector<int>({6, 7, 8, 9}));
+  auto facts = parse_metadata(xml);
+  ASSERT_TRUE(facts.has_value());
+  EXPECT_EQ(facts->placement.cells[0].vcpus, std::vector<int>({0, 1, 4}));
+  EXPECT_EQ(facts->placement.cells[1].vcpus, std::vector<int>({2, 3, 5}));
+}
+
+TEST(DomainXml, CellsGrowInProportionToTheirVcpus) {
+  Placement p;
+  p.cells = {{0, {0, 1, 2}, 100}, {1, {3}, 100}};
+  Placement q = cells_up_to(p, 8);  // 4 extra: 3 to the cell with 3, 1 to the cell with 1
+  EXPECT_EQ(q.cells[0].vcpus, std::vector<int>({0, 1, 2, 4, 5, 6}));
+  EXPECT_EQ(q.cells[1].vcpus, std::vector<int>({3, 7}));
+  q = cells_up_to(p, 5);  // 1 extra: remainders 3/4 vs 1/4
+  EXPECT_EQ(q.cells[0].vcpus, std::vector<int>({0, 1, 2, 4}));
+  EXPECT_EQ(q.cells[1].vcpus, std::vector<int>({3}));
+  EXPECT_EQ(cells_up_to(p, 4).cells[1].vcpus, std::vector<int>({3}));  // already complete
 }
 
 }  // namespace

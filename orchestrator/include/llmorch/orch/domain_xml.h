@@ -44,8 +44,12 @@ struct DomainSpec {
   std::string name;
   std::string template_path;  // recorded in the metadata only
   VmTemplate tmpl;            // max_vcpus and max_memory_mib already resolved (non-zero)
-  // Dedicated: placement.cpus has one host CPU per vCPU up to tmpl.max_vcpus (placement was
-  // requested with max_vcpus, so hot-added vCPUs land on reserved CPUs). Shared: the pool.
+  // Dedicated: placement.cpus holds between tmpl.vcpus and tmpl.max_vcpus host CPUs (placement
+  // reserves the start count; llmorchd later moves CPUs between a node's dedicated VMs by weight and
+  // load). vCPU i < cpus.size() is pinned to cpus[i]; vCPUs beyond start offline, pinned to all of
+  // cpus. Shared: the pool every vCPU floats over.
+  // Cells: cover vCPUs 0..k-1 for some k <= max_vcpus (placement splits the start count); the XML and
+  // the metadata get them completed up to max_vcpus by cells_up_to().
   policy::Placement placement;
   std::string domain_type = "kvm";  // "kvm" or "qemu", already resolved against the host config
   std::uint64_t cpu_shares = 1024;
@@ -56,8 +60,15 @@ struct DomainSpec {
 // VM names become file names and libvirt names: [A-Za-z0-9_.-]{1,64}, and not "." or "..".
 bool valid_vm_name(std::string_view name);
 
+// The placement with its guest cells covering every vCPU up to max_vcpus: the vCPUs the cells lack
+// (ids after the covered ones) go to the cells in proportion to the vCPUs each already has (largest
+// remainder, ties to the earlier cell), so a hot-added vCPU lands in a cell of the VM's own node(s).
+// Unchanged when the cells already cover max_vcpus or there are none.
+policy::Placement cells_up_to(const policy::Placement& placement, int max_vcpus);
+
 // Deterministic for a given spec (golden-file tested). Throws std::invalid_argument when the spec is
-// inconsistent (bad name, unknown domain type, too few pinned CPUs, cells not covering every vCPU).
+// inconsistent (bad name, unknown domain type, dedicated CPUs outside [vcpus, max_vcpus], cells with
+// gaps or beyond max_vcpus, cell memory not summing to max_memory_mib).
 std::string render_domain_xml(const DomainSpec& spec);
 
 // The llmorch element of <metadata> alone, namespace declared on its root (parse_metadata reads it).
