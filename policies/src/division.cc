@@ -4,10 +4,10 @@
 #include <cassert>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <numeric>
 #include <stdexcept>
 #include <string_view>
-#include <utility>
 
 namespace llmorch::policy {
 
@@ -212,17 +212,51 @@ int cpu_bound_of(const VmDemand& vm, double demand) {
   return static_cast<int>(std::clamp(whole, double(vm.min_cpus), double(vm.max_cpus)));
 }
 
+// Length of the prefix that every name shares (0 for no VMs).
+std::size_t common_prefix_length(std::span<const VmDemand> vms) {
+  if (vms.empty()) return 0;
+  std::string_view prefix = vms.front().name;
+  for (const VmDemand& vm : vms) {
+    const std::string_view name = vm.name;
+    if (name.starts_with(prefix)) continue;  // the usual case: one memcmp
+    const auto [differs, unused] = std::mismatch(prefix.begin(), prefix.end(), name.begin(), name.end());
+    prefix = prefix.substr(0, static_cast<std::size_t>(differs - prefix.begin()));
+  }
+  return prefix.size();
+}
+
+// Up to 8 bytes of `name` from `from`, big-endian and zero-padded: comparing keys as integers
+// orders names as std::string does (unsigned bytes), except that equal keys may still differ later.
+std::uint64_t key_at(std::string_view name, std::size_t from) {
+  unsigned char bytes[8] = {};
+  if (from < name.size()) std::memcpy(bytes, name.data() + from, std::min<std::size_t>(8, name.size() - from));
+  std::uint64_t key = 0;
+  for (const unsigned char b : bytes) key = (key << 8) | b;
+  return key;
+}
+
 // Positions of `vms` in order of name (then position). O(n) when they are already sorted by name.
+// Names on one host share long prefixes ("vm-00000123"), which makes string compares slow; so names
+// are sorted by the 8 bytes that follow the shared prefix, as an integer, and compared in full only
+// when those bytes tie.
 std::vector<std::size_t> name_order(std::span<const VmDemand> vms) {
-  // Sorting (name, position) pairs kept side by side is much faster than sorting positions that
-  // point into the larger VmDemand records.
-  std::vector<std::pair<std::string_view, std::size_t>> keyed;
+  struct Keyed {
+    std::uint64_t key;
+    std::size_t index;
+  };
+  const std::size_t prefix = common_prefix_length(vms);
+  std::vector<Keyed> keyed;
   keyed.reserve(vms.size());
-  for (std::size_t i = 0; i < vms.size(); ++i) keyed.emplace_back(vms[i].name, i);
-  if (!std::is_sorted(keyed.begin(), keyed.end())) std::sort(keyed.begin(), keyed.end());
+  for (std::size_t i = 0; i < vms.size(); ++i) keyed.push_back({key_at(vms[i].name, prefix), i});
+  const auto less = [&](const Keyed& a, const Keyed& b) {
+    if (a.key != b.key) return a.key < b.key;
+    const int by_name = vms[a.index].name.compare(vms[b.index].name);
+    return by_name != 0 ? by_name < 0 : a.index < b.index;
+  };
+  if (!std::is_sorted(keyed.begin(), keyed.end(), less)) std::sort(keyed.begin(), keyed.end(), less);
   std::vector<std::size_t> order;
   order.reserve(vms.size());
-  for (const auto& [name, i] : keyed) order.push_back(i);
+  for (const Keyed& k : keyed) order.push_back(k.index);
   return order;
 }
 

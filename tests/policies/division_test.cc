@@ -297,6 +297,26 @@ TEST(Divide, TiesAreBrokenByNameWhateverTheInputOrder) {
   EXPECT_EQ(divide(vms, 2, 0.8).names, (std::vector<std::string>{"b", "a", "c"}));
 }
 
+TEST(Divide, TiesFollowFullNameOrderWhateverTheSharedPrefix) {
+  // Names that share a long prefix, differ only after 8 more bytes, are prefixes of each other or
+  // hold a NUL byte: full ties go to the names that std::string orders first.
+  std::vector<std::string> names{"vm-000000000000b", "vm-000000000000a", "vm-0000", "vm-00000",
+                                 std::string("vm-0000\0", 8), "vm-1", "vm-10", "vm-"};
+  std::vector<std::string> sorted = names;
+  std::sort(sorted.begin(), sorted.end());
+  std::mt19937_64 rng(3);
+  for (int round = 0; round < 20; ++round) {
+    std::shuffle(names.begin(), names.end(), rng);
+    std::vector<VmDemand> vms;
+    for (const std::string& name : names) vms.push_back(vm(name, 1.0, 0, 1));
+    const Division d = divide(vms, 3, 0.8);  // three equal VMs win a CPU
+    for (std::size_t i = 0; i < names.size(); ++i) {
+      const bool among_first_three = std::find(sorted.begin(), sorted.begin() + 3, names[i]) != sorted.begin() + 3;
+      EXPECT_EQ(d.cpus[i], among_first_three ? 1 : 0) << "name '" << names[i] << "' in round " << round;
+    }
+  }
+}
+
 TEST(Divide, EmptyHostOrNoVms) {
   EXPECT_TRUE(divide(std::vector<VmDemand>{}, 8, 0.8).cpus.empty());
   const Division d = divide(std::vector<VmDemand>{vm("a", 1.0, 1, 4)}, 0, 0.8);
@@ -422,6 +442,27 @@ TEST_P(DivideProperty, SameInputSameOutputAndOrderDoesNotMatter) {
     std::vector<int> reversed = divide(vms, 40, 0.8).cpus;
     std::reverse(reversed.begin(), reversed.end());
     EXPECT_EQ(reversed, d.cpus);
+  }
+}
+
+TEST_P(DivideProperty, ShuffledInputGivesEveryNameTheSameResult) {
+  std::mt19937_64 rng(GetParam());
+  std::uniform_int_distribution<int> total_dist(0, 120);
+  for (int round = 0; round < 200; ++round) {
+    std::vector<VmDemand> vms = random_vms(rng, round % 2 == 0);  // uniform bounds: many ties
+    const int total = total_dist(rng);
+    const Division d = divide(vms, total, 0.8);
+    std::shuffle(vms.begin(), vms.end(), rng);
+    const Division shuffled = divide(vms, total, 0.8);
+    for (std::size_t k = 0; k < vms.size(); ++k) {
+      const std::size_t i = static_cast<std::size_t>(std::find(d.names.begin(), d.names.end(), vms[k].name) -
+                                                     d.names.begin());
+      ASSERT_LT(i, d.names.size());
+      EXPECT_EQ(shuffled.names[k], d.names[i]);
+      EXPECT_EQ(shuffled.weights[k], d.weights[i]);  // bit for bit: the same arithmetic in the same order
+      EXPECT_EQ(shuffled.share_cpus[k], d.share_cpus[i]);
+      EXPECT_EQ(shuffled.cpus[k], d.cpus[i]);
+    }
   }
 }
 
