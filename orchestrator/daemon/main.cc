@@ -1,0 +1,103 @@
+// llmorchd: options, wiring (libvirt backend, system clock, signals), run. The loop is in daemon.cc.
+#include <signal.h>
+
+#include <cstdlib>
+#include <iostream>
+#include <optional>
+#include <string>
+
+#include <boost/program_options.hpp>
+#include <spdlog/spdlog.h>
+
+#include "llmorch/orch/config.h"
+#include "llmorch/orch/daemon.h"
+#include "llmorch/orch/libvirt_hypervisor.h"
+
+namespace po = boost::program_options;
+using namespace llmorch::orch;
+
+namespace {
+
+Daemon* g_daemon = nullptr;
+
+void on_signal(int sig) {
+  if (!g_daemon) return;
+  if (sig == SIGHUP) g_daemon->request_reload();
+  else g_daemon->request_stop();
+}
+
+void install_signals() {
+  struct sigaction sa {};
+  sa.sa_handler = on_signal;
+  sigemptyset(&sa.sa_mask);
+  for (int sig : {SIGTERM, SIGINT, SIGHUP}) sigaction(sig, &sa, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  po::options_description desc(
+      "llmorchd: keeps re-dividing the host's CPUs among llmorch VMs by priority and load.\nOptions");
+  std::optional<std::string> uri;
+  std::string config_path, state_dir, level;
+  int interval_ms = 0;
+  desc.add_options()("help,h", "show this help")(
+      "connect,c", po::value<std::string>()->notifier([&](const std::string& v) { uri = v; }),
+      "libvirt URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system)")(
+      "config", po::value(&config_path), "host config file (default /etc/llmorch/llmorch.conf)")(
+      "interval-ms", po::value(&interval_ms), "tick interval in ms (overrides the config's interval_ms)")(
+      "dry-run", "log the decisions, apply nothing")("once", "run one tick and exit (1: libvirt unreachable)")(
+      "state-dir", po::value(&state_dir)->default_value(kDefaultStateDir), "where status.json is written")(
+      "log-level", po::value(&level)->default_value("info"), "trace, debug, info, warn, error");
+  po::variables_map vm;
+  try {
+    po::store(po::parse_command_line(argc, argv, desc), vm);
+    po::notify(vm);
+  } catch (const po::error& e) {
+    std::cerr << "llmorchd: " << e.what() << "\n" << desc;
+    return 2;
+  }
+  if (vm.count("help")) {
+    std::cout << desc;
+    return 0;
+  }
+  spdlog::set_level(spdlog::level::from_str(level));
+
+  std::vector<std::string> overrides;
+  if (vm.count("interval-ms")) overrides.push_back("interval_ms=" + std::to_string(interval_ms));
+  auto load = [config_path, overrides] { return load_config(config_path, overrides); };
+  DaemonOptions options;
+  try {
+    options.config = load();
+  } catch (const ConfigError& e) {
+    std::cerr << "llmorchd: " << e.what() << "\n";
+    return 2;
+  }
+  options.dry_run = vm.count("dry-run") > 0;
+  options.state_dir = state_dir;
+  options.reload = load;
+
+  const std::string resolved = resolve_uri(uri);
+  std::unique_ptr<Hypervisor> hv;
+  try {
+    // A short reconnect budget: one tick must not block the agent channels for long.
+    LibvirtOptions lv;
+    lv.reconnect_timeout = std::chrono::milliseconds(std::min(options.config.interval_ms, 500));
+    hv = connect_libvirt(resolved, lv);
+  } catch (const HypervisorError& e) {
+    spdlog::error("{}", e.what());
+    return 1;
+  }
+  spdlog::info("llmorchd on {}: alpha {}, interval {} ms{}", resolved, options.config.alpha,
+               options.config.interval_ms, options.dry_run ? ", dry run" : "");
+
+  SystemClock clock;
+  Daemon daemon(*hv, clock, std::move(options));
+  if (vm.count("once")) return daemon.tick() ? 0 : 1;
+  g_daemon = &daemon;
+  install_signals();
+  const int rc = daemon.run();
+  g_daemon = nullptr;
+  return rc;
+}

@@ -1,0 +1,93 @@
+// Host end of one guest's agent channel: the AF_UNIX socket libvirt binds for the virtio-serial port
+// (ManagedDomain::channel_path; QEMU accepts one client at a time). Non-blocking throughout, so one
+// guest can never stall the daemon or another guest: reads are bounded per wakeup, writes that do not fit
+// the socket buffer are dropped, and the AgentSession validates, clamps and rate-limits what arrives.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "llmorch/orch/agent_session.h"
+#include "llmorch/orch/hypervisor.h"
+#include "llmorch/orch/reconciler.h"
+#include "llmorch/protocol/messages.h"
+
+namespace llmorch::orch {
+
+inline constexpr std::size_t kMaxReadPerWakeup = 64 * 1024;
+inline constexpr std::size_t kMaxPendingWrite = 4 * 1024;
+
+AgentSessionLimits limits_for(const VmFacts& facts);
+
+class AgentChannel {
+ public:
+  using TimePoint = std::chrono::steady_clock::time_point;
+  AgentChannel(std::string path, AgentSessionLimits limits, TimePoint now);
+  ~AgentChannel();
+  AgentChannel(const AgentChannel&) = delete;
+  AgentChannel& operator=(const AgentChannel&) = delete;
+
+  // Connects when not connected (one non-blocking attempt). True when connected afterwards.
+  bool connect();
+  int fd() const { return fd_; }
+  bool connected() const { return fd_ >= 0; }
+  const std::string& path() const { return path_; }
+
+  // Reads what is available, at most max_bytes; returns the valid reports it completed. Closes the
+  // socket on end of file or error (the next connect() reconnects).
+  std::vector<protocol::Report> read_available(TimePoint now, std::size_t max_bytes = kMaxReadPerWakeup);
+  // Queues a command and writes what the socket takes now. False when it was dropped (not connected, or
+  // the pending buffer is full).
+  bool send(const protocol::HostCommand& command);
+  void flush();
+  bool wants_write() const { return !pending_.empty(); }
+
+  // A fresh session (the guest restarted): forgets reports, counters and partial frames.
+  void reset(AgentSessionLimits limits, TimePoint now);
+  AgentState state(TimePoint now) const;
+  std::uint64_t dropped_writes() const { return dropped_writes_; }
+
+ private:
+  void close_socket();
+
+  std::string path_;
+  AgentSessionLimits limits_;
+  AgentSession session_;
+  int fd_ = -1;
+  std::string pending_;
+  std::optional<protocol::Report> last_report_;
+  TimePoint last_report_at_{};
+  std::uint64_t dropped_writes_ = 0;
+};
+
+// One channel per active managed VM, kept in step with the domain list.
+class AgentChannels {
+ public:
+  using TimePoint = std::chrono::steady_clock::time_point;
+
+  // Opens channels for new active VMs, closes those of VMs that stopped or vanished, and resets a VM's
+  // session when its uuid or channel path changed (domain redefined or restarted). Then tries to
+  // (re)connect every channel that is not connected.
+  void sync(const std::vector<ManagedDomain>& domains, TimePoint now);
+  // The guest restarted (lifecycle event): start its session afresh and reconnect.
+  void restart(const std::string& vm, TimePoint now);
+
+  AgentChannel* find(const std::string& vm);
+  AgentState state(const std::string& vm, TimePoint now) const;
+  std::map<std::string, AgentChannel*> all();
+
+ private:
+  struct Entry {
+    std::string uuid;
+    AgentSessionLimits limits;
+    std::unique_ptr<AgentChannel> channel;
+  };
+  std::map<std::string, Entry> entries_;
+};
+
+}  // namespace llmorch::orch

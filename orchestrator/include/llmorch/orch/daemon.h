@@ -1,0 +1,89 @@
+// llmorchd's loop: one thread, poll() over the agent channels, a wake-up eventfd (lifecycle events from
+// the hypervisor's event thread, signals) and the tick timeout. Each reconcile takes a snapshot (managed
+// domains + agent state), plans with the pure reconciler, applies the difference (or only logs it in a
+// dry run), and rewrites the status file. The hypervisor and the clock are injected.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "llmorch/orch/agent_channel.h"
+#include "llmorch/orch/clock.h"
+#include "llmorch/orch/config.h"
+#include "llmorch/orch/hypervisor.h"
+#include "llmorch/orch/reconciler.h"
+#include "llmorch/orch/status_file.h"
+
+namespace llmorch::orch {
+
+struct DaemonOptions {
+  HostConfig config;
+  bool dry_run = false;
+  std::string state_dir = kDefaultStateDir;  // empty: write no status file
+  ReconcilerConfig reconciler;
+  // Reports that change the plan trigger a reconcile at once, but not more often than this.
+  std::chrono::milliseconds report_coalesce{100};
+  // SIGHUP: returns the new config (throws ConfigError to keep the old one). Empty: no reload.
+  std::function<HostConfig()> reload;
+};
+
+class Daemon {
+ public:
+  Daemon(Hypervisor& hv, const Clock& clock, DaemonOptions options);
+  ~Daemon();
+  Daemon(const Daemon&) = delete;
+  Daemon& operator=(const Daemon&) = delete;
+
+  // One reconcile. False when libvirt could not be reached (logged once per outage).
+  bool tick();
+  // Waits at most max_wait for channel data, a lifecycle event or a stop/reload request and handles
+  // what arrived (reads reports; marks a reconcile due when the plan would change).
+  void poll_once(std::chrono::milliseconds max_wait);
+  // Ticks every interval and on events until request_stop(). Returns the exit status (0).
+  int run();
+
+  // Async-signal-safe: set a flag and write to the eventfd.
+  void request_stop();
+  void request_reload();
+
+  const Plan& plan() const { return plan_; }
+  const DaemonStatus& status() const { return status_; }
+  bool reconcile_due() const { return reconcile_due_; }
+  std::uint64_t reconciles() const { return reconciles_; }
+  AgentChannels& channels() { return channels_; }
+
+ private:
+  bool refresh_connection();
+  void apply(const std::vector<Action>& actions, std::vector<Action>& applied);
+  void apply_one(const Action& a);
+  void on_reports(const std::string& vm);
+  void handle_events();
+  void write_status();
+  void wake();
+
+  Hypervisor& hv_;
+  const Clock& clock_;
+  DaemonOptions options_;
+  Reconciler reconciler_;
+  AgentChannels channels_;
+  Plan plan_;
+  DaemonStatus status_;
+  bool connected_ = true;
+  bool reconcile_due_ = false;
+  Clock::TimePoint last_reconcile_{};
+  std::uint64_t reconciles_ = 0;
+
+  int wake_fd_ = -1;
+  std::atomic<bool> stop_{false};
+  std::atomic<bool> reload_{false};
+  std::mutex events_mu_;
+  std::vector<std::pair<std::string, LifecycleEvent>> events_;  // from the hypervisor's event thread
+};
+
+}  // namespace llmorch::orch

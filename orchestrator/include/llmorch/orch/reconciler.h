@@ -1,0 +1,143 @@
+// The pure half of llmorchd: a snapshot of the managed VMs (libvirt's view plus what each VM's agent
+// reported) goes in, a plan comes out, and the difference between the plan and the live state becomes a
+// list of actions. No libvirt, clock or socket here: time is a parameter, so the daemon, --dry-run and
+// the unit tests share this code.
+//
+// Effective priority of a VM:
+//   - the agent's reported priority (AgentSession already clamped it into the template's
+//     [priority_min, priority_max]) while the report is fresh (within its TTL)   -> source "agent";
+//   - the template's priority (VmFacts::priority) when there is no report, or the fresh report states
+//     no priority                                                               -> source "template";
+//   - the template's priority when the last report expired                     -> source "stale".
+// Demand (CPUs a VM can use now), from a fresh report only:
+//   demand_cpus = max(runnable, cpu_pct / 100 * ncpu_online) * 1.25   (25% headroom)
+//   no fresh report -> -1 (unknown: the policy treats it as max_vcpus).
+// CPU plan: policy::plan_cpus over every active (running/paused/blocked) managed VM: weights by the
+// formula, cpu_shares from the weights, dedicated single-node VMs re-divided within their node (the CPUs
+// each holds are VmFacts::placement.cpus).
+//
+// Actions (only what differs from the live state):
+//   - cpu_shares when the live value is unknown or differs from the plan by more than
+//     max(share_tolerance_abs, share_tolerance * live);
+//   - dedicated single-node VM whose planned set S (k CPUs) differs from the held set: set_vcpus(k)
+//     when k > vcpus_current (hot-add), pin vCPU i to {S[i]} for i < k and vCPUs k.. to all of S,
+//     agent "vcpus online=k", metadata with placement.cpus = S. A node's VMs are re-pinned together,
+//     and not again within min_dwell of the last re-pin of that node unless a priority of one of its VMs
+//     changed since (hysteresis against load noise). Live pins that disagree with the held set are
+//     repaired at once (e.g. after a restart), without dwell.
+//   - "vcpus online=k" again when a fresh report shows ncpu_online != k, at most once per min_dwell.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "llmorch/orch/agent_session.h"
+#include "llmorch/orch/hypervisor.h"
+#include "llmorch/protocol/messages.h"
+
+namespace llmorch::orch {
+
+enum class PrioritySource { Agent, Template, Stale };
+std::string_view to_string(PrioritySource s);
+
+// What the daemon knows from one VM's agent channel.
+struct AgentState {
+  std::optional<protocol::Report> last_report;  // newest valid report, kept after it expires
+  double last_report_age_s = 0;
+  bool fresh = false;                           // last_report is within its TTL
+  bool connected = false;
+  AgentSessionCounters counters;
+  bool hostile = false;
+  std::string last_error;
+};
+
+struct VmSnapshot {
+  ManagedDomain domain;
+  AgentState agent;
+};
+
+struct Snapshot {
+  std::vector<VmSnapshot> vms;  // every managed domain, in any state
+  double alpha = 0.8;
+};
+
+inline constexpr double kDemandHeadroom = 1.25;
+
+struct VmPlan {
+  std::string name;
+  double priority = 1.0;  // effective
+  PrioritySource source = PrioritySource::Template;
+  double template_priority = 1.0;
+  std::optional<double> reported_priority;  // from the newest report, fresh or not
+  double demand_cpus = -1.0;
+  double weight = 0.0;
+  int cpu_shares = 1024;
+  std::vector<policy::CpuId> cpus;  // dedicated: vCPU i on cpus[i]; shared: its pool
+  std::optional<int> vcpus_online;  // rebalanced dedicated VMs only
+  std::optional<policy::NodeId> rebalanced_node;
+  std::string reason;  // "priority 1 reported by agent, weight 0.711 of 2 VMs"
+};
+
+// Seam for the balloon controller (a later issue): per-VM memory targets. Empty for now.
+struct MemoryPlan {};
+
+struct Plan {
+  std::vector<VmPlan> vms;  // active managed VMs, in snapshot order
+  MemoryPlan memory;
+  const VmPlan* find(std::string_view name) const;
+};
+
+double effective_priority(const VmFacts& facts, const AgentState& agent, PrioritySource* source);
+double demand_cpus(const AgentState& agent);
+
+// Throws std::invalid_argument when the snapshot is inconsistent (two VMs claim a dedicated CPU).
+Plan make_plan(const Snapshot& snapshot);
+
+struct Action {
+  enum class Kind { SetCpuShares, SetVcpus, PinVcpu, SendVcpusOnline, SetMetadata };
+  Kind kind = Kind::SetCpuShares;
+  std::string vm;
+  std::uint64_t from = 0;  // SetCpuShares: the live value (0: unknown); SetVcpus: current count
+  std::uint64_t value = 0;  // shares, vCPU count, vCPU index (PinVcpu) or online count
+  std::vector<policy::CpuId> cpus;  // PinVcpu: the CPUs; SetMetadata: the new placement.cpus
+  VmFacts facts;                    // SetMetadata
+  std::string reason;
+};
+// One log line: "vm a: cpu_shares 1024 -> 1456 (priority 1 reported by agent, weight 0.711 of 2 VMs)".
+std::string describe(const Action& action);
+
+struct ReconcilerConfig {
+  double share_tolerance = 0.02;
+  std::uint64_t share_tolerance_abs = 8;
+  std::chrono::milliseconds min_dwell{5000};
+};
+
+class Reconciler {
+ public:
+  using TimePoint = std::chrono::steady_clock::time_point;
+  explicit Reconciler(ReconcilerConfig config = {}) : config_(config) {}
+
+  // The actions that bring the live state of `snapshot` to `plan`. Does not change the reconciler:
+  // call commit() with what was applied (a dry run commits nothing).
+  std::vector<Action> diff(const Snapshot& snapshot, const Plan& plan, TimePoint now) const;
+  // Records applied actions (re-pin times and priorities, for the dwell rule).
+  void commit(const std::vector<Action>& applied, const Plan& plan, TimePoint now);
+
+ private:
+  struct NodeHistory {
+    TimePoint repinned_at{};
+    std::map<std::string, double> priorities;  // of the node's VMs at that re-pin
+  };
+  bool dwell_blocks(policy::NodeId node, const Plan& plan, TimePoint now) const;
+
+  ReconcilerConfig config_;
+  std::map<policy::NodeId, NodeHistory> nodes_;
+  std::map<std::string, TimePoint> vcpus_sent_;
+};
+
+}  // namespace llmorch::orch

@@ -1,0 +1,86 @@
+// llmorchd's status file: DIR/status.json (DIR: --state-dir, default /run/llmorch), rewritten atomically
+// (temporary file + rename) after every tick. `llmorch status` / `llmorch explain` read it with
+// read_status_file().
+//
+// Schema (version 1). Times: "..._at" are ISO 8601 UTC strings ("2026-11-25T10:00:00.123Z"), ages and
+// intervals are numbers as named. A field that is unknown is null.
+// {
+//   "version": 1,
+//   "pid": 1234,                       daemon process id
+//   "started_at": "...",               when the daemon started
+//   "last_tick_at": "...",             when this file was written
+//   "alpha": 0.8,                      weighting trade-off in force
+//   "interval_ms": 1000,               tick interval
+//   "dry_run": false,                  true: decisions are logged, not applied
+//   "connected": true,                 libvirt answered during the last tick
+//   "vms": [                           every active managed VM, sorted by name
+//     { "name": "a",
+//       "effective_priority": 1.0,     what the weights use
+//       "priority_source": "agent",    "agent" (fresh report), "template" (no report, or the report
+//                                      states no priority) or "stale" (the last report expired)
+//       "template_priority": 3.0,      VmFacts::priority
+//       "reported_priority": 1.0,      from the newest report (clamped), null when none/absent
+//       "report": {...} | null,        the newest valid report, all protocol fields (PROTOCOL.md names:
+//                                      seq, prio, cpu_pct, psi_cpu_some10, runnable, ncpu_online,
+//                                      mem_total_kib, mem_avail_kib, psi_mem_some10, floor_mib,
+//                                      llm_running, llm_waiting, interval_ms; absent optionals are null)
+//       "report_age_s": 0.4 | null,    age of that report
+//       "report_fresh": true,          within its TTL
+//       "agent": { "connected": true, "ok": 12, "malformed": 0, "oversized": 0, "rate_limited": 0,
+//                  "unknown_keys": 0, "clamped": 0, "hostile": false, "last_error": "" },
+//       "hostile": false,              same as agent.hostile
+//       "demand_cpus": 1.25,           -1: unknown (no fresh report)
+//       "weight": 0.7105,
+//       "cpu_shares": 1455,            planned
+//       "cpus": [0, 1],                dedicated: vCPU i on cpus[i]; shared: the pool
+//       "vcpus_online": 2 | null,      rebalanced dedicated VMs only
+//       "reason": "priority 1 reported by agent, weight 0.711 of 2 VMs",
+//       "last_change_at": "..." | null, when the daemon last changed this VM
+//       "last_change": "..." | null    that change, as logged
+//     } ] }
+#pragma once
+
+#include <chrono>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "llmorch/orch/reconciler.h"
+
+namespace llmorch::orch {
+
+inline constexpr const char* kDefaultStateDir = "/run/llmorch";
+inline constexpr int kStatusVersion = 1;
+
+struct LastChange {
+  std::chrono::system_clock::time_point at;
+  std::string what;
+};
+
+struct DaemonStatus {
+  int pid = 0;
+  std::chrono::system_clock::time_point started_at, last_tick_at;
+  double alpha = 0.8;
+  int interval_ms = 1000;
+  bool dry_run = false;
+  bool connected = false;
+  Plan plan;
+  std::map<std::string, AgentState> agents;     // by VM name
+  std::map<std::string, LastChange> last_change;  // by VM name
+};
+
+std::string iso8601(std::chrono::system_clock::time_point t);
+nlohmann::json report_to_json(const protocol::Report& r);
+nlohmann::json status_to_json(const DaemonStatus& status);
+
+// Creates dir (mode 0755) if needed and replaces dir/status.json (mode 0644) atomically.
+// Throws std::runtime_error naming the path when it cannot.
+void write_status_file(const std::string& dir, const DaemonStatus& status);
+
+// Reads dir/status.json. Throws std::runtime_error with a hint ("is llmorchd running?") when the file
+// is missing, or naming the file when it is not valid JSON.
+nlohmann::json read_status_file(const std::string& dir = kDefaultStateDir);
+
+}  // namespace llmorch::orch

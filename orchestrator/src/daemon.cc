@@ -1,0 +1,256 @@
+#include "llmorch/orch/daemon.h"
+
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <map>
+#include <stdexcept>
+
+#include <spdlog/spdlog.h>
+
+namespace llmorch::orch {
+
+namespace {
+
+std::string_view prefix(bool dry_run) { return dry_run ? "dry run, not applied: " : ""; }
+
+// Whole CPUs the policy would plan for a demand (-1: unknown).
+double demand_step(double demand) { return demand < 0 ? -1.0 : std::ceil(demand); }
+
+}  // namespace
+
+Daemon::Daemon(Hypervisor& hv, const Clock& clock, DaemonOptions options)
+    : hv_(hv), clock_(clock), options_(std::move(options)), reconciler_(options_.reconciler) {
+  wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (wake_fd_ < 0) throw std::runtime_error("cannot create an eventfd for the daemon loop");
+  status_.pid = static_cast<int>(::getpid());
+  status_.started_at = clock_.wall();
+  status_.dry_run = options_.dry_run;
+  try {
+    hv_.set_lifecycle_callback([this](const std::string& vm, LifecycleEvent e) {
+      {
+        std::lock_guard lock(events_mu_);
+        events_.emplace_back(vm, e);
+      }
+      wake();
+    });
+  } catch (const HypervisorError& e) {
+    spdlog::warn("cannot subscribe to domain lifecycle events ({}); changes are seen at the next tick", e.what());
+  }
+}
+
+Daemon::~Daemon() {
+  try {
+    hv_.set_lifecycle_callback({});
+  } catch (const HypervisorError&) {  // the connection is gone; nothing left to unsubscribe
+  }
+  ::close(wake_fd_);
+}
+
+void Daemon::wake() {
+  const std::uint64_t one = 1;
+  [[maybe_unused]] ssize_t n = ::write(wake_fd_, &one, sizeof one);
+}
+
+void Daemon::request_stop() {
+  stop_ = true;
+  wake();
+}
+
+void Daemon::request_reload() {
+  reload_ = true;
+  wake();
+}
+
+bool Daemon::refresh_connection() {
+  try {
+    hv_.ensure_connected();
+    if (!connected_) spdlog::info("libvirt connection restored");
+    connected_ = true;
+  } catch (const HypervisorError& e) {
+    if (connected_) spdlog::warn("libvirt connection lost; retrying ({})", e.what());
+    connected_ = false;
+  }
+  return connected_;
+}
+
+bool Daemon::tick() {
+  const auto now = clock_.now();
+  last_reconcile_ = now;
+  reconcile_due_ = false;
+  ++reconciles_;
+  std::vector<ManagedDomain> domains;
+  if (refresh_connection()) {
+    try {
+      domains = hv_.list_managed();
+    } catch (const HypervisorError& e) {
+      if (connected_) spdlog::warn("libvirt connection lost; retrying ({})", e.what());
+      connected_ = false;
+    }
+  }
+  if (!connected_) {
+    write_status();
+    return false;
+  }
+  channels_.sync(domains, now);
+  Snapshot snap{.vms = {}, .alpha = options_.config.alpha};
+  for (auto& d : domains) {
+    AgentState agent = channels_.state(d.name, now);
+    snap.vms.push_back({std::move(d), std::move(agent)});
+  }
+
+  Plan plan;
+  try {
+    plan = make_plan(snap);
+  } catch (const std::invalid_argument& e) {
+    spdlog::error("cannot plan this tick: {}; check the VMs' llmorch metadata", e.what());
+    write_status();
+    return true;
+  }
+  const std::vector<Action> actions = reconciler_.diff(snap, plan, now);
+  std::vector<Action> applied;
+  apply(actions, applied);
+  if (!options_.dry_run) reconciler_.commit(applied, plan, now);
+
+  plan_ = std::move(plan);
+  status_.agents.clear();
+  for (const VmSnapshot& vm : snap.vms) status_.agents[vm.domain.name] = vm.agent;
+  write_status();
+  return true;
+}
+
+void Daemon::apply(const std::vector<Action>& actions, std::vector<Action>& applied) {
+  std::string failed_vm;  // after one failure, a VM's remaining actions wait for the next tick
+  std::map<std::string, std::string> changes;  // per VM, this tick's applied changes
+  for (const Action& a : actions) {
+    const std::string line = describe(a);
+    if (options_.dry_run) {
+      spdlog::info("{}{}", prefix(true), line);
+      continue;
+    }
+    if (a.vm == failed_vm) continue;
+    try {
+      apply_one(a);
+      spdlog::info("{}", line);
+      applied.push_back(a);
+      std::string& c = changes[a.vm];
+      c += (c.empty() ? "" : "; ") + line;
+    } catch (const HypervisorError& e) {
+      spdlog::warn("{} failed: {}; retrying at the next tick", line, e.what());
+      failed_vm = a.vm;
+    }
+  }
+  for (auto& [vm, what] : changes) status_.last_change[vm] = {clock_.wall(), std::move(what)};
+}
+
+void Daemon::apply_one(const Action& a) {
+  switch (a.kind) {
+    case Action::Kind::SetCpuShares: hv_.set_cpu_shares(a.vm, a.value); break;
+    case Action::Kind::SetVcpus: hv_.set_vcpus(a.vm, static_cast<int>(a.value)); break;
+    case Action::Kind::PinVcpu: hv_.pin_vcpu(a.vm, static_cast<int>(a.value), a.cpus); break;
+    case Action::Kind::SetMetadata: hv_.set_metadata(a.vm, a.facts); break;
+    case Action::Kind::SendVcpusOnline: {
+      AgentChannel* ch = channels_.find(a.vm);
+      if (!ch || !ch->send(protocol::VcpusCommand{a.value}))
+        spdlog::warn("vm {}: agent channel not connected or full; 'vcpus online={}' dropped", a.vm, a.value);
+      break;
+    }
+  }
+}
+
+void Daemon::write_status() {
+  if (options_.state_dir.empty()) return;
+  status_.last_tick_at = clock_.wall();
+  status_.alpha = options_.config.alpha;
+  status_.interval_ms = options_.config.interval_ms;
+  status_.connected = connected_;
+  status_.plan = plan_;
+  try {
+    write_status_file(options_.state_dir, status_);
+  } catch (const std::exception& e) {
+    spdlog::warn("{}", e.what());
+  }
+}
+
+// A report that moves the VM's effective priority, or (for a rebalanced VM) its demand by a whole CPU,
+// changes the plan: reconcile soon instead of at the next tick.
+void Daemon::on_reports(const std::string& vm) {
+  const VmPlan* before = plan_.find(vm);
+  if (!before) return;
+  const AgentState agent = channels_.state(vm, clock_.now());
+  VmFacts facts;
+  facts.priority = before->template_priority;
+  if (effective_priority(facts, agent, nullptr) != before->priority ||
+      (before->rebalanced_node && demand_step(demand_cpus(agent)) != demand_step(before->demand_cpus)))
+    reconcile_due_ = true;
+}
+
+void Daemon::handle_events() {
+  std::uint64_t count = 0;
+  [[maybe_unused]] ssize_t n = ::read(wake_fd_, &count, sizeof count);
+  std::vector<std::pair<std::string, LifecycleEvent>> events;
+  {
+    std::lock_guard lock(events_mu_);
+    events.swap(events_);
+  }
+  for (const auto& [vm, e] : events) {
+    spdlog::debug("vm {}: {}", vm, to_string(e));
+    if (e == LifecycleEvent::Started || e == LifecycleEvent::Stopped) channels_.restart(vm, clock_.now());
+    reconcile_due_ = true;
+  }
+  if (reload_.exchange(false) && options_.reload) {
+    try {
+      options_.config = options_.reload();
+      spdlog::info("configuration reloaded (alpha {}, interval {} ms)", options_.config.alpha,
+                   options_.config.interval_ms);
+      reconcile_due_ = true;
+    } catch (const std::exception& e) {
+      spdlog::error("configuration not reloaded: {}", e.what());
+    }
+  }
+}
+
+void Daemon::poll_once(std::chrono::milliseconds max_wait) {
+  std::vector<pollfd> fds{{wake_fd_, POLLIN, 0}};
+  std::vector<std::string> names{""};
+  for (auto& [name, ch] : channels_.all()) {
+    if (!ch->connected()) continue;
+    fds.push_back({ch->fd(), static_cast<short>(POLLIN | (ch->wants_write() ? POLLOUT : 0)), 0});
+    names.push_back(name);
+  }
+  const int rc = ::poll(fds.data(), fds.size(), static_cast<int>(std::max<std::int64_t>(0, max_wait.count())));
+  if (rc <= 0) return;
+  if (fds[0].revents) handle_events();
+  for (std::size_t i = 1; i < fds.size(); ++i) {
+    if (!fds[i].revents) continue;
+    AgentChannel* ch = channels_.find(names[i]);
+    if (!ch) continue;
+    if (fds[i].revents & POLLOUT) ch->flush();
+    if (fds[i].revents & (POLLIN | POLLHUP | POLLERR)) {
+      if (!ch->read_available(clock_.now()).empty()) on_reports(names[i]);
+    }
+  }
+}
+
+int Daemon::run() {
+  using std::chrono::milliseconds;
+  auto next_tick = clock_.now();
+  while (!stop_) {
+    auto now = clock_.now();
+    const bool coalesced = now - last_reconcile_ >= options_.report_coalesce;
+    if (now >= next_tick || (reconcile_due_ && coalesced)) {
+      tick();
+      now = clock_.now();
+      next_tick = now + milliseconds(options_.config.interval_ms);
+    }
+    auto wake_at = next_tick;
+    if (reconcile_due_) wake_at = std::min(wake_at, last_reconcile_ + options_.report_coalesce);
+    poll_once(std::chrono::ceil<milliseconds>(std::max(wake_at - now, Clock::TimePoint::duration::zero())));
+  }
+  spdlog::info("llmorchd stopping");
+  return 0;
+}
+
+}  // namespace llmorch::orch

@@ -1,0 +1,236 @@
+#include "llmorch/orch/reconciler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+
+#include <fmt/format.h>
+
+#include "llmorch/orch/config.h"
+#include "llmorch/policy/cpu_plan.h"
+
+namespace llmorch::orch {
+
+std::string_view to_string(PrioritySource s) {
+  switch (s) {
+    case PrioritySource::Agent: return "agent";
+    case PrioritySource::Template: return "template";
+    case PrioritySource::Stale: return "stale";
+  }
+  return "unknown";
+}
+
+const VmPlan* Plan::find(std::string_view name) const {
+  for (const VmPlan& vm : vms)
+    if (vm.name == name) return &vm;
+  return nullptr;
+}
+
+double effective_priority(const VmFacts& facts, const AgentState& agent, PrioritySource* source) {
+  PrioritySource s = PrioritySource::Template;
+  double p = facts.priority;
+  if (agent.fresh && agent.last_report && agent.last_report->priority) {
+    s = PrioritySource::Agent;
+    p = *agent.last_report->priority;
+  } else if (!agent.fresh && agent.last_report) {
+    s = PrioritySource::Stale;
+  }
+  if (source) *source = s;
+  return p;
+}
+
+double demand_cpus(const AgentState& agent) {
+  if (!agent.fresh || !agent.last_report) return -1.0;
+  const protocol::Report& r = *agent.last_report;
+  const double busy = r.cpu_pct / 100.0 * static_cast<double>(r.ncpu_online);
+  return std::max(static_cast<double>(r.runnable), busy) * kDemandHeadroom;
+}
+
+namespace {
+
+std::string priority_phrase(double p, PrioritySource s) {
+  switch (s) {
+    case PrioritySource::Agent: return fmt::format("priority {:g} reported by agent", p);
+    case PrioritySource::Template: return fmt::format("priority {:g} from template", p);
+    case PrioritySource::Stale: return fmt::format("priority {:g} from template, agent report stale", p);
+  }
+  return {};
+}
+
+std::string cpu_list(const std::vector<policy::CpuId>& cpus) {
+  return format_cpu_list(std::set<policy::CpuId>(cpus.begin(), cpus.end()));
+}
+
+bool rebalanced(const ManagedDomain& d) {
+  return d.facts.cpu_policy == policy::CpuPolicy::Dedicated && d.facts.placement.nodes.size() == 1;
+}
+
+}  // namespace
+
+Plan make_plan(const Snapshot& snapshot) {
+  std::vector<policy::VmCpuInput> inputs;
+  Plan plan;
+  for (const VmSnapshot& vm : snapshot.vms) {
+    const ManagedDomain& d = vm.domain;
+    if (!d.active()) continue;
+    VmPlan out;
+    out.name = d.name;
+    out.priority = effective_priority(d.facts, vm.agent, &out.source);
+    out.template_priority = d.facts.priority;
+    if (vm.agent.last_report) out.reported_priority = vm.agent.last_report->priority;
+    out.demand_cpus = demand_cpus(vm.agent);
+    if (rebalanced(d)) out.rebalanced_node = d.facts.placement.nodes.front();
+    plan.vms.push_back(std::move(out));
+    int max_vcpus = std::max(1, d.facts.max_vcpus);
+    if (d.vcpus_max > 0) max_vcpus = std::min(max_vcpus, d.vcpus_max);  // the domain's real limit
+    inputs.push_back({.name = d.name, .cpu_policy = d.facts.cpu_policy, .nodes = d.facts.placement.nodes,
+                      .cpus = d.facts.placement.cpus, .min_vcpus = 1,
+                      .max_vcpus = max_vcpus,
+                      .priority = plan.vms.back().priority, .demand_cpus = plan.vms.back().demand_cpus});
+  }
+  const policy::CpuPlan cpu = policy::plan_cpus(inputs, snapshot.alpha);
+  for (std::size_t i = 0; i < plan.vms.size(); ++i) {
+    VmPlan& out = plan.vms[i];
+    out.weight = cpu.vms[i].weight;
+    out.cpu_shares = cpu.vms[i].cpu_shares;
+    out.cpus = cpu.vms[i].cpus;
+    out.vcpus_online = cpu.vms[i].vcpus_online;
+    out.reason = fmt::format("{}, weight {:.3f} of {} VMs", priority_phrase(out.priority, out.source), out.weight,
+                             plan.vms.size());
+    if (out.rebalanced_node && out.demand_cpus >= 0) out.reason += fmt::format(", demand {:.2f} CPUs", out.demand_cpus);
+  }
+  return plan;
+}
+
+std::string describe(const Action& a) {
+  switch (a.kind) {
+    case Action::Kind::SetCpuShares:
+      return fmt::format("vm {}: cpu_shares {} -> {} ({})", a.vm, a.from ? std::to_string(a.from) : "?", a.value,
+                         a.reason);
+    case Action::Kind::SetVcpus:
+      return fmt::format("vm {}: vCPUs {} -> {} (hot-add; {})", a.vm, a.from, a.value, a.reason);
+    case Action::Kind::PinVcpu:
+      return fmt::format("vm {}: pin vCPU {} to {} ({})", a.vm, a.value, cpu_list(a.cpus), a.reason);
+    case Action::Kind::SendVcpusOnline:
+      return fmt::format("vm {}: ask agent for {} online vCPUs ({})", a.vm, a.value, a.reason);
+    case Action::Kind::SetMetadata:
+      return fmt::format("vm {}: record placement CPUs {} in metadata ({})", a.vm, cpu_list(a.cpus), a.reason);
+  }
+  return {};
+}
+
+bool Reconciler::dwell_blocks(policy::NodeId node, const Plan& plan, TimePoint now) const {
+  auto it = nodes_.find(node);
+  if (it == nodes_.end() || now - it->second.repinned_at >= config_.min_dwell) return false;
+  for (const VmPlan& vm : plan.vms) {
+    if (vm.rebalanced_node != node) continue;
+    auto p = it->second.priorities.find(vm.name);
+    if (p == it->second.priorities.end() || p->second != vm.priority) return false;  // priority moved
+  }
+  return true;
+}
+
+namespace {
+
+Action make_action(Action::Kind kind, const std::string& vm, std::uint64_t value, std::string reason) {
+  Action a;
+  a.kind = kind;
+  a.vm = vm;
+  a.value = value;
+  a.reason = std::move(reason);
+  return a;
+}
+
+void shares_action(const ManagedDomain& d, const VmPlan& p, std::uint64_t tol_abs, double tol,
+                   std::vector<Action>& out) {
+  const auto want = static_cast<std::uint64_t>(p.cpu_shares);
+  if (d.cpu_shares) {
+    const std::uint64_t live = *d.cpu_shares;
+    const std::uint64_t delta = live > want ? live - want : want - live;
+    const auto limit = std::max<std::uint64_t>(tol_abs, static_cast<std::uint64_t>(tol * static_cast<double>(live)));
+    if (delta <= limit) return;
+  }
+  out.push_back(make_action(Action::Kind::SetCpuShares, d.name, want, p.reason));
+  out.back().from = d.cpu_shares.value_or(0);
+}
+
+// Pins that make vCPU i run on set[i] (i < k) and the rest on the whole set; only those that differ.
+void pin_actions(const ManagedDomain& d, const std::vector<policy::CpuId>& set, const std::string& reason,
+                 std::vector<Action>& out) {
+  std::vector<policy::CpuId> whole = set;
+  std::sort(whole.begin(), whole.end());
+  const int total = std::max(d.vcpus_max, static_cast<int>(set.size()));
+  for (int i = 0; i < total; ++i) {
+    std::vector<policy::CpuId> want =
+        i < static_cast<int>(set.size()) ? std::vector<policy::CpuId>{set[static_cast<std::size_t>(i)]} : whole;
+    const bool same = i < static_cast<int>(d.vcpu_pins.size()) && d.vcpu_pins[static_cast<std::size_t>(i)] == want;
+    if (same) continue;
+    out.push_back(make_action(Action::Kind::PinVcpu, d.name, static_cast<std::uint64_t>(i), reason));
+    out.back().cpus = std::move(want);
+  }
+}
+
+}  // namespace
+
+std::vector<Action> Reconciler::diff(const Snapshot& snapshot, const Plan& plan, TimePoint now) const {
+  std::vector<Action> out;
+  std::map<policy::NodeId, bool> blocked;
+  for (const VmPlan& p : plan.vms)
+    if (p.rebalanced_node && !blocked.count(*p.rebalanced_node))
+      blocked[*p.rebalanced_node] = dwell_blocks(*p.rebalanced_node, plan, now);
+
+  for (const VmSnapshot& vm : snapshot.vms) {
+    const ManagedDomain& d = vm.domain;
+    const VmPlan* p = plan.find(d.name);
+    if (!p) continue;
+    shares_action(d, *p, config_.share_tolerance_abs, config_.share_tolerance, out);
+    if (!p->rebalanced_node || !p->vcpus_online) continue;
+
+    const int k = *p->vcpus_online;
+    const bool moves = p->cpus != d.facts.placement.cpus;
+    if (moves && blocked[*p->rebalanced_node]) {
+      // Dwell: keep the held set, but still repair live pins that drifted from it.
+      pin_actions(d, d.facts.placement.cpus, "restore the recorded placement", out);
+      continue;
+    }
+    const std::string reason = moves ? fmt::format("CPUs {} -> {}: {}", cpu_list(d.facts.placement.cpus),
+                                                   cpu_list(p->cpus), p->reason)
+                                     : "restore the recorded placement";
+    if (k > d.vcpus_current) {
+      out.push_back(make_action(Action::Kind::SetVcpus, d.name, static_cast<std::uint64_t>(k), p->reason));
+      out.back().from = static_cast<std::uint64_t>(d.vcpus_current);
+    }
+    pin_actions(d, p->cpus, reason, out);
+    const auto last_sent = vcpus_sent_.find(d.name);
+    const bool guest_differs = vm.agent.fresh && vm.agent.last_report &&
+                               vm.agent.last_report->ncpu_online != static_cast<std::uint64_t>(k);
+    const bool resend_due = last_sent == vcpus_sent_.end() || now - last_sent->second >= config_.min_dwell;
+    if (moves || (guest_differs && resend_due))
+      out.push_back(make_action(Action::Kind::SendVcpusOnline, d.name, static_cast<std::uint64_t>(k),
+                                moves ? p->reason : "the guest reports a different number of online CPUs"));
+    if (moves) {
+      Action meta = make_action(Action::Kind::SetMetadata, d.name, 0, "so a restart rebuilds the same placement");
+      meta.cpus = p->cpus;
+      meta.facts = d.facts;
+      meta.facts.placement.cpus = p->cpus;
+      out.push_back(std::move(meta));
+    }
+  }
+  return out;
+}
+
+void Reconciler::commit(const std::vector<Action>& applied, const Plan& plan, TimePoint now) {
+  for (const Action& a : applied) {
+    if (a.kind == Action::Kind::SendVcpusOnline) vcpus_sent_[a.vm] = now;
+    if (a.kind != Action::Kind::SetMetadata) continue;
+    const VmPlan* p = plan.find(a.vm);
+    if (!p || !p->rebalanced_node) continue;
+    NodeHistory& h = nodes_[*p->rebalanced_node];
+    h.repinned_at = now;
+    h.priorities.clear();
+    for (const VmPlan& vm : plan.vms)
+      if (vm.rebalanced_node == p->rebalanced_node) h.priorities[vm.name] = vm.priority;
+  }
+}
+
+}  // namespace llmorch::orch

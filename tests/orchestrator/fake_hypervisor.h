@@ -1,0 +1,119 @@
+// An in-memory Hypervisor for unit tests: domains are ManagedDomain values; levers change them and are
+// recorded; a VM name in `fail_on` makes every lever on that VM throw; `down` makes every call throw a
+// connection error.
+#pragma once
+
+#include <set>
+#include <string>
+#include <vector>
+
+#include "llmorch/orch/hypervisor.h"
+
+namespace llmorch::orch::testing {
+
+class FakeHypervisor : public Hypervisor {
+ public:
+  std::vector<ManagedDomain> domains;
+  std::vector<std::string> calls;  // "set_cpu_shares a 1456", "pin_vcpu a 0 4", ...
+  std::set<std::string> fail_on;
+  bool down = false;
+  int list_calls = 0;
+  LifecycleCallback callback;
+
+  ManagedDomain& dom(const std::string& name) {
+    for (auto& d : domains)
+      if (d.name == name) return d;
+    throw HypervisorError(HypervisorError::Kind::NoDomain, "lookup " + name, "no such domain", "");
+  }
+
+  std::string capabilities_xml() override { return "<capabilities/>"; }
+  std::map<policy::NodeId, std::uint64_t> free_memory_mib() override { return {{0, 1024}}; }
+  std::vector<ManagedDomain> list_managed() override {
+    check();
+    ++list_calls;
+    return domains;
+  }
+  std::optional<ManagedDomain> find_managed(const std::string& name) override {
+    check();
+    for (auto& d : domains)
+      if (d.name == name) return d;
+    return std::nullopt;
+  }
+  void define_and_start(const std::string&) override { calls.push_back("define_and_start"); }
+  bool destroy_and_undefine(const std::string& name) override {
+    calls.push_back("destroy_and_undefine " + name);
+    return true;
+  }
+  void set_cpu_shares(const std::string& name, std::uint64_t shares) override {
+    lever(name, "set_cpu_shares " + name + " " + std::to_string(shares));
+    dom(name).cpu_shares = shares;
+  }
+  void pin_vcpu(const std::string& name, int vcpu, const std::vector<policy::CpuId>& cpus) override {
+    std::string c;
+    for (auto cpu : cpus) c += (c.empty() ? "" : ",") + std::to_string(cpu);
+    lever(name, "pin_vcpu " + name + " " + std::to_string(vcpu) + " " + c);
+    auto& pins = dom(name).vcpu_pins;
+    if (pins.size() <= static_cast<std::size_t>(vcpu)) pins.resize(static_cast<std::size_t>(vcpu) + 1);
+    pins[static_cast<std::size_t>(vcpu)] = cpus;
+  }
+  void pin_emulator(const std::string& name, const std::vector<policy::CpuId>&) override {
+    lever(name, "pin_emulator " + name);
+  }
+  void set_vcpus(const std::string& name, int count) override {
+    lever(name, "set_vcpus " + name + " " + std::to_string(count));
+    dom(name).vcpus_current = count;
+  }
+  void set_memory_mib(const std::string& name, std::uint64_t mib) override {
+    lever(name, "set_memory_mib " + name + " " + std::to_string(mib));
+  }
+  void set_metadata(const std::string& name, const VmFacts& facts) override {
+    lever(name, "set_metadata " + name);
+    dom(name).facts = facts;
+  }
+  MemoryStats memory_stats(const std::string&) override { return {}; }
+  CpuStats cpu_stats(const std::string&) override { return {}; }
+  void set_lifecycle_callback(LifecycleCallback cb) override { callback = std::move(cb); }
+  bool alive() override { return !down; }
+  void ensure_connected() override { check(); }
+
+ private:
+  void check() const {
+    if (down) throw HypervisorError(HypervisorError::Kind::Connection, "connect", "libvirtd is gone", "start it");
+  }
+  void lever(const std::string& name, std::string call) {
+    check();
+    if (fail_on.count(name))
+      throw HypervisorError(HypervisorError::Kind::Other, call, "injected failure", "");
+    calls.push_back(std::move(call));
+  }
+};
+
+// A running managed domain; shared placement over `pool` unless dedicated CPUs are given.
+inline ManagedDomain make_domain(const std::string& name, double priority, std::vector<policy::CpuId> cpus,
+                                 policy::CpuPolicy policy = policy::CpuPolicy::Shared, int vcpus = 1,
+                                 int max_vcpus = 1) {
+  ManagedDomain d;
+  d.name = name;
+  d.uuid = "uuid-" + name;
+  d.state = DomainState::Running;
+  d.facts.priority = priority;
+  d.facts.priority_min = 1;
+  d.facts.priority_max = 10;
+  d.facts.vcpus = vcpus;
+  d.facts.max_vcpus = max_vcpus;
+  d.facts.cpu_policy = policy;
+  d.facts.placement.name = name;
+  d.facts.placement.nodes = {0};
+  d.facts.placement.cpus = cpus;
+  d.facts.placement.cpu_policy = policy;
+  d.facts.placement.vcpus = max_vcpus;
+  d.vcpus_current = vcpus;
+  d.vcpus_max = max_vcpus;
+  d.cpu_shares = 1024;
+  for (int i = 0; i < max_vcpus; ++i)
+    d.vcpu_pins.push_back(policy == policy::CpuPolicy::Dedicated ? std::vector<policy::CpuId>{cpus.at(static_cast<std::size_t>(i))}
+                                                                 : cpus);
+  return d;
+}
+
+}  // namespace llmorch::orch::testing
