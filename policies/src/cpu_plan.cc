@@ -12,8 +12,36 @@ namespace llmorch::policy {
 
 namespace {
 
+// A dedicated VM that holds no CPUs (e.g. its placement is not recorded) is left alone: it brings
+// nothing to the pool, and dividing would take a CPU from a neighbour, or give it none at all.
 bool rebalanced_here(const VmCpuInput& vm) {
-  return vm.cpu_policy == CpuPolicy::Dedicated && vm.nodes.size() == 1;
+  return vm.cpu_policy == CpuPolicy::Dedicated && vm.nodes.size() == 1 && !vm.cpus.empty();
+}
+
+// CPUs per VM: the division, plus the CPUs that no VM wants (divide leaves them unassigned when every
+// VM is at its demand) handed back to the VMs that held them, highest weight first, ties by name.
+// Dropping them instead would shrink the node's pool for good: the reconciler records the planned
+// set as what each VM holds, so the CPUs would be gone when the load comes back.
+std::vector<int> give_back_unwanted(std::span<const VmCpuInput> vms, const std::vector<std::size_t>& members,
+                                    const Division& division, int pool_size) {
+  std::vector<int> counts = division.cpus;
+  int unwanted = pool_size;
+  for (int c : counts) unwanted -= c;
+  std::vector<std::size_t> order(members.size());
+  for (std::size_t k = 0; k < order.size(); ++k) order[k] = k;
+  std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+    if (division.weights[a] != division.weights[b]) return division.weights[a] > division.weights[b];
+    return division.names[a] < division.names[b];
+  });
+  for (std::size_t k : order) {
+    if (unwanted <= 0) break;
+    const VmCpuInput& vm = vms[members[k]];
+    const int held = std::min(static_cast<int>(vm.cpus.size()), vm.max_vcpus);
+    const int back = std::clamp(held - counts[k], 0, unwanted);
+    counts[k] += back;
+    unwanted -= back;
+  }
+  return counts;
 }
 
 // Re-divides the CPUs held by the dedicated VMs of one node (indices into `vms`) among them.
@@ -31,13 +59,14 @@ void plan_node(std::span<const VmCpuInput> vms, const std::vector<std::size_t>& 
     demands.push_back({vm.name, vm.priority, vm.min_vcpus, vm.max_vcpus, vm.demand_cpus});
   }
   const Division division = divide(demands, static_cast<int>(pool.size()), alpha);
+  const std::vector<int> counts = give_back_unwanted(vms, members, division, static_cast<int>(pool.size()));
 
   // Each VM keeps a prefix of what it holds (its lowest vCPUs stay where they are).
   std::set<CpuId> free = pool;
   for (std::size_t k = 0; k < members.size(); ++k) {
     VmCpuPlan& out = plan.vms[members[k]];
     const auto& held = vms[members[k]].cpus;
-    const std::size_t keep = std::min<std::size_t>(held.size(), static_cast<std::size_t>(division.cpus[k]));
+    const std::size_t keep = std::min<std::size_t>(held.size(), static_cast<std::size_t>(counts[k]));
     out.cpus.assign(held.begin(), held.begin() + static_cast<std::ptrdiff_t>(keep));
     for (CpuId c : out.cpus) free.erase(c);
     out.node_share = division.share_cpus[k];
@@ -49,7 +78,7 @@ void plan_node(std::span<const VmCpuInput> vms, const std::vector<std::size_t>& 
             [&](std::size_t a, std::size_t b) { return vms[members[a]].name < vms[members[b]].name; });
   for (std::size_t k : by_name) {
     VmCpuPlan& out = plan.vms[members[k]];
-    while (out.cpus.size() < static_cast<std::size_t>(division.cpus[k]) && !free.empty()) {
+    while (out.cpus.size() < static_cast<std::size_t>(counts[k]) && !free.empty()) {
       out.cpus.push_back(*free.begin());
       free.erase(free.begin());
     }

@@ -67,6 +67,49 @@ TEST(CpuPlan, AnIdleVmGivesItsCpusToABusyOne) {
   EXPECT_EQ(plan.vms[1].cpus, std::vector<CpuId>{2});
 }
 
+TEST(CpuPlan, CpusNoVmWantsStayWithTheirHolders) {
+  // Both idle: divide() wants 1 CPU each and leaves 6 unassigned. Dropping them would shrink the
+  // node's pool for good (the held set is recorded), so each VM keeps what it holds.
+  const std::vector<VmCpuInput> idle = {dedicated("a", 0, {0, 1, 2, 3}, 4, 1, 0.2),
+                                        dedicated("b", 0, {4, 5, 6, 7}, 4, 3, 0.2)};
+  const CpuPlan plan = plan_cpus(idle, 0.8);
+  EXPECT_EQ(plan.vms[0].cpus, (std::vector<CpuId>{0, 1, 2, 3}));
+  EXPECT_EQ(plan.vms[1].cpus, (std::vector<CpuId>{4, 5, 6, 7}));
+}
+
+TEST(CpuPlan, ABusyVmTakesOnlyWhatItWantsAndTheIdleOneKeepsTheRest) {
+  // busy may use 5 (one more than it holds), idle 1: the division is 5 and 1, and the 2 CPUs nobody
+  // wants go back to idle, which held them.
+  const std::vector<VmCpuInput> vms = {dedicated("busy", 0, {0, 1, 2, 3}, 5, 3, 8.0),
+                                       dedicated("idle", 0, {4, 5, 6, 7}, 4, 1, 0.2)};
+  const CpuPlan plan = plan_cpus(vms, 0.8);
+  EXPECT_EQ(plan.vms[0].cpus, (std::vector<CpuId>{0, 1, 2, 3, 7}));
+  EXPECT_EQ(plan.vms[1].cpus, (std::vector<CpuId>{4, 5, 6}));
+  EXPECT_EQ(plan.vms[1].vcpus_online, 3);
+}
+
+TEST(CpuPlan, UnwantedCpusGoBackToTheHeavierHolderFirst) {
+  // Division: a 1, b 1, c 3 of 6. a and b free 3 CPUs, c takes 2; the one left goes back to a
+  // (priority 1) rather than b (priority 5).
+  const std::vector<VmCpuInput> vms = {dedicated("a", 0, {0, 1}, 2, 1, 0.1),
+                                       dedicated("b", 0, {2, 3, 4}, 3, 5, 0.1),
+                                       dedicated("c", 0, {5}, 3, 9, 9.0)};
+  const CpuPlan plan = plan_cpus(vms, 0.8);
+  EXPECT_EQ(plan.vms[0].cpus, (std::vector<CpuId>{0, 1}));
+  EXPECT_EQ(plan.vms[1].cpus, (std::vector<CpuId>{2}));
+  EXPECT_EQ(plan.vms[2].cpus, (std::vector<CpuId>{5, 3, 4}));
+}
+
+TEST(CpuPlan, ADedicatedVmHoldingNoCpusIsLeftAlone) {
+  // Without the guard, two VMs with min 1 would share one CPU and one would get 0 vCPUs online.
+  const std::vector<VmCpuInput> vms = {dedicated("held", 0, {3}, 2, 5), dedicated("none", 0, {}, 2, 1)};
+  const CpuPlan plan = plan_cpus(vms, 0.8);
+  EXPECT_EQ(plan.vms[0].cpus, std::vector<CpuId>{3});
+  EXPECT_EQ(plan.vms[0].vcpus_online, 1);
+  EXPECT_TRUE(plan.vms[1].cpus.empty());
+  EXPECT_FALSE(plan.vms[1].vcpus_online.has_value());
+}
+
 TEST(CpuPlan, NodesAreDividedSeparatelyAndSpanningVmsAreLeftAlone) {
   VmCpuInput span = dedicated("span", 0, {8, 9}, 2, 1);
   span.nodes = {0, 1};

@@ -10,10 +10,13 @@
 //   is the union of the CPUs they hold now (so a rebalance never takes a free CPU away from future
 //   placements, nor one from a shared pool). divide() gives each VM a whole number of CPUs in
 //   [min_vcpus, max_vcpus] by weight (over that node's VMs) and load: an idle VM's CPUs go to busy
-//   ones. vCPU i runs on cpus[i], and vcpus_online = cpus.size().
+//   ones. CPUs that no VM wants (every VM at its demand) go back to the VMs that held them, highest
+//   weight first, so the pool does not shrink while the node is idle. vCPU i runs on cpus[i], and
+//   vcpus_online = cpus.size().
 // - Stability: a VM keeps the CPUs it holds, in order (it loses its highest vCPUs first when it
 //   shrinks); CPUs set free go, lowest id first, to the VMs that grow, in name order.
-// - Shared VMs and VMs that span nodes keep their CPUs and vCPU count (vcpus_online is empty).
+// - Shared VMs, VMs that span nodes and dedicated VMs that hold no CPUs keep their CPUs and vCPU
+//   count (vcpus_online is empty).
 #pragma once
 
 #include <optional>
