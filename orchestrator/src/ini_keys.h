@@ -52,11 +52,9 @@ const Key<T>* find_key(const std::vector<Key<T>>& keys, const std::string& name)
 }
 
 // Reads KEY = VALUE lines with Boost.Program_options; unknown keys, sections, repeated keys and
-// malformed lines are errors (Error is the caller's exception type).
+// malformed lines are errors (Error is the caller's exception type). `path` names the source in them.
 template <class Error, class T>
-Entries read_file(const std::string& path, const std::vector<Key<T>>& keys) {
-  std::ifstream in(path);
-  if (!in) throw Error(path + ": cannot read the file: " + std::strerror(errno));
+Entries read_stream(std::istream& in, const std::string& path, const std::vector<Key<T>>& keys) {
   namespace po = boost::program_options;
   po::options_description desc;
   for (const auto& k : keys) desc.add_options()(k.name, po::value<std::string>());
@@ -77,6 +75,13 @@ Entries read_file(const std::string& path, const std::vector<Key<T>>& keys) {
     entries.emplace_back(opt.string_key, opt.value.empty() ? std::string() : opt.value.front());
   }
   return entries;
+}
+
+template <class Error, class T>
+Entries read_file(const std::string& path, const std::vector<Key<T>>& keys) {
+  std::ifstream in(path);
+  if (!in) throw Error(path + ": cannot read the file: " + std::strerror(errno));
+  return read_stream<Error>(in, path, keys);
 }
 
 // "KEY=VALUE" split at the first '=' (so values may contain '='), both sides trimmed.

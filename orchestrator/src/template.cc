@@ -119,14 +119,26 @@ std::vector<std::string> template_keys() {
   return names;
 }
 
-VmTemplate load_template(const std::string& path, const std::vector<std::string>& overrides) {
+namespace {
+
+VmTemplate finish(const ini::Entries& entries, const std::string& name, const std::vector<std::string>& overrides) {
   VmTemplate t;
-  auto set = ini::apply<TemplateError>(ini::read_file<TemplateError>(path, keys()), keys(), t, path);
-  const std::string where = path + ": --set";
+  auto set = ini::apply<TemplateError>(entries, keys(), t, name);
+  const std::string where = name + ": --set";
   set.merge(ini::apply<TemplateError>(ini::parse_overrides<TemplateError>(overrides, keys(), where), keys(), t,
                                       where));
-  validate(t, set, overrides.empty() ? path : path + " (with --set overrides)");
+  validate(t, set, overrides.empty() ? name : name + " (with --set overrides)");
   return t;
+}
+
+}  // namespace
+
+VmTemplate load_template(const std::string& path, const std::vector<std::string>& overrides) {
+  return finish(ini::read_file<TemplateError>(path, keys()), path, overrides);
+}
+
+VmTemplate parse_template(std::istream& in, const std::string& name, const std::vector<std::string>& overrides) {
+  return finish(ini::read_stream<TemplateError>(in, name, keys()), name, overrides);
 }
 
 }  // namespace llmorch::orch

@@ -1,18 +1,26 @@
 #!/bin/sh
 # Builds one libFuzzer target with clang (the main build uses g++) and runs it for a bounded time.
-# Usage: run-fuzzer.sh SOURCE_DIR BUILD_DIR NAME SECONDS FUZZ_SOURCE [LIBRARY_SOURCES...]
-# Include paths are the public include dirs of the protocol and orchestrator libraries; the sources
-# must need nothing beyond them and the standard library. Fails on any crash, leak or sanitizer report.
+# Usage: run-fuzzer.sh SOURCE_DIR BUILD_DIR NAME SECONDS [--seeds DIR]... FUZZ_SOURCE [LIBRARY_SOURCES...]
+#        [-lLIB...]
+# Include paths are the public include dirs of the policy, protocol and orchestrator libraries; the
+# sources may need system libraries beyond the standard library only through -l flags (e.g.
+# -lpugixml). Seed directories are read, never written. Fails on any crash, leak or sanitizer report.
 set -eu
 src=$1 build=$2 name=$3 seconds=$4
 shift 4
+seeds=
+while [ "${1-}" = --seeds ]; do
+  [ -d "$2" ] || { echo "run-fuzzer.sh: seed directory '$2' does not exist" >&2; exit 2; }
+  seeds="$seeds $2"
+  shift 2
+done
 out="$build/fuzz"
 mkdir -p "$out/$name-corpus"
 clang++ -std=c++20 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-  -I"$src/agent/protocol/include" -I"$src/orchestrator/include" "$@" -o "$out/$name"
-# Seeds (if any) live beside the target in tests/fuzz/corpus/NAME; findings go to the build dir.
-seeds="$src/tests/fuzz/corpus/$name"
-[ -d "$seeds" ] || seeds=
+  -I"$src/policies/include" -I"$src/agent/protocol/include" -I"$src/orchestrator/include" "$@" -o "$out/$name"
+# Seeds may also live beside the target in tests/fuzz/corpus/NAME; findings go to the build dir.
+[ -d "$src/tests/fuzz/corpus/$name" ] && seeds="$seeds $src/tests/fuzz/corpus/$name"
 cd "$out"
+# shellcheck disable=SC2086 # $seeds is a list of directories without spaces
 exec "./$name" -max_total_time="$seconds" -max_len=4096 -print_final_stats=1 \
   -artifact_prefix="$out/$name-" "$out/$name-corpus" $seeds

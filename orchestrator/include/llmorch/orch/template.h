@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <istream>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -37,6 +38,10 @@ class TemplateError : public std::runtime_error {
 // Reads `path`, then applies overrides ("KEY=VALUE", split at the first '='), then validates.
 // Throws TemplateError.
 VmTemplate load_template(const std::string& path, const std::vector<std::string>& overrides = {});
+
+// The same from a stream; `name` stands for the file in error messages.
+VmTemplate parse_template(std::istream& in, const std::string& name,
+                          const std::vector<std::string>& overrides = {});
 
 // The keys a template may set, in documentation order.
 std::vector<std::string> template_keys();
