@@ -1,0 +1,267 @@
+// The daemon loop against a FakeHypervisor, a fake clock, and real AF_UNIX sockets standing in for the
+// guests' agent channels.
+#include "llmorch/orch/daemon.h"
+
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <filesystem>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "fake_hypervisor.h"
+#include "llmorch/orch/status_file.h"
+#include "llmorch/protocol/codec.h"
+
+namespace llmorch::orch {
+namespace {
+
+using testing::FakeHypervisor;
+using testing::make_domain;
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+class FakeClock : public Clock {
+ public:
+  TimePoint now() const override { return t; }
+  std::chrono::system_clock::time_point wall() const override { return std::chrono::system_clock::time_point{} + (t - TimePoint{}); }
+  TimePoint t = TimePoint{} + 1000s;
+};
+
+// A listening socket playing the QEMU end of a virtio-serial channel.
+class GuestEnd {
+ public:
+  explicit GuestEnd(std::string path) : path_(std::move(path)) {
+    listen_fd_ = ::socket(AF_UNIX, SOCK_STREAM, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path_.c_str());
+    if (::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || ::listen(listen_fd_, 1) != 0)
+      throw std::runtime_error("cannot listen on " + path_);
+  }
+  ~GuestEnd() {
+    if (fd_ >= 0) ::close(fd_);
+    ::close(listen_fd_);
+    ::unlink(path_.c_str());
+  }
+  bool accept() {
+    fd_ = ::accept(listen_fd_, nullptr, nullptr);
+    return fd_ >= 0;
+  }
+  void send(const protocol::Report& r) {
+    const std::string frame = protocol::encode(r);
+    ASSERT_EQ(::write(fd_, frame.data(), frame.size()), static_cast<ssize_t>(frame.size()));
+  }
+  void send_raw(const std::string& bytes) {
+    std::size_t off = 0;
+    while (off < bytes.size()) {
+      ssize_t n = ::write(fd_, bytes.data() + off, bytes.size() - off);
+      if (n <= 0) return;
+      off += static_cast<std::size_t>(n);
+    }
+  }
+  std::string receive() {
+    char buf[256];
+    ssize_t n = ::recv(fd_, buf, sizeof buf, MSG_DONTWAIT);
+    return n > 0 ? std::string(buf, static_cast<std::size_t>(n)) : "";
+  }
+
+ private:
+  std::string path_;
+  int listen_fd_ = -1;
+  int fd_ = -1;
+};
+
+class DaemonTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir = fs::temp_directory_path() / ("llmorchd-test-" + std::to_string(::getpid()) + "-" +
+                                       ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    hv.domains = {make_domain("a", 1, {0}), make_domain("b", 3, {0})};
+    options.state_dir = (dir / "state").string();
+  }
+  void TearDown() override { fs::remove_all(dir); }
+
+  static protocol::Report report(double prio) {
+    protocol::Report r;
+    r.priority = prio;
+    r.cpu_pct = 90;
+    r.runnable = 1;
+    return r;
+  }
+
+  fs::path dir;
+  FakeHypervisor hv;
+  FakeClock clock;
+  DaemonOptions options;
+};
+
+TEST_F(DaemonTest, TickAppliesSharesAndWritesStatus) {
+  Daemon d(hv, clock, options);
+  ASSERT_TRUE(d.tick());
+  EXPECT_EQ(hv.calls, (std::vector<std::string>{"set_cpu_shares a 1455", "set_cpu_shares b 593"}));
+  EXPECT_EQ(hv.dom("a").cpu_shares, 1455u);
+
+  const auto j = read_status_file(options.state_dir);
+  EXPECT_EQ(j["version"], 1);
+  EXPECT_EQ(j["pid"], ::getpid());
+  EXPECT_TRUE(j["connected"].get<bool>());
+  ASSERT_EQ(j["vms"].size(), 2u);
+  EXPECT_EQ(j["vms"][0]["name"], "a");
+  EXPECT_NEAR(j["vms"][0]["weight"].get<double>(), 0.7105, 1e-4);
+  EXPECT_NEAR(j["vms"][1]["weight"].get<double>(), 0.2895, 1e-4);
+  EXPECT_EQ(j["vms"][1]["priority_source"], "template");
+  EXPECT_EQ(j["vms"][1]["last_change"], "vm b: cpu_shares 1024 -> 593 (priority 3 from template, weight 0.289 of 2 VMs)");
+  EXPECT_TRUE(j["vms"][1]["report"].is_null());
+  EXPECT_EQ(fs::status(options.state_dir + "/status.json").permissions() & fs::perms::all,
+            fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read | fs::perms::others_read);
+
+  // A second tick on the same state changes nothing.
+  hv.calls.clear();
+  ASSERT_TRUE(d.tick());
+  EXPECT_TRUE(hv.calls.empty());
+}
+
+TEST_F(DaemonTest, DryRunAppliesNothing) {
+  options.dry_run = true;
+  Daemon d(hv, clock, options);
+  ASSERT_TRUE(d.tick());
+  EXPECT_TRUE(hv.calls.empty());
+  EXPECT_EQ(hv.dom("a").cpu_shares, 1024u);
+  EXPECT_EQ(d.plan().vms[0].cpu_shares, 1455);  // decided all the same
+  EXPECT_TRUE(read_status_file(options.state_dir)["dry_run"].get<bool>());
+}
+
+TEST_F(DaemonTest, FailureOnOneVmDoesNotStopTheOthers) {
+  hv.domains.push_back(make_domain("c", 2, {0}));
+  hv.fail_on = {"a"};
+  Daemon d(hv, clock, options);
+  ASSERT_TRUE(d.tick());
+  EXPECT_EQ(hv.calls.size(), 2u);
+  EXPECT_EQ(hv.dom("a").cpu_shares, 1024u);
+  EXPECT_NE(hv.dom("b").cpu_shares, 1024u);
+  EXPECT_NE(hv.dom("c").cpu_shares, 1024u);
+  hv.fail_on.clear();
+  ASSERT_TRUE(d.tick());  // retried
+  EXPECT_NE(hv.dom("a").cpu_shares, 1024u);
+}
+
+TEST_F(DaemonTest, LibvirtOutageIsReportedAndSurvived) {
+  Daemon d(hv, clock, options);
+  hv.down = true;
+  EXPECT_FALSE(d.tick());
+  EXPECT_FALSE(read_status_file(options.state_dir)["connected"].get<bool>());
+  hv.down = false;
+  EXPECT_TRUE(d.tick());
+  EXPECT_TRUE(read_status_file(options.state_dir)["connected"].get<bool>());
+  EXPECT_EQ(hv.dom("b").cpu_shares, 593u);
+  for (const auto& c : hv.calls) EXPECT_EQ(c.rfind("set_cpu_shares", 0), 0u) << c;  // nothing redefined
+}
+
+TEST_F(DaemonTest, AgentReportChangingPriorityTriggersReconcile) {
+  GuestEnd guest((dir / "b.sock").string());
+  hv.dom("b").channel_path = (dir / "b.sock").string();
+  Daemon d(hv, clock, options);
+  ASSERT_TRUE(d.tick());  // connects the channel
+  ASSERT_TRUE(guest.accept());
+  guest.send(report(3));  // same as the template: the plan does not change
+  d.poll_once(1000ms);
+  EXPECT_FALSE(d.reconcile_due());
+  guest.send(report(1));
+  d.poll_once(1000ms);
+  EXPECT_TRUE(d.reconcile_due());
+  ASSERT_TRUE(d.tick());
+  EXPECT_EQ(hv.dom("a").cpu_shares, 1024u);
+  EXPECT_EQ(hv.dom("b").cpu_shares, 1024u);
+  const auto j = read_status_file(options.state_dir);
+  EXPECT_EQ(j["vms"][1]["priority_source"], "agent");
+  EXPECT_EQ(j["vms"][1]["report"]["prio"], 1.0);
+  EXPECT_EQ(j["vms"][1]["agent"]["ok"], 2);
+
+  // The report expires (TTL 3 s): back to the template priority, source "stale".
+  clock.t += 10s;
+  ASSERT_TRUE(d.tick());
+  EXPECT_EQ(hv.dom("b").cpu_shares, 593u);
+  EXPECT_EQ(read_status_file(options.state_dir)["vms"][1]["priority_source"], "stale");
+}
+
+TEST_F(DaemonTest, GarbageFromOneGuestIsCountedAndHarmless) {
+  GuestEnd guest((dir / "b.sock").string());
+  hv.dom("b").channel_path = (dir / "b.sock").string();
+  Daemon d(hv, clock, options);
+  ASSERT_TRUE(d.tick());
+  ASSERT_TRUE(guest.accept());
+  // 200 KB without a newline (one oversized line), a malformed frame, then a valid report. The writer
+  // runs in a thread: the socket buffer may not take it all at once.
+  std::thread writer([&] {
+    guest.send_raw(std::string(200'000, 'x') + "\nLLMO1 report seq=oops\n");
+    guest.send(report(1));
+  });
+  int polls = 0;
+  while (!d.reconcile_due() && polls < 100) {
+    d.poll_once(100ms);
+    ++polls;
+  }
+  writer.join();
+  EXPECT_GE(polls, 4);  // bounded reads: 64 KiB per wakeup
+  ASSERT_TRUE(d.reconcile_due());
+  ASSERT_TRUE(d.tick());
+  const auto j = read_status_file(options.state_dir)["vms"][1];
+  EXPECT_EQ(j["agent"]["oversized"], 1);
+  EXPECT_EQ(j["agent"]["malformed"], 1);
+  EXPECT_EQ(j["agent"]["ok"], 1);
+  EXPECT_EQ(j["effective_priority"], 1.0);
+  EXPECT_EQ(hv.dom("a").cpu_shares, 1024u);
+}
+
+TEST_F(DaemonTest, RunLoopAppliesAReportWithinMilliseconds) {
+  GuestEnd guest((dir / "b.sock").string());
+  hv.dom("b").channel_path = (dir / "b.sock").string();
+  std::atomic<std::int64_t> applied_ns{0};
+  SystemClock real;
+  options.config.interval_ms = 60'000;  // only the report can trigger the second reconcile
+  Daemon d(hv, real, options);
+  std::thread loop([&] { d.run(); });
+  ASSERT_TRUE(guest.accept());
+  // Wait until the first tick is over (shares of b set from the template).
+  for (int i = 0; i < 200 && d.reconciles() < 1; ++i) std::this_thread::sleep_for(5ms);
+  std::this_thread::sleep_for(150ms);  // past the coalescing window of that tick
+  const auto sent = std::chrono::steady_clock::now();
+  guest.send(report(1));
+  for (int i = 0; i < 400 && d.reconciles() < 2; ++i) std::this_thread::sleep_for(1ms);
+  applied_ns = (std::chrono::steady_clock::now() - sent).count();
+  d.request_stop();
+  loop.join();
+  EXPECT_EQ(d.reconciles(), 2u);
+  EXPECT_EQ(hv.dom("b").cpu_shares, 1024u);
+  std::printf("report-to-applied latency: %.2f ms\n", static_cast<double>(applied_ns) / 1e6);
+}
+
+TEST_F(DaemonTest, CpuTimePerTickWithTwoVms) {
+  options.state_dir = (dir / "state").string();
+  Daemon d(hv, clock, options);
+  constexpr int kTicks = 2000;
+  rusage before{}, after{};
+  getrusage(RUSAGE_SELF, &before);
+  for (int i = 0; i < kTicks; ++i) {
+    clock.t += 1s;
+    ASSERT_TRUE(d.tick());
+  }
+  getrusage(RUSAGE_SELF, &after);
+  auto us = [](const rusage& r) {
+    return (r.ru_utime.tv_sec + r.ru_stime.tv_sec) * 1e6 + r.ru_utime.tv_usec + r.ru_stime.tv_usec;
+  };
+  const double per_tick = (us(after) - us(before)) / kTicks;
+  std::printf("daemon CPU per tick, 2 VMs, fake hypervisor, status file written: %.1f us\n", per_tick);
+  EXPECT_LT(per_tick, 5000.0);
+}
+
+}  // namespace
+}  // namespace llmorch::orch
