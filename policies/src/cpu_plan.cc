@@ -1,9 +1,9 @@
 #include "llmorch/policy/cpu_plan.h"
 
 #include <algorithm>
+#include <iterator>
 #include <limits>
 #include <map>
-#include <set>
 #include <stdexcept>
 
 #include "llmorch/policy/weighting.h"
@@ -44,43 +44,57 @@ std::vector<int> give_back_unwanted(std::span<const VmCpuInput> vms, const std::
   return counts;
 }
 
+// The CPUs the members hold, sorted; throws naming a VM when two of them hold the same CPU.
+std::vector<CpuId> node_pool(std::span<const VmCpuInput> vms, const std::vector<std::size_t>& members) {
+  std::vector<CpuId> pool;
+  for (std::size_t i : members) pool.insert(pool.end(), vms[i].cpus.begin(), vms[i].cpus.end());
+  std::sort(pool.begin(), pool.end());
+  const auto twice = std::adjacent_find(pool.begin(), pool.end());
+  if (twice == pool.end()) return pool;
+  for (std::size_t i : members) {
+    if (std::find(vms[i].cpus.begin(), vms[i].cpus.end(), *twice) == vms[i].cpus.end()) continue;
+    throw std::invalid_argument("dedicated CPU " + std::to_string(*twice) + " is claimed twice (VM '" +
+                                vms[i].name + "' and another VM on its node)");
+  }
+  throw std::invalid_argument("dedicated CPU " + std::to_string(*twice) + " is claimed twice by one VM");
+}
+
 // Re-divides the CPUs held by the dedicated VMs of one node (indices into `vms`) among them.
 void plan_node(std::span<const VmCpuInput> vms, const std::vector<std::size_t>& members, double alpha,
                CpuPlan& plan) {
-  std::set<CpuId> pool;
+  const std::vector<CpuId> pool = node_pool(vms, members);
   std::vector<VmDemand> demands;
+  demands.reserve(members.size());
   for (std::size_t i : members) {
     const VmCpuInput& vm = vms[i];
-    for (CpuId c : vm.cpus) {
-      if (!pool.insert(c).second)
-        throw std::invalid_argument("dedicated CPU " + std::to_string(c) + " is claimed twice (VM '" +
-                                    vm.name + "' and another VM on its node)");
-    }
     demands.push_back({vm.name, vm.priority, vm.min_vcpus, vm.max_vcpus, vm.demand_cpus});
   }
   const Division division = divide(demands, static_cast<int>(pool.size()), alpha);
   const std::vector<int> counts = give_back_unwanted(vms, members, division, static_cast<int>(pool.size()));
 
   // Each VM keeps a prefix of what it holds (its lowest vCPUs stay where they are).
-  std::set<CpuId> free = pool;
+  std::vector<CpuId> kept;
   for (std::size_t k = 0; k < members.size(); ++k) {
     VmCpuPlan& out = plan.vms[members[k]];
     const auto& held = vms[members[k]].cpus;
     const std::size_t keep = std::min<std::size_t>(held.size(), static_cast<std::size_t>(counts[k]));
     out.cpus.assign(held.begin(), held.begin() + static_cast<std::ptrdiff_t>(keep));
-    for (CpuId c : out.cpus) free.erase(c);
+    kept.insert(kept.end(), out.cpus.begin(), out.cpus.end());
     out.node_share = division.share_cpus[k];
   }
+  std::sort(kept.begin(), kept.end());
+  std::vector<CpuId> free;  // ascending
+  std::set_difference(pool.begin(), pool.end(), kept.begin(), kept.end(), std::back_inserter(free));
   // CPUs set free go, lowest id first, to the VMs that grow, in name order.
   std::vector<std::size_t> by_name(members.size());
   for (std::size_t k = 0; k < by_name.size(); ++k) by_name[k] = k;
   std::sort(by_name.begin(), by_name.end(),
             [&](std::size_t a, std::size_t b) { return vms[members[a]].name < vms[members[b]].name; });
+  auto next_free = free.begin();
   for (std::size_t k : by_name) {
     VmCpuPlan& out = plan.vms[members[k]];
-    while (out.cpus.size() < static_cast<std::size_t>(counts[k]) && !free.empty()) {
-      out.cpus.push_back(*free.begin());
-      free.erase(free.begin());
+    while (out.cpus.size() < static_cast<std::size_t>(counts[k]) && next_free != free.end()) {
+      out.cpus.push_back(*next_free++);
     }
     out.vcpus_online = static_cast<int>(out.cpus.size());
   }
