@@ -20,7 +20,15 @@ clang++ -std=c++20 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-reco
   -I"$src/policies/include" -I"$src/agent/protocol/include" -I"$src/orchestrator/include" "$@" -o "$out/$name"
 # Seeds may also live beside the target in tests/fuzz/corpus/NAME; findings go to the build dir.
 [ -d "$src/tests/fuzz/corpus/$name" ] && seeds="$seeds $src/tests/fuzz/corpus/$name"
+# Inputs up to 4096 bytes, or the largest seed, so that whole seed documents are kept.
+max_len=4096
+if [ -n "$seeds" ]; then
+  for f in $(find $seeds -type f); do
+    n=$(wc -c <"$f")
+    if [ "$n" -gt "$max_len" ]; then max_len=$n; fi
+  done
+fi
 cd "$out"
 # shellcheck disable=SC2086 # $seeds is a list of directories without spaces
-exec "./$name" -max_total_time="$seconds" -max_len=4096 -print_final_stats=1 \
+exec "./$name" -max_total_time="$seconds" -max_len="$max_len" -print_final_stats=1 \
   -artifact_prefix="$out/$name-" "$out/$name-corpus" $seeds
