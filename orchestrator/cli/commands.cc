@@ -8,6 +8,12 @@ const std::vector<Command>& commands() {
   static const std::vector<Command> table = {
       {"weights", "compute priority weights and whole-CPU shares (offline)", cmd_weights},
       {"plan", "place VMs on a host described by a capabilities file (offline)", cmd_plan},
+      {"place", "place a VM from a template on this host's NUMA nodes and start it", cmd_place},
+      {"list", "list the VMs llmorch manages", cmd_list},
+      {"status", "VMs with their CPUs, memory, priorities, load and weights", cmd_status},
+      {"host", "NUMA nodes, CPUs and memory: what is free and who uses the rest", cmd_host},
+      {"explain", "how a VM's weight, shares and CPUs come about, and llmorchd's last decision", cmd_explain},
+      {"remove", "stop and undefine a VM llmorch manages", cmd_remove},
   };
   return table;
 }

@@ -36,5 +36,11 @@ int run(const std::vector<std::string>& argv, Io io);
 // Subcommands (one file each).
 int cmd_weights(const std::vector<std::string>& args, Io io);
 int cmd_plan(const std::vector<std::string>& args, Io io);
+int cmd_place(const std::vector<std::string>& args, Io io);
+int cmd_list(const std::vector<std::string>& args, Io io);
+int cmd_status(const std::vector<std::string>& args, Io io);
+int cmd_host(const std::vector<std::string>& args, Io io);
+int cmd_explain(const std::vector<std::string>& args, Io io);
+int cmd_remove(const std::vector<std::string>& args, Io io);
 
 }  // namespace llmorch::cli

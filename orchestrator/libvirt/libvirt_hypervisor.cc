@@ -220,6 +220,14 @@ class LibvirtHypervisor final : public Hypervisor {
     return describe(d.get());
   }
 
+  bool domain_exists(const std::string& name) override {
+    std::lock_guard lock(mu_);
+    Domain d(virDomainLookupByName(conn_, name.c_str()));
+    if (d) return true;
+    if (virGetLastErrorCode() == VIR_ERR_NO_DOMAIN) return false;
+    throw last_error("cannot look up domain '" + name + "'");
+  }
+
   void define_and_start(const std::string& xml) override {
     std::lock_guard lock(mu_);
     const std::string name = domain_name(xml);

@@ -109,6 +109,9 @@ class Hypervisor {
   // Domains llmorch manages (those with llmorch metadata). Others are ignored.
   virtual std::vector<ManagedDomain> list_managed() = 0;
   virtual std::optional<ManagedDomain> find_managed(const std::string& name) = 0;
+  // Whether any domain, managed or not, has this name. The default knows only managed domains (enough
+  // for fakes); the libvirt backend asks libvirt.
+  virtual bool domain_exists(const std::string& name) { return find_managed(name).has_value(); }
 
   // Defines a new persistent domain and starts it. Refuses a name that exists. If the start fails the
   // domain is undefined again, so nothing half-made remains. Throws HypervisorError.

@@ -1,0 +1,106 @@
+// What the live subcommands (place, list, status, host, explain, remove) share: the common options
+// (-c/--connect, --config, --state-dir, --help), connecting to libvirt, errors to exit codes, reading
+// llmorchd's status file, and small table/number formatting.
+#pragma once
+
+#include <boost/program_options.hpp>
+#include <functional>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <ostream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "commands.h"
+#include "llmorch/orch/config.h"
+#include "llmorch/orch/host_state.h"
+#include "llmorch/orch/hypervisor.h"
+#include "llmorch/policy/cpu_plan.h"
+
+namespace llmorch::cli {
+
+// Where llmorchd writes status.json and where `place` takes its lock (llmorchd's --state-dir).
+inline constexpr const char* kDefaultStateDir = "/run/llmorch";
+
+// A bad command line or input; exit kExitUsage. The message names what is wrong.
+struct UsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// The environment failed in a way that is not a HypervisorError (e.g. a lock file); exit kExitFailure.
+struct EnvironmentError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+struct CommonOptions {
+  std::optional<std::string> connect;  // -c/--connect URI
+  std::string config;                  // --config FILE; empty: /etc/llmorch/llmorch.conf if present
+  std::string state_dir = kDefaultStateDir;
+  bool help = false;
+};
+
+// Adds -h/--help, -c/--connect URI, --config FILE and --state-dir DIR, stored into `common`.
+void add_common_options(boost::program_options::options_description& options, CommonOptions& common);
+
+// Parses `args` (positional arguments, if any, bound to `positional`); notifies the bound variables.
+// Throws UsageError with Boost's message.
+boost::program_options::variables_map parse_args(const std::vector<std::string>& args,
+                                                 const boost::program_options::options_description& options,
+                                                 const boost::program_options::positional_options_description& positional = {});
+
+// The host config named by --config (or the default file, or built-in defaults). Throws ConfigError.
+orch::HostConfig load_host_config(const CommonOptions& common);
+
+// Opens the hypervisor at -c URI / $LIBVIRT_DEFAULT_URI / qemu:///system. Throws HypervisorError.
+std::unique_ptr<orch::Hypervisor> connect(const CommonOptions& common);
+
+// Topology, managed domains and free memory, as libvirt reports them now.
+orch::HostSnapshot read_host(orch::Hypervisor& hypervisor);
+
+// Replaces how connect() opens a hypervisor (unit tests pass a fake); an empty function restores libvirt.
+using HypervisorFactory = std::function<std::unique_ptr<orch::Hypervisor>(const std::string& uri)>;
+void set_hypervisor_factory(HypervisorFactory factory);
+
+// Runs `body` and turns the exceptions every command may meet into a message on io.err and an exit
+// code: UsageError, ConfigError, TemplateError -> kExitUsage (with a pointer to --help for UsageError);
+// HypervisorError, CapabilitiesError, EnvironmentError -> kExitFailure.
+int guarded(const std::string& command, Io io, const std::function<int()>& body);
+
+// llmorchd's status file (DIR/status.json), read without trusting it to be there or well-formed.
+struct DaemonView {
+  bool running = false;
+  std::string why_not;      // when not running: "no status file at ...", "process 123 is gone", ...
+  nlohmann::json status;    // the parsed file (null when there is none or it is unreadable)
+  double age_s = -1;        // seconds since last_tick_at; < 0 when unknown
+  const nlohmann::json* vm(const std::string& name) const;  // its entry in status["vms"], or null
+};
+// now_unix_s: the current time (seconds since the epoch), a parameter so tests can fix it.
+DaemonView read_daemon_view(const std::string& state_dir, double now_unix_s);
+double now_unix_seconds();
+// "2026-11-25T10:00:00.123Z" -> seconds since the epoch; nullopt when malformed.
+std::optional<double> parse_iso8601(const std::string& text);
+
+// j[key] when j is an object holding a value of that type there, else `fallback` (never throws).
+std::string json_string(const nlohmann::json& j, const char* key, const std::string& fallback);
+double json_number(const nlohmann::json& j, const char* key, double fallback);
+
+// The CPU plan llmorchd would make without agent reports: every active managed VM (in `domains`
+// order) at its template priority, demand unknown. What status/explain show when the daemon is down.
+policy::CpuPlan offline_plan(const std::vector<orch::ManagedDomain>& domains, double alpha);
+
+// Aligned text columns: the first row is the header.
+class Table {
+ public:
+  void row(std::vector<std::string> cells) { rows_.push_back(std::move(cells)); }
+  void print(std::ostream& out) const;
+
+ private:
+  std::vector<std::vector<std::string>> rows_;
+};
+
+std::string cpu_list(const std::vector<policy::CpuId>& cpus);  // "0-3,8" (sorted, compact); "-" if empty
+std::string fixed(double value, int decimals);                  // "0.3571"
+
+}  // namespace llmorch::cli

@@ -1,0 +1,68 @@
+// llmorch remove: stops and undefines a VM llmorch manages, which frees its CPUs and memory.
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "cli_common.h"
+#include "commands.h"
+
+namespace llmorch::cli {
+
+namespace {
+
+namespace po = boost::program_options;
+
+constexpr const char* kHelp = R"(usage: llmorch remove NAME [-c URI] [--config FILE]
+
+Stops the VM NAME (at once, like pulling the plug: 'virsh destroy') and removes its libvirt definition,
+so its dedicated CPUs and its memory reservation are free for new VMs. Only VMs llmorch manages (with
+llmorch metadata) are removed; any other domain is refused and left alone.
+
+  -c, --connect URI  libvirt URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system)
+  --config FILE      accepted for symmetry with the other commands
+
+Exit status: 0 removed; 1 no such VM, a domain not managed by llmorch, or libvirt failed; 2 bad
+arguments.
+)";
+
+}  // namespace
+
+int cmd_remove(const std::vector<std::string>& args, Io io) {
+  return guarded("remove", io, [&] {
+    CommonOptions common;
+    std::string name;
+    po::options_description options;
+    add_common_options(options, common);
+    options.add_options()("name", po::value<std::string>(&name), "VM name");
+    po::positional_options_description positional;
+    positional.add("name", 1);
+    parse_args(args, options, positional);
+    if (common.help) {
+      io.out << kHelp;
+      return kExitOk;
+    }
+    if (name.empty()) throw UsageError("name the VM to remove");
+    load_host_config(common);
+    auto hypervisor = connect(common);
+    const auto vm = hypervisor->find_managed(name);
+    if (!vm) {
+      if (hypervisor->domain_exists(name)) {
+        io.err << "llmorch remove: domain '" << name
+               << "' is not managed by llmorch (it has no llmorch metadata); left alone. Use virsh for it\n";
+      } else {
+        io.err << "llmorch remove: there is no VM named '" << name << "'; 'llmorch list' shows the VMs\n";
+      }
+      return kExitFailure;
+    }
+    hypervisor->destroy_and_undefine(name);
+    const auto& p = vm->facts.placement;
+    std::uint64_t mib = 0;
+    for (const auto& [node, m] : p.memory_mib_per_node) mib += m;
+    io.out << "removed vm " << name << " (was " << orch::to_string(vm->state) << "); freed on node(s) "
+           << cpu_list(p.nodes) << ": " << mib << " MiB"
+           << (p.cpu_policy == policy::CpuPolicy::Dedicated ? ", cpus " + cpu_list(p.cpus) : std::string()) << "\n";
+    return kExitOk;
+  });
+}
+
+}  // namespace llmorch::cli

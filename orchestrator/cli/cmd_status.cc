@@ -1,0 +1,193 @@
+// llmorch status: every VM llmorch manages, with libvirt's live values and what llmorchd last decided.
+#include <nlohmann/json.hpp>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "cli_common.h"
+#include "commands.h"
+
+namespace llmorch::cli {
+
+namespace {
+
+namespace po = boost::program_options;
+using nlohmann::ordered_json;
+
+constexpr const char* kHelp = R"(usage: llmorch status [NAME] [--json] [-c URI] [--config FILE] [--state-dir DIR]
+
+Shows every VM llmorch manages (or only NAME): libvirt's live values plus what the in-guest agent
+reported and what llmorchd decided, from llmorchd's status file DIR/status.json (default /run/llmorch).
+
+Per VM: state; NUMA nodes; host CPUs it holds (dedicated) or floats over (shared); vCPUs present/max;
+cpu_shares (live); memory actual (balloon now) / max / floor in MiB; priority: template, reported by the
+agent, effective (what the weights use); load (agent's cpu_pct, runnable tasks, CPUs online, LLM
+requests running/waiting); age of the agent's last report; weight among the running VMs; hostile
+(the agent sent garbage or flooded and is ignored).
+
+When llmorchd is not running (no status file, its process is gone, or the file is stale), the weights
+are computed here from the template priorities with the daemon's own CPU plan (plan_cpus), and the
+output says so; reported priority, load and report age are then unknown.
+
+  --json             one JSON object:
+                     {"vms": [{"name", "state", "active", "policy", "nodes", "cpus", "cpu_shares",
+                       "priority", "weight", "weight_source" ("daemon"|"computed"|null), "vcpus",
+                       "max_vcpus", "memory_actual_mib", "memory_max_mib", "memory_floor_mib",
+                       "priority_template", "priority_reported", "priority_source", "load",
+                       "report_age_s", "hostile", "reason"}],
+                      "daemon": {"running": bool, "why_not": str|null, "pid", "last_tick_age_s",
+                       "alpha", "dry_run"}}
+                     Unknown values are null; a VM that is not running has weight null.
+  -c, --connect URI  libvirt URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system)
+  --config FILE      host config; its alpha is used when the daemon is not running
+  --state-dir DIR    llmorchd's state directory (default /run/llmorch)
+
+Exit status: 0 shown; 1 libvirt failed, or no VM named NAME is managed by llmorch; 2 bad arguments.
+)";
+
+ordered_json field(const nlohmann::json* j, const char* key) {
+  if (!j || !j->is_object() || !j->contains(key)) return nullptr;
+  return ordered_json(j->at(key));
+}
+
+ordered_json load_of(const nlohmann::json* daemon_vm) {
+  const ordered_json report = field(daemon_vm, "report");
+  if (!report.is_object()) return nullptr;
+  ordered_json load;
+  for (const char* key : {"cpu_pct", "runnable", "ncpu_online", "psi_cpu_some10", "mem_avail_kib", "llm_running",
+                          "llm_waiting"})
+    load[key] = report.contains(key) ? report[key] : ordered_json(nullptr);
+  load["demand_cpus"] = field(daemon_vm, "demand_cpus");
+  return load;
+}
+
+ordered_json vm_json(const orch::ManagedDomain& d, const DaemonView& daemon, const policy::CpuPlan& offline) {
+  const auto& p = d.facts.placement;
+  const nlohmann::json* dv = daemon.running ? daemon.vm(d.name) : nullptr;
+  const policy::VmCpuPlan* computed = nullptr;
+  for (const auto& v : offline.vms)
+    if (v.name == d.name) computed = &v;
+  ordered_json j;
+  j["name"] = d.name;
+  j["state"] = std::string(orch::to_string(d.state));
+  j["active"] = d.active();
+  j["policy"] = p.cpu_policy == policy::CpuPolicy::Shared ? "shared" : "dedicated";
+  j["nodes"] = p.nodes;
+  j["cpus"] = p.cpus;
+  j["cpu_shares"] = d.cpu_shares ? ordered_json(*d.cpu_shares) : ordered_json(nullptr);
+  j["priority"] = dv ? field(dv, "effective_priority") : ordered_json(d.facts.priority);
+  if (dv) {
+    j["weight"] = field(dv, "weight");
+    j["weight_source"] = "daemon";
+  } else if (computed) {
+    j["weight"] = computed->weight;
+    j["weight_source"] = "computed";
+  } else {
+    j["weight"] = nullptr;
+    j["weight_source"] = nullptr;
+  }
+  j["vcpus"] = d.vcpus_current;
+  j["max_vcpus"] = d.vcpus_max;
+  j["memory_actual_mib"] = d.memory_actual_kib / 1024;
+  j["memory_max_mib"] = d.memory_max_kib / 1024;
+  j["memory_floor_mib"] = d.facts.memory_floor_mib;
+  j["priority_template"] = d.facts.priority;
+  j["priority_reported"] = field(dv, "reported_priority");
+  j["priority_source"] = dv ? field(dv, "priority_source") : ordered_json("template");
+  j["load"] = load_of(dv);
+  j["report_age_s"] = field(dv, "report_age_s");
+  j["hostile"] = dv && field(dv, "hostile").is_boolean() ? field(dv, "hostile").get<bool>() : false;
+  j["reason"] = field(dv, "reason");
+  return j;
+}
+
+ordered_json daemon_json(const DaemonView& daemon) {
+  ordered_json j;
+  j["running"] = daemon.running;
+  j["why_not"] = daemon.running ? ordered_json(nullptr) : ordered_json(daemon.why_not);
+  const nlohmann::json* s = daemon.status.is_object() ? &daemon.status : nullptr;
+  j["pid"] = field(s, "pid");
+  j["last_tick_age_s"] = daemon.age_s >= 0 ? ordered_json(daemon.age_s) : ordered_json(nullptr);
+  j["alpha"] = field(s, "alpha");
+  j["dry_run"] = field(s, "dry_run");
+  return j;
+}
+
+std::string text_of(const ordered_json& v, int decimals = -1) {
+  if (v.is_null()) return "-";
+  if (v.is_number_float() && decimals >= 0) return fixed(v.get<double>(), decimals);
+  if (v.is_string()) return v.get<std::string>();
+  return v.dump();
+}
+
+void print_text(std::ostream& out, const ordered_json& doc) {
+  const auto& daemon = doc["daemon"];
+  if (daemon["running"].get<bool>()) {
+    out << "llmorchd: running (pid " << text_of(daemon["pid"]) << ", last tick " << text_of(daemon["last_tick_age_s"], 1)
+        << " s ago, alpha " << text_of(daemon["alpha"]) << ")\n\n";
+  } else {
+    out << "llmorchd: not running: " << daemon["why_not"].get<std::string>()
+        << ".\nWeights below are computed here from template priorities; no agent reports are known.\n\n";
+  }
+  Table t;
+  t.row({"NAME", "STATE", "NODES", "CPUS", "VCPUS", "SHARES", "MEMORY MiB act/max/floor", "PRIO tmpl/rep/eff",
+         "LOAD cpu%/run", "REPORT AGE", "WEIGHT"});
+  for (const auto& v : doc["vms"]) {
+    std::vector<int> nodes = v["nodes"], cpus = v["cpus"];
+    std::string load = "-";
+    if (v["load"].is_object()) load = text_of(v["load"]["cpu_pct"], 0) + "/" + text_of(v["load"]["runnable"]);
+    std::string weight = text_of(v["weight"], 4);
+    if (v["weight_source"] == "computed") weight += " (computed)";
+    if (v["hostile"].get<bool>()) weight += " HOSTILE";
+    t.row({v["name"], v["state"], cpu_list(nodes), cpu_list(cpus) + (v["policy"] == "shared" ? " (shared)" : ""),
+           text_of(v["vcpus"]) + "/" + text_of(v["max_vcpus"]), text_of(v["cpu_shares"]),
+           text_of(v["memory_actual_mib"]) + "/" + text_of(v["memory_max_mib"]) + "/" + text_of(v["memory_floor_mib"]),
+           text_of(v["priority_template"]) + "/" + text_of(v["priority_reported"]) + "/" + text_of(v["priority"]),
+           load, v["report_age_s"].is_null() ? "-" : text_of(v["report_age_s"], 1) + " s", weight});
+  }
+  t.print(out);
+  if (doc["vms"].empty()) out << "(no VM managed by llmorch)\n";
+}
+
+}  // namespace
+
+int cmd_status(const std::vector<std::string>& args, Io io) {
+  return guarded("status", io, [&] {
+    CommonOptions common;
+    std::string name;
+    bool json = false;
+    po::options_description options;
+    add_common_options(options, common);
+    options.add_options()
+        ("name", po::value<std::string>(&name), "VM name")
+        ("json", po::bool_switch(&json), "JSON output");
+    po::positional_options_description positional;
+    positional.add("name", 1);
+    parse_args(args, options, positional);
+    if (common.help) {
+      io.out << kHelp;
+      return kExitOk;
+    }
+    const orch::HostConfig config = load_host_config(common);
+    const auto domains = connect(common)->list_managed();
+    if (!name.empty() && std::none_of(domains.begin(), domains.end(), [&](const auto& d) { return d.name == name; })) {
+      io.err << "llmorch status: no VM named '" << name << "' is managed by llmorch; 'llmorch list' shows them\n";
+      return kExitFailure;
+    }
+    const DaemonView daemon = read_daemon_view(common.state_dir, now_unix_seconds());
+    const policy::CpuPlan offline = offline_plan(domains, config.alpha);
+    ordered_json doc;
+    doc["vms"] = ordered_json::array();
+    for (const auto& d : domains)
+      if (name.empty() || d.name == name) doc["vms"].push_back(vm_json(d, daemon, offline));
+    doc["daemon"] = daemon_json(daemon);
+    if (json) {
+      io.out << doc.dump() << "\n";
+    } else {
+      print_text(io.out, doc);
+    }
+    return kExitOk;
+  });
+}
+
+}  // namespace llmorch::cli
