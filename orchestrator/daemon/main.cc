@@ -40,7 +40,7 @@ int main(int argc, char** argv) {
   po::options_description desc(
       "llmorchd: keeps re-dividing the host's CPUs among llmorch VMs by priority and load.\nOptions");
   std::optional<std::string> uri;
-  std::string config_path, state_dir, level;
+  std::string config_path, state_dir, level, prefix;
   int interval_ms = 0;
   desc.add_options()("help,h", "show this help")(
       "connect,c", po::value<std::string>()->notifier([&](const std::string& v) { uri = v; }),
@@ -49,6 +49,7 @@ int main(int argc, char** argv) {
       "interval-ms", po::value(&interval_ms), "tick interval in ms (overrides the config's interval_ms)")(
       "dry-run", "log the decisions, apply nothing")("once", "run one tick and exit (1: libvirt unreachable)")(
       "state-dir", po::value(&state_dir)->default_value(kDefaultStateDir), "where status.json is written")(
+      "domain-prefix", po::value(&prefix), "manage only domains whose name starts with this")(
       "log-level", po::value(&level)->default_value("info"), "trace, debug, info, warn, error");
   po::variables_map vm;
   try {
@@ -76,6 +77,7 @@ int main(int argc, char** argv) {
   }
   options.dry_run = vm.count("dry-run") > 0;
   options.state_dir = state_dir;
+  options.domain_prefix = prefix;
   options.reload = load;
 
   const std::string resolved = resolve_uri(uri);

@@ -81,19 +81,13 @@ bool Daemon::tick() {
   last_reconcile_ = now;
   reconcile_due_ = false;
   ++reconciles_;
-  std::vector<ManagedDomain> domains;
-  if (refresh_connection()) {
-    try {
-      domains = hv_.list_managed();
-    } catch (const HypervisorError& e) {
-      if (connected_) spdlog::warn("libvirt connection lost; retrying ({})", e.what());
-      connected_ = false;
-    }
-  }
-  if (!connected_) {
+  std::optional<std::vector<ManagedDomain>> listed;
+  if (refresh_connection()) listed = list_domains();
+  if (!listed) {
     write_status();
     return false;
   }
+  std::vector<ManagedDomain>& domains = *listed;
   channels_.sync(domains, now);
   Snapshot snap{.vms = {}, .alpha = options_.config.alpha};
   for (auto& d : domains) {
@@ -119,6 +113,27 @@ bool Daemon::tick() {
   for (const VmSnapshot& vm : snap.vms) status_.agents[vm.domain.name] = vm.agent;
   write_status();
   return true;
+}
+
+// A domain that vanishes while libvirt lists the domains can fail the listing with a non-connection
+// error: try again a few times before calling libvirt unreachable.
+std::optional<std::vector<ManagedDomain>> Daemon::list_domains() {
+  constexpr int kAttempts = 3;
+  for (int attempt = 1;; ++attempt) {
+    try {
+      auto domains = hv_.list_managed();
+      std::erase_if(domains, [&](const ManagedDomain& d) { return !d.name.starts_with(options_.domain_prefix); });
+      return domains;
+    } catch (const HypervisorError& e) {
+      const bool connection = e.kind() == HypervisorError::Kind::Connection || !hv_.alive();
+      if (connection || attempt == kAttempts) {
+        if (connected_) spdlog::warn("libvirt connection lost; retrying ({})", e.what());
+        connected_ = false;
+        return std::nullopt;
+      }
+      spdlog::debug("listing the domains failed ({}); trying again", e.what());
+    }
+  }
 }
 
 void Daemon::apply(const std::vector<Action>& actions, std::vector<Action>& applied) {

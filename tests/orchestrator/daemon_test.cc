@@ -129,6 +129,16 @@ TEST_F(DaemonTest, TickAppliesSharesAndWritesStatus) {
   EXPECT_TRUE(hv.calls.empty());
 }
 
+TEST_F(DaemonTest, DomainPrefixLimitsWhatIsManaged) {
+  hv.domains.push_back(make_domain("other-c", 1, {0}));
+  options.domain_prefix = "other-";
+  Daemon d(hv, clock, options);
+  ASSERT_TRUE(d.tick());
+  EXPECT_TRUE(hv.calls.empty());  // alone, other-c keeps 1024
+  ASSERT_EQ(d.plan().vms.size(), 1u);
+  EXPECT_EQ(d.plan().vms[0].name, "other-c");
+}
+
 TEST_F(DaemonTest, DryRunAppliesNothing) {
   options.dry_run = true;
   Daemon d(hv, clock, options);

@@ -26,6 +26,9 @@ struct DaemonOptions {
   HostConfig config;
   bool dry_run = false;
   std::string state_dir = kDefaultStateDir;  // empty: write no status file
+  // Manage only domains whose name starts with this (empty: every managed domain). Lets tests and
+  // side-by-side deployments share one libvirtd without touching each other's VMs.
+  std::string domain_prefix;
   ReconcilerConfig reconciler;
   // Reports that change the plan trigger a reconcile at once, but not more often than this.
   std::chrono::milliseconds report_coalesce{100};
@@ -60,6 +63,7 @@ class Daemon {
 
  private:
   bool refresh_connection();
+  std::optional<std::vector<ManagedDomain>> list_domains();
   void apply(const std::vector<Action>& actions, std::vector<Action>& applied);
   void apply_one(const Action& a);
   void on_reports(const std::string& vm);
