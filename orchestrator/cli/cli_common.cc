@@ -7,12 +7,12 @@
 #include <chrono>
 #include <cstdio>
 #include <ctime>
-#include <fstream>
 #include <iomanip>
 #include <set>
 #include <sstream>
 
 #include "llmorch/orch/libvirt_hypervisor.h"
+#include "llmorch/orch/status_file.h"
 #include "llmorch/orch/template.h"
 #include "llmorch/orch/topology.h"
 
@@ -134,13 +134,13 @@ const nlohmann::json* DaemonView::vm(const std::string& name) const {
 DaemonView read_daemon_view(const std::string& state_dir, double now_unix_s) {
   DaemonView view;
   const std::string path = state_dir + "/status.json";
-  std::ifstream in(path);
-  if (!in) {
-    view.why_not = "no status file at " + path + " (start llmorchd, or pass the --state-dir it uses)";
+  try {
+    view.status = orch::read_status_file(state_dir);
+  } catch (const std::runtime_error& e) {
+    view.why_not = e.what();
     return view;
   }
-  view.status = nlohmann::json::parse(in, nullptr, false);
-  if (view.status.is_discarded() || !view.status.is_object()) {
+  if (!view.status.is_object()) {
     view.status = nullptr;
     view.why_not = path + " is not a JSON object";
     return view;

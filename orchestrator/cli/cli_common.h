@@ -21,9 +21,6 @@
 
 namespace llmorch::cli {
 
-// Where llmorchd writes status.json and where `place` takes its lock (llmorchd's --state-dir).
-inline constexpr const char* kDefaultStateDir = "/run/llmorch";
-
 // A bad command line or input; exit kExitUsage. The message names what is wrong.
 struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;
@@ -37,7 +34,7 @@ struct EnvironmentError : std::runtime_error {
 struct CommonOptions {
   std::optional<std::string> connect;  // -c/--connect URI
   std::string config;                  // --config FILE; empty: /etc/llmorch/llmorch.conf if present
-  std::string state_dir = kDefaultStateDir;
+  std::string state_dir = "/run/llmorch";  // llmorchd's --state-dir: status.json, and place.lock
   bool help = false;
 };
 

@@ -1,0 +1,355 @@
+// place, list, status, host, explain, remove through the CLI's entry point, on a fake hypervisor that
+// serves a host fixture's capabilities and keeps defined domains in memory.
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+
+#include "cli_common.h"
+#include "commands.h"
+#include "llmorch/orch/domain_xml.h"
+#include "llmorch/orch/status_file.h"
+
+namespace llmorch::cli {
+namespace {
+
+namespace fs = std::filesystem;
+using orch::ManagedDomain;
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+// The state a test inspects after a command: shared with the fake the factory hands out.
+struct FakeHost {
+  std::string capabilities = slurp(std::string(LLMORCH_HOSTS_DIR) + "/x86-2node-96cpu-cascadelake.xml");
+  std::map<int, std::uint64_t> free_mib = {{0, 30000}, {1, 30000}};
+  std::vector<ManagedDomain> managed;
+  std::set<std::string> unmanaged;     // domains without llmorch metadata
+  std::vector<std::string> defined;    // XML passed to define_and_start
+  std::vector<std::string> removed;
+  std::string uri;                     // what connect() was given
+};
+
+class FakeHypervisor : public orch::Hypervisor {
+ public:
+  explicit FakeHypervisor(FakeHost& host) : h_(host) {}
+  std::string capabilities_xml() override { return h_.capabilities; }
+  std::map<int, std::uint64_t> free_memory_mib() override { return h_.free_mib; }
+  std::vector<ManagedDomain> list_managed() override { return h_.managed; }
+  std::optional<ManagedDomain> find_managed(const std::string& name) override {
+    for (const auto& d : h_.managed)
+      if (d.name == name) return d;
+    return std::nullopt;
+  }
+  bool domain_exists(const std::string& name) override { return find_managed(name) || h_.unmanaged.count(name); }
+  void define_and_start(const std::string& xml) override {
+    h_.defined.push_back(xml);
+    auto facts = orch::parse_metadata(xml);
+    ASSERT_TRUE(facts.has_value());
+    const auto live = orch::parse_live_domain_xml(xml);
+    ManagedDomain d;
+    d.name = facts->placement.name;
+    d.state = orch::DomainState::Running;
+    d.facts = *facts;
+    d.vcpus_current = live.vcpus_current;
+    d.vcpus_max = live.vcpus_max;
+    d.cpu_shares = live.cpu_shares;
+    d.memory_actual_kib = facts->memory_mib * 1024;
+    d.memory_max_kib = facts->max_memory_mib * 1024;
+    h_.managed.push_back(d);
+  }
+  bool destroy_and_undefine(const std::string& name) override {
+    h_.removed.push_back(name);
+    std::erase_if(h_.managed, [&](const auto& d) { return d.name == name; });
+    return true;
+  }
+  void set_cpu_shares(const std::string&, std::uint64_t) override {}
+  void pin_vcpu(const std::string&, int, const std::vector<int>&) override {}
+  void pin_emulator(const std::string&, const std::vector<int>&) override {}
+  void set_vcpus(const std::string&, int) override {}
+  void set_memory_mib(const std::string&, std::uint64_t) override {}
+  void set_metadata(const std::string&, const orch::VmFacts&) override {}
+  orch::MemoryStats memory_stats(const std::string&) override { return {}; }
+  orch::CpuStats cpu_stats(const std::string&) override { return {}; }
+  void set_lifecycle_callback(orch::LifecycleCallback) override {}
+  bool alive() override { return true; }
+  void ensure_connected() override {}
+
+ private:
+  FakeHost& h_;
+};
+
+struct Result {
+  int status;
+  std::string out, err;
+  nlohmann::json json() const { return nlohmann::json::parse(out); }
+};
+
+class LiveCommands : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("llmorch-cli-test-" + std::to_string(::getpid()));
+    fs::create_directories(dir_);
+    config_ = (dir_ / "llmorch.conf").string();
+    std::ofstream(config_) << "reserved_cpus = 0,48\nmemory_reserve_mib = 1024\ndomain_type = qemu\n";
+    template_ = (dir_ / "vm.conf").string();
+    std::ofstream(template_) << "vcpus = 2\nmax_vcpus = 4\nmemory_mib = 2048\nmemory_floor_mib = 512\n"
+                                "priority = 2\npriority_max = 10\nkernel = /boot/vmlinuz\n";
+    set_hypervisor_factory([this](const std::string& uri) {
+      host_.uri = uri;
+      return std::make_unique<FakeHypervisor>(host_);
+    });
+  }
+  void TearDown() override {
+    set_hypervisor_factory({});
+    fs::remove_all(dir_);
+  }
+
+  Result cli(std::vector<std::string> args, bool with_config = true) {
+    if (with_config) {
+      args.insert(args.end(), {"--config", config_, "--state-dir", (dir_ / "run").string()});
+    }
+    args.insert(args.begin(), "llmorch");
+    std::ostringstream out, err;
+    const int status = run(args, {out, err});
+    return {status, out.str(), err.str()};
+  }
+  Result place(const std::string& name, std::vector<std::string> extra = {}) {
+    std::vector<std::string> args = {"place", "--template", template_, "--name", name};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return cli(args);
+  }
+  void write_status(const nlohmann::json& status) {
+    fs::create_directories(dir_ / "run");
+    std::ofstream(dir_ / "run" / "status.json") << status.dump();
+  }
+
+  fs::path dir_;
+  std::string config_, template_;
+  FakeHost host_;
+};
+
+TEST_F(LiveCommands, PlaceDefinesAPinnedDomainAndReportsIt) {
+  const Result r = place("a", {"--json"});
+  ASSERT_EQ(r.status, kExitOk) << r.err;
+  EXPECT_NE(r.err.find("defining vm a on node 0 (cpus 1,49)... started"), std::string::npos) << r.err;
+  const auto j = r.json();
+  EXPECT_EQ(j["name"], "a");
+  EXPECT_EQ(j["dry_run"], false);
+  EXPECT_FALSE(j.contains("xml"));
+  EXPECT_EQ(j["domain_type"], "qemu");  // the template sets none: the host config's
+  EXPECT_EQ(j["placement"]["cpus"], nlohmann::json::array({1, 49}));  // vcpus (2), not max_vcpus (4)
+  EXPECT_EQ(j["placement"]["cells"][0]["vcpus"], nlohmann::json::array({0, 1, 2, 3}));
+  ASSERT_EQ(host_.defined.size(), 1u);
+  const auto live = orch::parse_live_domain_xml(host_.defined[0]);
+  EXPECT_EQ(live.vcpu_pins.at(0), std::vector<int>({1}));
+  EXPECT_EQ(live.vcpu_pins.at(3), std::vector<int>({1, 49}));
+  EXPECT_EQ(live.cpu_shares, 1024u);  // alone
+  EXPECT_EQ(host_.uri, "qemu:///system");
+  EXPECT_TRUE(fs::exists(dir_ / "run" / "place.lock"));
+}
+
+TEST_F(LiveCommands, SecondVmAvoidsTheFirstsCpusAndGetsSharesByWeight) {
+  ASSERT_EQ(place("a").status, kExitOk);
+  const Result r = place("b", {"--json", "--set", "priority=1"});
+  ASSERT_EQ(r.status, kExitOk) << r.err;
+  const auto j = r.json();
+  for (int c : j["placement"]["cpus"]) EXPECT_TRUE(c != 1 && c != 49 && c != 0 && c != 48) << c;
+  // Priorities {2, 1}, alpha 0.8: weight of b 0.6429 of 2 VMs -> round(0.6429 * 2 * 1024) = 1317.
+  EXPECT_EQ(j["cpu_shares"], 1317);
+}
+
+TEST_F(LiveCommands, DryRunPrintsXmlAndChangesNothing) {
+  const Result r = place("a", {"--dry-run", "--json"});
+  ASSERT_EQ(r.status, kExitOk) << r.err;
+  EXPECT_EQ(r.json()["dry_run"], true);
+  EXPECT_NE(r.json()["xml"].get<std::string>().find("<name>a</name>"), std::string::npos);
+  EXPECT_TRUE(host_.defined.empty());
+  EXPECT_FALSE(fs::exists(dir_ / "run"));  // not even the lock
+  const Result text = place("a", {"--dry-run"});
+  EXPECT_NE(text.out.find("would place vm a on node 0"), std::string::npos) << text.out;
+  EXPECT_NE(text.out.find("<domain type=\"qemu\">"), std::string::npos) << text.out;
+}
+
+TEST_F(LiveCommands, RejectionsChangeNothingAndUseTheirExitCodes) {
+  Result r = place("big", {"--set", "vcpus=64", "--set", "max_vcpus=64", "--set", "memory_mib=70000"});
+  EXPECT_EQ(r.status, kExitNoFit);
+  EXPECT_NE(r.err.find("node 0:"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("node 1:"), std::string::npos) << r.err;
+  host_.unmanaged.insert("taken");
+  r = place("taken");
+  EXPECT_EQ(r.status, kExitUsage);
+  EXPECT_NE(r.err.find("exists already"), std::string::npos) << r.err;
+  r = place("bad/name");
+  EXPECT_EQ(r.status, kExitUsage);
+  EXPECT_NE(r.err.find("not a valid VM name"), std::string::npos) << r.err;
+  r = place("x", {"--set", "vcpus=9"});  // > max_vcpus 4
+  EXPECT_EQ(r.status, kExitUsage) << r.err;
+  r = cli({"place", "--name", "x"});
+  EXPECT_EQ(r.status, kExitUsage);
+  EXPECT_NE(r.err.find("--template FILE is required"), std::string::npos) << r.err;
+  EXPECT_TRUE(host_.defined.empty());
+}
+
+TEST_F(LiveCommands, CommonOptionsReachConnectAndConfig) {
+  Result r = cli({"list", "-c", "test:///default"}, false);
+  ASSERT_EQ(r.status, kExitOk) << r.err;
+  EXPECT_EQ(host_.uri, "test:///default");
+  r = cli({"host", "--config", (dir_ / "missing.conf").string()}, false);
+  EXPECT_EQ(r.status, kExitUsage);
+  EXPECT_NE(r.err.find("missing.conf"), std::string::npos) << r.err;
+  for (const char* command : {"place", "list", "status", "host", "explain", "remove"}) {
+    r = cli({command, "--help"}, false);
+    EXPECT_EQ(r.status, kExitOk) << command;
+    EXPECT_NE(r.out.find("usage: llmorch " + std::string(command)), std::string::npos) << command;
+    EXPECT_NE(r.out.find("--connect"), std::string::npos) << command;
+    EXPECT_NE(r.out.find("--config"), std::string::npos) << command;
+  }
+  EXPECT_EQ(cli({"list", "--bogus"}).status, kExitUsage);
+}
+
+TEST_F(LiveCommands, StatusWithoutDaemonComputesWeightsAndSaysSo) {
+  ASSERT_EQ(place("a").status, kExitOk);
+  ASSERT_EQ(place("b", {"--set", "priority=1"}).status, kExitOk);
+  Result r = cli({"status", "--json"});
+  ASSERT_EQ(r.status, kExitOk) << r.err;
+  const auto j = r.json();
+  EXPECT_EQ(j["daemon"]["running"], false);
+  ASSERT_EQ(j["vms"].size(), 2u);
+  const auto& a = j["vms"][0];
+  EXPECT_EQ(a["name"], "a");
+  EXPECT_NEAR(a["weight"].get<double>(), 0.3571, 1e-4);
+  EXPECT_EQ(a["weight_source"], "computed");
+  EXPECT_EQ(a["priority_template"], 2.0);
+  EXPECT_TRUE(a["priority_reported"].is_null());
+  EXPECT_TRUE(a["load"].is_null());
+  EXPECT_EQ(a["vcpus"], 2);
+  EXPECT_EQ(a["max_vcpus"], 4);
+  EXPECT_EQ(a["memory_max_mib"], 2048);
+  EXPECT_EQ(a["memory_floor_mib"], 512);
+  EXPECT_EQ(a["hostile"], false);
+  r = cli({"status"});
+  EXPECT_NE(r.out.find("llmorchd: not running"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("0.3571 (computed)"), std::string::npos) << r.out;
+  r = cli({"status", "nope"});
+  EXPECT_EQ(r.status, kExitFailure);
+  EXPECT_NE(r.err.find("no VM named 'nope'"), std::string::npos) << r.err;
+}
+
+nlohmann::json daemon_status(double age_s, int pid) {
+  const auto tick = std::chrono::system_clock::now() - std::chrono::milliseconds(static_cast<int>(age_s * 1000));
+  nlohmann::json a;
+  a["name"] = "a";
+  a["effective_priority"] = 1.0;
+  a["priority_source"] = "agent";
+  a["template_priority"] = 2.0;
+  a["reported_priority"] = 1.0;
+  a["report"] = {{"cpu_pct", 87.5}, {"runnable", 3}, {"ncpu_online", 2}};
+  a["report_age_s"] = 0.4;
+  a["hostile"] = true;
+  a["demand_cpus"] = 3.75;
+  a["weight"] = 0.75;
+  a["cpu_shares"] = 1536;
+  a["cpus"] = {1, 49};
+  a["reason"] = "priority 1 reported by agent";
+  a["last_change_at"] = nullptr;
+  a["last_change"] = nullptr;
+  nlohmann::json s;
+  s["version"] = 1;
+  s["pid"] = pid;
+  s["last_tick_at"] = orch::iso8601(std::chrono::time_point_cast<std::chrono::system_clock::duration>(tick));
+  s["alpha"] = 0.5;
+  s["interval_ms"] = 1000;
+  s["dry_run"] = false;
+  s["vms"] = nlohmann::json::array({a});
+  return s;
+}
+
+TEST_F(LiveCommands, StatusAndExplainUseTheDaemonsStatusFile) {
+  ASSERT_EQ(place("a").status, kExitOk);
+  ASSERT_EQ(place("b").status, kExitOk);
+  write_status(daemon_status(0.5, ::getpid()));
+  Result r = cli({"status", "a", "--json"});
+  ASSERT_EQ(r.status, kExitOk) << r.err;
+  auto j = r.json();
+  EXPECT_EQ(j["daemon"]["running"], true);
+  ASSERT_EQ(j["vms"].size(), 1u);
+  const auto& a = j["vms"][0];
+  EXPECT_EQ(a["weight"], 0.75);
+  EXPECT_EQ(a["weight_source"], "daemon");
+  EXPECT_EQ(a["priority"], 1.0);
+  EXPECT_EQ(a["priority_reported"], 1.0);
+  EXPECT_EQ(a["load"]["cpu_pct"], 87.5);
+  EXPECT_EQ(a["load"]["demand_cpus"], 3.75);
+  EXPECT_EQ(a["report_age_s"], 0.4);
+  EXPECT_EQ(a["hostile"], true);
+
+  r = cli({"explain", "a"});
+  ASSERT_EQ(r.status, kExitOk) << r.err;
+  // Daemon's numbers: alpha 0.5, a at priority 1 (agent), b at its template's 2: raw 0.75 and 0.5.
+  EXPECT_NE(r.out.find("alpha = 0.50 and n = 2"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("sum(raw) = 1.2500, so w(a) = 0.7500 / 1.2500 = 0.6000"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("Last decision: priority 1 reported by agent"), std::string::npos) << r.out;
+
+  // A stale file or a dead pid: not running, and the output says why.
+  write_status(daemon_status(60, ::getpid()));
+  j = cli({"status", "--json"}).json();
+  EXPECT_EQ(j["daemon"]["running"], false);
+  EXPECT_NE(j["daemon"]["why_not"].get<std::string>().find("s ago"), std::string::npos);
+  EXPECT_EQ(j["vms"][0]["weight_source"], "computed");
+}
+
+TEST_F(LiveCommands, ExplainWithoutDaemonShowsTheFormula) {
+  ASSERT_EQ(place("a").status, kExitOk);
+  ASSERT_EQ(place("b", {"--set", "priority=1"}).status, kExitOk);
+  const Result r = cli({"explain", "a"});
+  ASSERT_EQ(r.status, kExitOk) << r.err;
+  EXPECT_NE(r.out.find("llmorchd is not running"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("sum(raw) = 1.4000, so w(a) = 0.5000 / 1.4000 = 0.3571"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("round(0.3571 * 2 * 1024) = 731"), std::string::npos) << r.out;
+  EXPECT_EQ(cli({"explain", "zzz"}).status, kExitFailure);
+}
+
+TEST_F(LiveCommands, HostShowsReservedDedicatedAndMemory) {
+  host_.free_mib = {{0, 20000}, {1, 30000}};
+  ASSERT_EQ(place("a").status, kExitOk);
+  const Result r = cli({"host", "--json"});
+  ASSERT_EQ(r.status, kExitOk) << r.err;
+  const auto n0 = r.json()["nodes"][0];
+  EXPECT_EQ(n0["reserved_cpus"], nlohmann::json::array({0, 48}));
+  EXPECT_EQ(n0["dedicated"]["a"], nlohmann::json::array({1, 49}));
+  EXPECT_EQ(n0["free_cpus"].size(), 48u - 4);
+  EXPECT_EQ(n0["memory"]["vms"]["a"]["reserved_mib"], 2048);
+  EXPECT_EQ(n0["memory"]["reserve_mib"], 1024);
+  const std::uint64_t total = n0["memory"]["total_mib"], others = n0["memory"]["others_mib"];
+  EXPECT_EQ(others, total - 20000 - 2048);
+  EXPECT_EQ(n0["memory"]["available_mib"], total - 1024 - others - 2048);
+}
+
+TEST_F(LiveCommands, ListAndRemove) {
+  ASSERT_EQ(place("a").status, kExitOk);
+  Result r = cli({"list"});
+  EXPECT_NE(r.out.find("a     running  dedicated  0      1,49  2/4    2048/2048 MiB"), std::string::npos) << r.out;
+  host_.unmanaged.insert("foreign");
+  r = cli({"remove", "foreign"});
+  EXPECT_EQ(r.status, kExitFailure);
+  EXPECT_NE(r.err.find("not managed by llmorch"), std::string::npos) << r.err;
+  EXPECT_EQ(cli({"remove", "ghost"}).status, kExitFailure);
+  EXPECT_TRUE(host_.removed.empty());
+  r = cli({"remove", "a"});
+  ASSERT_EQ(r.status, kExitOk) << r.err;
+  EXPECT_EQ(host_.removed, std::vector<std::string>({"a"}));
+  EXPECT_NE(r.out.find("2048 MiB, cpus 1,49"), std::string::npos) << r.out;
+}
+
+}  // namespace
+}  // namespace llmorch::cli
