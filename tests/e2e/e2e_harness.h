@@ -1,0 +1,130 @@
+// End-to-end test harness: real libvirtd (qemu:///system), real test guests (tools/build-test-guest),
+// the real `llmorch` and `llmorchd` binaries. Domains are named with kE2ePrefix so that a suite teardown
+// can remove whatever a crashed test left behind.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace llmorch::e2e {
+
+inline constexpr const char* kUri = "qemu:///system";
+inline constexpr const char* kE2ePrefix = "llmorch-e2e-";
+
+struct CommandResult {
+  int exit_code = -1;  // -1: killed by a signal or timed out
+  bool timed_out = false;
+  std::string out, err;
+};
+
+// Runs argv[0] (looked up in PATH) with the arguments, without a shell; kills it after timeout.
+CommandResult run_command(const std::vector<std::string>& argv,
+                          std::chrono::milliseconds timeout = std::chrono::seconds(60));
+
+// Empty when `virsh -c qemu:///system version` answers; else what is wrong and how to fix it.
+std::string libvirt_problem();
+// Empty when the test guest's kernel and initrd exist; else how to build them.
+std::string guest_problem();
+
+// A directory under /tmp removed (recursively) on destruction.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+struct HostConfigOptions {
+  std::string shared_cpus;
+  std::string reserved_cpus;
+  int memory_reserve_mib = 64;
+  int interval_ms = 1000;
+  double alpha = 0.8;
+};
+// Writes DIR/llmorch.conf (domain_type = qemu) and returns its path.
+std::filesystem::path write_host_config(const std::filesystem::path& dir, const HostConfigOptions& o);
+
+// "llmorch-e2e-" + stem + "-" + pid: unique per process, recognisable by the suite teardown.
+std::string domain_name(const std::string& stem);
+
+// Places VMs with `llmorch place --template templates/tiny-test.conf` and destroys + undefines every
+// domain it placed when it goes out of scope.
+class Guests {
+ public:
+  Guests(std::filesystem::path host_config, std::filesystem::path state_dir);
+  ~Guests();
+  Guests(const Guests&) = delete;
+  Guests& operator=(const Guests&) = delete;
+
+  // `overrides` are template KEY=VALUE pairs passed as --set.
+  CommandResult place(const std::string& name, const std::vector<std::string>& overrides);
+  const std::vector<std::string>& names() const { return names_; }
+
+ private:
+  std::filesystem::path config_, state_dir_;
+  std::vector<std::string> names_;
+};
+
+// Destroys and undefines the domain (errors ignored: it may be gone already).
+void remove_domain(const std::string& name);
+// Removes every domain whose name starts with kE2ePrefix; returns their names.
+std::vector<std::string> remove_leftover_domains();
+
+// The guest's serial console log (/var/log/libvirt/qemu/NAME-serial.log); empty when absent.
+std::string serial_log(const std::string& name);
+// Waits until the serial log contains marker; false on timeout.
+bool wait_for_console(const std::string& name, const std::string& marker, std::chrono::seconds timeout);
+
+// Total CPU time of the domain (virsh domstats --cpu-total, cpu.time) in ns.
+std::optional<std::uint64_t> cpu_time_ns(const std::string& name);
+// The domain's live cpu_shares (virsh schedinfo).
+std::optional<std::uint64_t> cpu_shares(const std::string& name);
+
+// llmorchd as a child process, logging to STATE_DIR/llmorchd.log; stopped (SIGTERM, then SIGKILL) on
+// destruction.
+class DaemonProcess {
+ public:
+  DaemonProcess(const std::filesystem::path& host_config, const std::filesystem::path& state_dir,
+                const std::vector<std::string>& extra_args = {});
+  ~DaemonProcess();
+  DaemonProcess(const DaemonProcess&) = delete;
+  DaemonProcess& operator=(const DaemonProcess&) = delete;
+
+  pid_t pid() const { return pid_; }
+  bool running();
+  // Stops it; returns its exit status (-1: killed).
+  int stop();
+  // VmRSS from /proc/PID/status, in KiB.
+  std::optional<long> rss_kib() const;
+  // STATE_DIR/status.json, or nullopt while it does not exist or does not parse.
+  std::optional<nlohmann::json> status() const;
+  // Waits for a status.json whose last_tick_at differs from `after` (empty: any).
+  std::optional<nlohmann::json> wait_for_tick(const std::string& after, std::chrono::seconds timeout) const;
+  std::string log() const;
+
+ private:
+  std::filesystem::path state_dir_;
+  pid_t pid_ = -1;
+  int exit_status_ = -1;
+};
+
+// The entry for VM name in a status document's "vms" array, or nullptr.
+const nlohmann::json* find_vm(const nlohmann::json& status, const std::string& name);
+
+// Seconds since the epoch of an ISO 8601 UTC time "YYYY-MM-DDTHH:MM:SS(.fff)Z"; nullopt when malformed.
+std::optional<double> parse_iso8601(const std::string& text);
+
+}  // namespace llmorch::e2e
