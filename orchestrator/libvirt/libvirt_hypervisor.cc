@@ -200,13 +200,8 @@ class LibvirtHypervisor final : public Hypervisor {
     std::vector<Domain> owned(doms, doms + n);
     std::free(doms);
     std::vector<ManagedDomain> out;
-    for (auto& d : owned) {
-      try {
-        if (auto m = describe(d.get())) out.push_back(std::move(*m));
-      } catch (const HypervisorError& e) {
-        if (e.kind() != Kind::NoDomain) throw;  // it vanished while we looked: not ours to report
-      }
-    }
+    for (auto& d : owned)
+      if (auto m = describe_listed(d.get())) out.push_back(std::move(*m));
     return out;
   }
 
@@ -479,6 +474,35 @@ class LibvirtHypervisor final : public Hypervisor {
       VIR_USE_CPU(map.data(), c);
     }
     return map;
+  }
+
+  // A listed domain that stops or vanishes while it is described makes libvirt fail with varying
+  // errors: VIR_ERR_NO_DOMAIN, "domain is not running", or no error at all ("no error" messages from
+  // calls that lost their object). So on any failure, look the domain up again: gone means it is not
+  // listed; still there means its state changed under us, and one more try describes the new state.
+  std::optional<ManagedDomain> describe_listed(virDomainPtr d) {
+    try {
+      return describe(d);
+    } catch (const HypervisorError& e) {
+      if (e.kind() == Kind::Connection) throw;
+      if (!still_defined(d)) return std::nullopt;
+    }
+    try {
+      return describe(d);
+    } catch (const HypervisorError& e) {
+      if (e.kind() == Kind::Connection || still_defined(d)) throw;
+      return std::nullopt;
+    }
+  }
+
+  // Whether libvirt still knows the domain (by UUID, so a new domain of the same name does not count).
+  bool still_defined(virDomainPtr d) {
+    unsigned char uuid[VIR_UUID_BUFLEN];
+    if (virDomainGetUUID(d, uuid) < 0) return false;
+    Domain again(virDomainLookupByUUID(conn_, uuid));
+    if (again) return true;
+    if (virGetLastErrorCode() == VIR_ERR_NO_DOMAIN) return false;
+    throw last_error("cannot look up a listed domain again");
   }
 
   std::optional<ManagedDomain> describe(virDomainPtr d) {

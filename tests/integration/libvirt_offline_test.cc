@@ -1,6 +1,8 @@
 // The libvirt backend without a daemon: URI resolution, connection errors, and libvirt's built-in
 // test driver (test:///default: 2 NUMA cells, no cpu_shares). Labelled `unit`: it needs no libvirtd.
+#include <atomic>
 #include <cstdlib>
+#include <thread>
 
 #include <gtest/gtest.h>
 
@@ -75,6 +77,52 @@ TEST(LibvirtTestDriver, HostQueriesAndManagedDomains) {
   EXPECT_FALSE(managed[0].cpu_shares.has_value());  // the test driver calls it "weight"
   EXPECT_TRUE(hv->destroy_and_undefine(s.name));
   EXPECT_TRUE(hv->list_managed().empty());
+}
+
+DomainSpec offline_spec(const std::string& name) {
+  DomainSpec s;
+  s.name = name;
+  s.domain_type = "qemu";
+  s.tmpl.vcpus = 1;
+  s.tmpl.max_vcpus = 1;
+  s.tmpl.memory_mib = 128;
+  s.tmpl.max_memory_mib = 128;
+  s.placement = {.name = s.name, .nodes = {0}, .cpus = {0}, .memory_mib_per_node = {{0, 128}},
+                 .cells = {{0, {0}, 128}}, .cpu_policy = policy::CpuPolicy::Shared, .hugepage_kib = 0, .vcpus = 1};
+  return s;
+}
+
+// Domains that come and go (through a second connection to the same in-process driver) while the
+// first connection lists: a domain that vanishes mid-listing is simply not listed, never an error.
+TEST(LibvirtTestDriver, DomainsVanishingWhileListedAreNotErrors) {
+  auto lister = connect_libvirt("test:///default");
+  auto churner = connect_libvirt("test:///default");
+  std::atomic<bool> stop{false};
+  std::atomic<int> cycles{0};
+  std::thread churn([&] {
+    for (int i = 0; !stop; ++i) {
+      const std::string name = "llmorch-race-" + std::to_string(i % 4);
+      churner->define_and_start(render_domain_xml(offline_spec(name)));
+      churner->destroy_and_undefine(name);
+      ++cycles;
+    }
+  });
+  int lists = 0;
+  std::size_t most = 0;
+  try {
+    const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+    while (std::chrono::steady_clock::now() < end || cycles < 50) {
+      most = std::max(most, lister->list_managed().size());
+      ++lists;
+    }
+  } catch (const HypervisorError& e) {
+    ADD_FAILURE() << "listing failed while domains came and went: " << e.what();
+  }
+  stop = true;
+  churn.join();
+  EXPECT_GT(lists, 10);
+  EXPECT_LE(most, 1u);  // at most the one domain the churner holds at a time
+  EXPECT_TRUE(lister->list_managed().empty());
 }
 
 }  // namespace
