@@ -224,7 +224,7 @@ DaemonProcess::DaemonProcess(const fs::path& host_config, const fs::path& state_
                              const std::vector<std::string>& extra_args)
     : state_dir_(state_dir) {
   std::vector<std::string> argv = {LLMORCH_DAEMON, "--connect",   kUri, "--config", host_config.string(),
-                                   "--state-dir",  state_dir.string()};
+                                   "--state-dir",  state_dir.string(), "--domain-prefix", kE2ePrefix};
   argv.insert(argv.end(), extra_args.begin(), extra_args.end());
   auto args = c_argv(argv);
   const std::string log_path = (state_dir / "llmorchd.log").string();

@@ -94,7 +94,7 @@ std::optional<std::uint64_t> cpu_time_ns(const std::string& name);
 std::optional<std::uint64_t> cpu_shares(const std::string& name);
 
 // llmorchd as a child process, logging to STATE_DIR/llmorchd.log; stopped (SIGTERM, then SIGKILL) on
-// destruction.
+// destruction. It manages only kE2ePrefix domains (--domain-prefix), so it leaves other tests' alone.
 class DaemonProcess {
  public:
   DaemonProcess(const std::filesystem::path& host_config, const std::filesystem::path& state_dir,

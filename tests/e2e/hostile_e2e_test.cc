@@ -25,7 +25,9 @@ class E2eEnvironment : public ::testing::Environment {
   void SetUp() override { remove_leftover_domains(); }
   void TearDown() override {
     const auto left = remove_leftover_domains();
-    EXPECT_TRUE(left.empty()) << "domains left behind by the e2e tests: " << left.size();
+    std::string names;
+    for (const auto& n : left) names += " " + n;
+    EXPECT_TRUE(left.empty()) << "domains left behind by the e2e tests:" << names;
   }
 };
 const auto* const kEnv = ::testing::AddGlobalTestEnvironment(new E2eEnvironment);
