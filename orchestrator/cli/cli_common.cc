@@ -63,6 +63,14 @@ orch::HostSnapshot read_host(orch::Hypervisor& hypervisor) {
   host.topology = orch::parse_capabilities(hypervisor.capabilities_xml());
   host.domains = hypervisor.list_managed();
   host.free_mib = hypervisor.free_memory_mib();
+  for (const auto& d : host.domains) {
+    if (!d.active()) continue;
+    try {
+      if (auto rss = hypervisor.memory_stats(d.name).rss_kib) host.resident_mib[d.name] = *rss / 1024;
+    } catch (const orch::HypervisorError&) {
+      // Stopped meanwhile, or no stats: its balloon size stands in (host_state.h).
+    }
+  }
   return host;
 }
 

@@ -42,6 +42,7 @@ int main(int argc, char** argv) {
   std::optional<std::string> uri;
   std::string config_path, state_dir, level, prefix;
   int interval_ms = 0;
+  std::string memory_limit;
   desc.add_options()("help,h", "show this help")(
       "connect,c", po::value<std::string>()->notifier([&](const std::string& v) { uri = v; }),
       "libvirt URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system)")(
@@ -50,6 +51,8 @@ int main(int argc, char** argv) {
       "dry-run", "log the decisions, apply nothing")("once", "run one tick and exit (1: libvirt unreachable)")(
       "state-dir", po::value(&state_dir)->default_value(kDefaultStateDir), "where status.json is written")(
       "domain-prefix", po::value(&prefix), "manage only domains whose name starts with this")(
+      "host-memory-limit-mib", po::value(&memory_limit),
+      "most MiB all VMs may hold together, or none (overrides the config's host_memory_limit_mib)")(
       "log-level", po::value(&level)->default_value("info"), "trace, debug, info, warn, error");
   po::variables_map vm;
   try {
@@ -67,6 +70,7 @@ int main(int argc, char** argv) {
 
   std::vector<std::string> overrides;
   if (vm.count("interval-ms")) overrides.push_back("interval_ms=" + std::to_string(interval_ms));
+  if (vm.count("host-memory-limit-mib")) overrides.push_back("host_memory_limit_mib=" + memory_limit);
   auto load = [config_path, overrides] { return load_config(config_path, overrides); };
   DaemonOptions options;
   try {
@@ -91,8 +95,11 @@ int main(int argc, char** argv) {
     spdlog::error("{}", e.what());
     return 1;
   }
-  spdlog::info("llmorchd on {}: alpha {}, interval {} ms{}", resolved, options.config.alpha,
-               options.config.interval_ms, options.dry_run ? ", dry run" : "");
+  spdlog::info("llmorchd on {}: alpha {}, interval {} ms, host memory limit {}{}", resolved, options.config.alpha,
+               options.config.interval_ms,
+               options.config.host_memory_limit_mib ? std::to_string(*options.config.host_memory_limit_mib) + " MiB"
+                                                    : "none",
+               options.dry_run ? ", dry run" : "");
 
   SystemClock clock;
   Daemon daemon(*hv, clock, std::move(options));

@@ -53,13 +53,13 @@ void check_config(const policy::HostTopology& topology, const HostConfig& config
   }
 }
 
-std::map<NodeId, std::uint64_t> actual_mib_per_node(const ManagedDomain& d) {
+std::map<NodeId, std::uint64_t> actual_mib_per_node(const ManagedDomain& d, std::optional<std::uint64_t> mib) {
   std::map<NodeId, std::uint64_t> out;
   if (!d.active()) return out;
   const auto& per_node = d.facts.placement.memory_mib_per_node;
   const std::uint64_t reserved = std::accumulate(per_node.begin(), per_node.end(), std::uint64_t{0},
                                                  [](std::uint64_t s, const auto& kv) { return s + kv.second; });
-  const std::uint64_t actual = d.memory_actual_kib / 1024;
+  const std::uint64_t actual = mib ? *mib : d.memory_actual_kib / 1024;
   if (reserved == 0) return out;
   std::uint64_t given = 0;
   for (auto it = per_node.begin(); it != per_node.end(); ++it) {
@@ -73,8 +73,11 @@ std::map<NodeId, std::uint64_t> actual_mib_per_node(const ManagedDomain& d) {
 
 std::map<NodeId, std::uint64_t> others_mib(const HostSnapshot& host) {
   std::map<NodeId, std::uint64_t> vms;
-  for (const auto& d : host.domains)
-    for (const auto& [node, mib] : actual_mib_per_node(d)) vms[node] += mib;
+  for (const auto& d : host.domains) {
+    auto rss = host.resident_mib.find(d.name);
+    const auto held = rss == host.resident_mib.end() ? std::nullopt : std::optional(rss->second);
+    for (const auto& [node, mib] : actual_mib_per_node(d, held)) vms[node] += mib;
+  }
   std::map<NodeId, std::uint64_t> out;
   for (const auto& n : host.topology.nodes) {
     const auto free = host.free_mib.find(n.id);

@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <ctime>
 #include <fstream>
@@ -223,8 +224,11 @@ std::optional<std::uint64_t> cpu_shares(const std::string& name) {
 DaemonProcess::DaemonProcess(const fs::path& host_config, const fs::path& state_dir,
                              const std::vector<std::string>& extra_args)
     : state_dir_(state_dir) {
-  std::vector<std::string> argv = {LLMORCH_DAEMON, "--connect",   kUri, "--config", host_config.string(),
-                                   "--state-dir",  state_dir.string(), "--domain-prefix", kE2ePrefix};
+  std::vector<std::string> argv = {LLMORCH_DAEMON, "--connect", kUri, "--config", host_config.string(),
+                                   "--state-dir", state_dir.string()};
+  // A test may narrow the prefix further (its own VMs only); otherwise every e2e VM.
+  if (std::find(extra_args.begin(), extra_args.end(), "--domain-prefix") == extra_args.end())
+    argv.insert(argv.end(), {"--domain-prefix", kE2ePrefix});
   argv.insert(argv.end(), extra_args.begin(), extra_args.end());
   auto args = c_argv(argv);
   const std::string log_path = (state_dir / "llmorchd.log").string();

@@ -51,7 +51,7 @@ std::string rejected(const policy::PlacementResult& r) {
 }
 
 TEST(HostState, OthersMemoryIsTotalMinusFreeMinusRunningVmsClampedAtZero) {
-  HostSnapshot host{two_nodes(), {}, {{0, 3000}, {1, 4000}}};
+  HostSnapshot host{two_nodes(), {}, {{0, 3000}, {1, 4000}}, {}};
   // A spanning VM with 1000 MiB actual, placed 3:1 over the nodes; a shut-off VM counts nothing.
   host.domains.push_back(vm("span", CpuPolicy::Dedicated, {0, 4}, {{0, 1500}, {1, 500}}, 1000));
   host.domains.push_back(vm("off", CpuPolicy::Dedicated, {1}, {{0, 512}}, 512, DomainState::ShutOff));
@@ -62,10 +62,23 @@ TEST(HostState, OthersMemoryIsTotalMinusFreeMinusRunningVmsClampedAtZero) {
   EXPECT_EQ(others.at(1), 0u);  // 4096 - 4000 = 96 used, the VM claims 250: clamped
 }
 
+TEST(HostState, ResidentMemoryOfAFreshVmStandsInForItsBalloonSize) {
+  // A just-started VM: balloon 2048 MiB, but QEMU holds only 100 MiB of the node's memory so far.
+  HostSnapshot host{two_nodes(), {vm("fresh", CpuPolicy::Dedicated, {0}, {{0, 2048}}, 2048)}, {{0, 3000}, {1, 4096}}, {}};
+  EXPECT_EQ(others_mib(host).at(0), 0u);  // 1096 used - 2048: clamped, the reservation looks free twice
+  host.resident_mib["fresh"] = 100;
+  EXPECT_EQ(others_mib(host).at(0), 4096u - 3000 - 100);
+  HostConfig config;
+  config.memory_reserve_mib = 0;
+  // Node 0 gives 4096 - 996 others - 2048 reserved = 1052 MiB.
+  EXPECT_EQ(placed(place_on_host(host, config, {"a", 1, 1052})).nodes, std::vector<int>({0}));
+  EXPECT_NE(rejected(place_on_host(host, config, {"b", 1, 4097})).find("node 0: 1052 MiB free"), std::string::npos);
+}
+
 TEST(HostState, MemoryReserveAndOthersAreUnavailable) {
   HostConfig config;
   config.memory_reserve_mib = 512;
-  HostSnapshot host{two_nodes(), {}, {{0, 1000}, {1, 4096}}};  // node 0: others hold 3096 MiB
+  HostSnapshot host{two_nodes(), {}, {{0, 1000}, {1, 4096}}, {}};  // node 0: others hold 3096 MiB
   const auto usage = host_usage(host, config, CpuPolicy::Dedicated);
   EXPECT_EQ(usage.unavailable_mib.at(0), 3096u + 512);
   EXPECT_EQ(usage.unavailable_mib.at(1), 512u);
@@ -80,7 +93,7 @@ TEST(HostState, ReservedCpusNeverGoToVms) {
   HostConfig config;
   config.reserved_cpus = {0, 1, 2, 3, 4};
   config.memory_reserve_mib = 0;
-  HostSnapshot host{two_nodes(), {}, {}};
+  HostSnapshot host{two_nodes(), {}, {}, {}};
   const auto p = placed(place_on_host(host, config, {"a", 3, 1024}));
   EXPECT_EQ(p.cpus, std::vector<int>({5, 6, 7}));
   const auto s = placed(place_on_host(host, config, {"s", 2, 1024, CpuPolicy::Shared}));
@@ -91,7 +104,7 @@ TEST(HostState, ConfiguredSharedPoolIsKeptFromDedicatedVmsAndBoundsSharedOnes) {
   HostConfig config;
   config.memory_reserve_mib = 0;
   config.shared_cpus = {6, 7};
-  HostSnapshot host{two_nodes(), {}, {}};
+  HostSnapshot host{two_nodes(), {}, {}, {}};
   // A shared VM goes where shared_cpus are, and its pool is exactly them.
   const auto s = placed(place_on_host(host, config, {"s", 4, 1024, CpuPolicy::Shared}));
   EXPECT_EQ(s.nodes, std::vector<int>({1}));
@@ -111,7 +124,7 @@ TEST(HostState, SharedVmRejectionNamesSharedCpus) {
   HostConfig config;
   config.memory_reserve_mib = 0;
   config.shared_cpus = {7};
-  HostSnapshot host{two_nodes(), {}, {}};
+  HostSnapshot host{two_nodes(), {}, {}, {}};
   const std::string why = rejected(place_on_host(host, config, {"s", 1, 4096 + 1, CpuPolicy::Shared}));
   EXPECT_NE(why.find("shared_cpus = 7"), std::string::npos) << why;
   EXPECT_THROW(shared_pool(host, config, {0}), ConfigError);
@@ -126,7 +139,7 @@ TEST(HostState, SharedVmRejectionNamesSharedCpus) {
 TEST(HostState, WithoutSharedCpusThePoolIsWhatDedicatedVmsLeave) {
   HostConfig config;
   config.reserved_cpus = {0};
-  HostSnapshot host{two_nodes(), {vm("d", CpuPolicy::Dedicated, {1, 2}, {{0, 512}}, 512)}, {}};
+  HostSnapshot host{two_nodes(), {vm("d", CpuPolicy::Dedicated, {1, 2}, {{0, 512}}, 512)}, {}, {}};
   EXPECT_EQ(shared_pool(host, config, {0}), std::vector<int>({3}));
   host.domains.push_back(vm("s", CpuPolicy::Shared, {3}, {{0, 512}}, 512));
   // Node 0 keeps CPU 3 for the shared VM, so a dedicated VM needing 1 CPU goes to node 1.
@@ -157,7 +170,8 @@ TEST(HostState, DescribeNodesSaysWhoUsesWhat) {
   HostSnapshot host{two_nodes(),
                     {vm("d", CpuPolicy::Dedicated, {1}, {{0, 1024}}, 800),
                      vm("s", CpuPolicy::Shared, {3}, {{0, 512}}, 512)},
-                    {{0, 2000}, {1, 4096}}};
+                    {{0, 2000}, {1, 4096}},
+                    {}};
   const auto nodes = describe_nodes(host, config);
   ASSERT_EQ(nodes.size(), 2u);
   const NodeUse& n = nodes[0];

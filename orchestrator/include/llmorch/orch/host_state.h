@@ -17,10 +17,15 @@
 //   `others` is what non-llmorch users hold now (host kernel, page cache, other processes, QEMU's own
 //   overhead). A running VM's actual memory is split over its nodes in proportion to its placement's
 //   memory per node. Nodes missing from the free-memory map count as fully free (others = 0).
+//   Refinement: when the hypervisor reports a running VM's resident memory (QEMU's RSS), that is used
+//   instead of its actual memory. A freshly started guest has touched little of its memory, so its
+//   balloon size is far above what it takes from the node's free memory; subtracting the balloon size
+//   would hand its untouched reservation out a second time (two `place` in a row would both fit).
 #pragma once
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -35,13 +40,16 @@ struct HostSnapshot {
   policy::HostTopology topology;
   std::vector<ManagedDomain> domains;                 // every managed domain, any state
   std::map<policy::NodeId, std::uint64_t> free_mib;   // free memory per node now
+  std::map<std::string, std::uint64_t> resident_mib;  // running VMs' RSS, where known
 };
 
 // Throws ConfigError naming the key when reserved_cpus or shared_cpus name CPUs the host lacks.
 void check_config(const policy::HostTopology& topology, const HostConfig& config);
 
-// A running VM's actual memory per node (MiB); empty for a domain that is not active.
-std::map<policy::NodeId, std::uint64_t> actual_mib_per_node(const ManagedDomain& domain);
+// A running VM's actual memory per node (MiB), or `mib` split the same way when given; empty for a
+// domain that is not active.
+std::map<policy::NodeId, std::uint64_t> actual_mib_per_node(const ManagedDomain& domain,
+                                                            std::optional<std::uint64_t> mib = std::nullopt);
 
 // Memory non-llmorch users hold per node now (see the rule above).
 std::map<policy::NodeId, std::uint64_t> others_mib(const HostSnapshot& host);
