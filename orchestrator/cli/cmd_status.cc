@@ -98,6 +98,7 @@ ordered_json vm_json(const orch::ManagedDomain& d, const DaemonView& daemon, con
   j["report_age_s"] = field(dv, "report_age_s");
   j["hostile"] = dv && field(dv, "hostile").is_boolean() ? field(dv, "hostile").get<bool>() : false;
   j["reason"] = field(dv, "reason");
+  j["balloon"] = field(dv, "balloon");  // llmorchd's balloon view (status_file.h), null without it
   return j;
 }
 
@@ -118,6 +119,25 @@ std::string text_of(const ordered_json& v, int decimals = -1) {
   if (v.is_number_float() && decimals >= 0) return fixed(v.get<double>(), decimals);
   if (v.is_string()) return v.get<std::string>();
   return v.dump();
+}
+
+// One line per VM the daemon balloons: actual, target, floor and max, and why it last changed.
+void print_balloons(std::ostream& out, const ordered_json& doc) {
+  bool header = false;
+  for (const auto& v : doc["vms"]) {
+    const auto& b = v["balloon"];
+    if (!b.is_object()) continue;
+    if (!header) out << "\nBalloon (MiB actual/target/floor/max):\n";
+    header = true;
+    out << "  " << v["name"].get<std::string>() << ": " << text_of(b["actual_mib"]) << "/" << text_of(b["target_mib"])
+        << "/" << text_of(b["floor_mib"]) << "/" << text_of(b["max_mib"]);
+    if (b.value("left_alone", false)) out << ", " << text_of(b["reason"]);
+    if (b["last_change_at"].is_null()) {
+      out << ", never changed\n";
+    } else {
+      out << ", last changed " << text_of(b["last_change_at"]) << ": " << text_of(b["last_change_reason"]) << "\n";
+    }
+  }
 }
 
 void print_text(std::ostream& out, const ordered_json& doc) {
@@ -147,6 +167,7 @@ void print_text(std::ostream& out, const ordered_json& doc) {
   }
   t.print(out);
   if (doc["vms"].empty()) out << "(no VM managed by llmorch)\n";
+  print_balloons(out, doc);
 }
 
 }  // namespace

@@ -32,6 +32,26 @@ const std::vector<Key>& keys() {
        [](const std::string& v, HostConfig& c) { c.memory_reserve_mib = ini::whole<std::uint64_t>(v, 0); }},
       {"domain_type", "kvm or qemu",
        [](const std::string& v, HostConfig& c) { ini::choice(v, {"kvm", "qemu"}); c.domain_type = v; }},
+      {"host_memory_limit_mib", "a whole number of MiB >= 1, or none",
+       [](const std::string& v, HostConfig& c) {
+         c.host_memory_limit_mib = v == "none" ? std::nullopt : std::optional(ini::whole<std::uint64_t>(v, 1));
+       }},
+      {"balloon_step_mib", "a whole number of MiB >= 1",
+       [](const std::string& v, HostConfig& c) { c.balloon.step_mib = ini::whole<std::uint64_t>(v, 1); }},
+      {"balloon_dead_band_mib", "a whole number of MiB >= 0",
+       [](const std::string& v, HostConfig& c) { c.balloon.dead_band_mib = ini::whole<std::uint64_t>(v, 0); }},
+      {"balloon_dead_band_fraction", "a number in [0, 1]",
+       [](const std::string& v, HostConfig& c) { c.balloon.dead_band_fraction = ini::number(v, 0.0, 1.0); }},
+      {"balloon_low_watermark_mib", "a whole number of MiB >= 0",
+       [](const std::string& v, HostConfig& c) { c.balloon.low_watermark_mib = ini::whole<std::uint64_t>(v, 0); }},
+      {"balloon_high_watermark_mib", "a whole number of MiB >= 0",
+       [](const std::string& v, HostConfig& c) { c.balloon.high_watermark_mib = ini::whole<std::uint64_t>(v, 0); }},
+      {"balloon_headroom_mib", "a whole number of MiB >= 0",
+       [](const std::string& v, HostConfig& c) { c.balloon.headroom_mib = ini::whole<std::uint64_t>(v, 0); }},
+      {"balloon_headroom_fraction", "a number in [0, 1]",
+       [](const std::string& v, HostConfig& c) { c.balloon.headroom_fraction = ini::number(v, 0.0, 1.0); }},
+      {"balloon_pressure_psi", "a number of percent in [0, 100]",
+       [](const std::string& v, HostConfig& c) { c.balloon.pressure_psi = ini::number(v, 0.0, 100.0); }},
   };
   return table;
 }
@@ -45,6 +65,11 @@ void validate(const HostConfig& c, const std::string& source) {
     throw ConfigError(source + ": CPUs " + format_cpu_list(both) +
                       " are in both reserved_cpus and shared_cpus; a CPU is either reserved for the "
                       "host or shared by VMs, remove it from one list");
+  }
+  if (c.balloon.high_watermark_mib < c.balloon.low_watermark_mib) {
+    throw ConfigError(source + ": balloon_high_watermark_mib (" + std::to_string(c.balloon.high_watermark_mib) +
+                      ") is below balloon_low_watermark_mib (" + std::to_string(c.balloon.low_watermark_mib) +
+                      "); grows must start above where reclaims stop, raise the high watermark");
   }
 }
 

@@ -89,11 +89,18 @@ bool Daemon::tick() {
   }
   std::vector<ManagedDomain>& domains = *listed;
   channels_.sync(domains, now);
-  Snapshot snap{.vms = {}, .alpha = options_.config.alpha};
+  Snapshot snap{.vms = {}, .alpha = options_.config.alpha, .memory = host_memory()};
+  std::map<std::string, BalloonHistory> seen;
   for (auto& d : domains) {
     AgentState agent = channels_.state(d.name, now);
-    snap.vms.push_back({std::move(d), std::move(agent)});
+    BalloonSample balloon;
+    if (d.active()) {
+      balloon = sample_balloon(d, now);
+      seen[d.name] = balloons_[d.name];
+    }
+    snap.vms.push_back({std::move(d), std::move(agent), std::move(balloon)});
   }
+  balloons_.swap(seen);  // forget VMs that stopped or went away
 
   Plan plan;
   try {
@@ -103,6 +110,7 @@ bool Daemon::tick() {
     write_status();
     return true;
   }
+  report_left_alone(plan.memory);
   const std::vector<Action> actions = reconciler_.diff(snap, plan, now);
   std::vector<Action> applied;
   apply(actions, applied);
@@ -115,24 +123,66 @@ bool Daemon::tick() {
   return true;
 }
 
-// A domain that vanishes while libvirt lists the domains can fail the listing with a non-connection
-// error: try again a few times before calling libvirt unreachable.
-std::optional<std::vector<ManagedDomain>> Daemon::list_domains() {
-  constexpr int kAttempts = 3;
-  for (int attempt = 1;; ++attempt) {
-    try {
-      auto domains = hv_.list_managed();
-      std::erase_if(domains, [&](const ManagedDomain& d) { return !d.name.starts_with(options_.domain_prefix); });
-      return domains;
-    } catch (const HypervisorError& e) {
-      const bool connection = e.kind() == HypervisorError::Kind::Connection || !hv_.alive();
-      if (connection || attempt == kAttempts) {
-        if (connected_) spdlog::warn("libvirt connection lost; retrying ({})", e.what());
-        connected_ = false;
-        return std::nullopt;
-      }
-      spdlog::debug("listing the domains failed ({}); trying again", e.what());
+BalloonSample Daemon::sample_balloon(const ManagedDomain& d, Clock::TimePoint now) {
+  BalloonSample sample;
+  auto [it, first] = balloons_.try_emplace(d.name);
+  BalloonHistory& h = it->second;
+  if (!first) sample.previous = h.last;
+  try {
+    sample.stats = hv_.memory_stats(d.name);
+  } catch (const HypervisorError& e) {
+    spdlog::debug("vm {}: no balloon statistics this tick ({})", d.name, e.what());
+    return sample;
+  }
+  // last_update is the host's time (s) of the guest's last stats; 0 or absent: never reported.
+  const std::uint64_t update = sample.stats->last_update_s.value_or(0);
+  if (update != 0 && (first || update != h.last_update)) {
+    const auto wall_s = std::chrono::duration_cast<std::chrono::seconds>(clock_.wall().time_since_epoch()).count();
+    const auto age = first ? std::max<std::int64_t>(0, wall_s - static_cast<std::int64_t>(update)) : 0;
+    h.moved_at = now - std::chrono::seconds(age);
+  }
+  h.last_update = update;
+  h.last = *sample.stats;
+  sample.fresh = update != 0 && now - h.moved_at <= std::chrono::seconds(kStaleStatsPeriods * kBalloonStatsPeriodS);
+  return sample;
+}
+
+HostMemory Daemon::host_memory() {
+  HostMemory m{.free_mib = {}, .reserve_mib = options_.config.memory_reserve_mib,
+               .limit_mib = options_.config.host_memory_limit_mib, .config = options_.config.balloon};
+  try {
+    m.free_mib = hv_.free_memory_mib();
+  } catch (const HypervisorError& e) {
+    spdlog::debug("no free memory per node this tick ({}); the balloon follows the host limit only", e.what());
+  }
+  return m;
+}
+
+void Daemon::report_left_alone(const MemoryPlan& memory) {
+  std::map<std::string, std::string> now_alone;
+  for (const VmMemoryPlan& m : memory.vms) {
+    auto before = left_alone_.find(m.name);
+    if (m.left_alone) {
+      if (before == left_alone_.end() || before->second != m.reason) spdlog::warn("vm {}: balloon {}", m.name, m.reason);
+      now_alone[m.name] = m.reason;
+    } else if (before != left_alone_.end()) {
+      spdlog::info("vm {}: balloon managed again ({})", m.name, m.reason);
     }
+  }
+  left_alone_.swap(now_alone);
+}
+
+// The backend skips domains that vanish while it lists them, so a failed listing means libvirt is
+// unreachable (or failing) for now: the next tick tries again.
+std::optional<std::vector<ManagedDomain>> Daemon::list_domains() {
+  try {
+    auto domains = hv_.list_managed();
+    std::erase_if(domains, [&](const ManagedDomain& d) { return !d.name.starts_with(options_.domain_prefix); });
+    return domains;
+  } catch (const HypervisorError& e) {
+    if (connected_) spdlog::warn("cannot list the domains; retrying at the next tick ({})", e.what());
+    connected_ = false;
+    return std::nullopt;
   }
 }
 
@@ -152,6 +202,7 @@ void Daemon::apply(const std::vector<Action>& actions, std::vector<Action>& appl
       applied.push_back(a);
       std::string& c = changes[a.vm];
       c += (c.empty() ? "" : "; ") + line;
+      if (a.kind == Action::Kind::SetMemory) status_.balloon_change[a.vm] = {clock_.wall(), a.reason};
     } catch (const HypervisorError& e) {
       spdlog::warn("{} failed: {}; retrying at the next tick", line, e.what());
       failed_vm = a.vm;
@@ -166,6 +217,7 @@ void Daemon::apply_one(const Action& a) {
     case Action::Kind::SetVcpus: hv_.set_vcpus(a.vm, static_cast<int>(a.value)); break;
     case Action::Kind::PinVcpu: hv_.pin_vcpu(a.vm, static_cast<int>(a.value), a.cpus); break;
     case Action::Kind::SetMetadata: hv_.set_metadata(a.vm, a.facts); break;
+    case Action::Kind::SetMemory: hv_.set_memory_mib(a.vm, a.value); break;
     case Action::Kind::SendVcpusOnline: {
       AgentChannel* ch = channels_.find(a.vm);
       if (!ch || !ch->send(protocol::VcpusCommand{a.value}))

@@ -279,7 +279,7 @@ void render_devices(pugi::xml_node dom, const DomainSpec& s) {
   attr(tt, "name", kAgentChannelName);
   auto balloon = dev.append_child("memballoon");
   attr(balloon, "model", "virtio");
-  attr(balloon.append_child("stats"), "period", "2");
+  attr(balloon.append_child("stats"), "period", std::to_string(kBalloonStatsPeriodS));
 }
 
 // ---------------------------------------------------------------------------------------------

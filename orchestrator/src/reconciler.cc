@@ -26,6 +26,12 @@ const VmPlan* Plan::find(std::string_view name) const {
   return nullptr;
 }
 
+const VmMemoryPlan* MemoryPlan::find(std::string_view name) const {
+  for (const VmMemoryPlan& vm : vms)
+    if (vm.name == name) return &vm;
+  return nullptr;
+}
+
 double effective_priority(const VmFacts& facts, const AgentState& agent, PrioritySource* source) {
   PrioritySource s = PrioritySource::Template;
   double p = facts.priority;
@@ -65,6 +71,81 @@ bool rebalanced(const ManagedDomain& d) {
   return d.facts.cpu_policy == policy::CpuPolicy::Dedicated && d.facts.placement.nodes.size() == 1;
 }
 
+std::optional<std::uint64_t> kib_to_mib(const std::optional<std::uint64_t>& kib) {
+  if (!kib) return std::nullopt;
+  return *kib / 1024;
+}
+
+policy::BalloonStats balloon_stats(const MemoryStats& m) {
+  return {.actual_mib = kib_to_mib(m.actual_kib), .unused_mib = kib_to_mib(m.unused_kib),
+          .available_mib = kib_to_mib(m.available_kib), .usable_mib = kib_to_mib(m.usable_kib),
+          .swap_in_mib = kib_to_mib(m.swap_in_kib), .swap_out_mib = kib_to_mib(m.swap_out_kib),
+          .major_faults = m.major_faults};
+}
+
+// The agent's memory figures, from a fresh report only (PROTOCOL.md: KiB, floor in MiB).
+std::optional<policy::AgentMemory> agent_memory(const AgentState& agent) {
+  if (!agent.fresh || !agent.last_report) return std::nullopt;
+  const protocol::Report& r = *agent.last_report;
+  return policy::AgentMemory{.mem_total_mib = r.mem_total_kib / 1024, .mem_available_mib = r.mem_avail_kib / 1024,
+                             .psi_some10 = r.psi_mem_some10, .floor_mib = r.floor_mib};
+}
+
+policy::BalloonVm balloon_vm(const VmSnapshot& vm, double weight, const HostMemory& host) {
+  const ManagedDomain& d = vm.domain;
+  policy::BalloonVm b;
+  b.name = d.name;
+  if (vm.balloon.stats) b.stats = balloon_stats(*vm.balloon.stats);
+  if (vm.balloon.previous) b.previous = balloon_stats(*vm.balloon.previous);
+  b.stats_fresh = vm.balloon.fresh;
+  b.agent = agent_memory(vm.agent);
+  b.template_floor_mib = d.facts.memory_floor_mib;
+  b.max_memory_mib = d.facts.max_memory_mib ? d.facts.max_memory_mib : d.memory_max_kib / 1024;
+  b.weight = std::clamp(weight, 0.0, 1.0);
+  const auto& nodes = d.facts.placement.nodes;
+  const bool known = std::all_of(nodes.begin(), nodes.end(), [&](policy::NodeId n) { return host.free_mib.count(n); });
+  if (known) b.nodes = nodes;  // else: counted for the host limit only
+  return b;
+}
+
+// plan_balloon over the active VMs. Inputs it rejects (a VM without a max size) leave every balloon
+// alone this tick, with the rule's message as the reason, instead of stopping the CPU plan.
+MemoryPlan make_memory_plan(const Snapshot& snapshot, const std::vector<VmPlan>& cpu) {
+  std::vector<policy::BalloonVm> vms;
+  for (const VmSnapshot& vm : snapshot.vms) {
+    if (!vm.domain.active()) continue;
+    const VmPlan* p = nullptr;
+    for (const VmPlan& c : cpu)
+      if (c.name == vm.domain.name) p = &c;
+    vms.push_back(balloon_vm(vm, p ? p->weight : 0.0, snapshot.memory));
+  }
+  policy::BalloonHost host;
+  for (const auto& [id, free] : snapshot.memory.free_mib)
+    host.nodes.push_back({.id = id, .free_mib = free, .reserve_mib = snapshot.memory.reserve_mib});
+  host.limit_mib = snapshot.memory.limit_mib;
+  std::vector<policy::BalloonDecision> decisions;
+  std::string error;
+  try {
+    decisions = policy::plan_balloon(host, vms, snapshot.memory.config);
+  } catch (const std::invalid_argument& e) {
+    error = std::string("left alone: ") + e.what();
+  }
+  MemoryPlan out;
+  for (std::size_t i = 0; i < vms.size(); ++i) {
+    const policy::BalloonVm& vm = vms[i];
+    VmMemoryPlan m{.name = vm.name, .actual_mib = vm.stats.actual_mib, .target_mib = std::nullopt,
+                   .floor_mib = policy::effective_floor(vm), .max_mib = vm.max_memory_mib, .reason = error,
+                   .left_alone = true};
+    if (error.empty()) {
+      m.target_mib = decisions[i].target_mib;
+      m.reason = decisions[i].reason;
+      m.left_alone = decisions[i].left_alone;
+    }
+    out.vms.push_back(std::move(m));
+  }
+  return out;
+}
+
 }  // namespace
 
 Plan make_plan(const Snapshot& snapshot) {
@@ -99,6 +180,7 @@ Plan make_plan(const Snapshot& snapshot) {
                              plan.vms.size());
     if (out.rebalanced_node && out.demand_cpus >= 0) out.reason += fmt::format(", demand {:.2f} CPUs", out.demand_cpus);
   }
+  plan.memory = make_memory_plan(snapshot, plan.vms);
   return plan;
 }
 
@@ -115,6 +197,8 @@ std::string describe(const Action& a) {
       return fmt::format("vm {}: ask agent for {} online vCPUs ({})", a.vm, a.value, a.reason);
     case Action::Kind::SetMetadata:
       return fmt::format("vm {}: record placement CPUs {} in metadata ({})", a.vm, cpu_list(a.cpus), a.reason);
+    case Action::Kind::SetMemory:
+      return fmt::format("vm {}: balloon {} -> {} MiB ({})", a.vm, a.from, a.value, a.reason);
   }
   return {};
 }
@@ -170,6 +254,12 @@ void pin_actions(const ManagedDomain& d, const std::vector<policy::CpuId>& set, 
   }
 }
 
+void memory_action(const VmMemoryPlan* m, std::vector<Action>& out) {
+  if (!m || !m->target_mib || !m->actual_mib || *m->target_mib == *m->actual_mib) return;
+  out.push_back(make_action(Action::Kind::SetMemory, m->name, *m->target_mib, m->reason));
+  out.back().from = *m->actual_mib;
+}
+
 }  // namespace
 
 std::vector<Action> Reconciler::diff(const Snapshot& snapshot, const Plan& plan, TimePoint now) const {
@@ -184,6 +274,7 @@ std::vector<Action> Reconciler::diff(const Snapshot& snapshot, const Plan& plan,
     const VmPlan* p = plan.find(d.name);
     if (!p) continue;
     shares_action(d, *p, config_.share_tolerance_abs, config_.share_tolerance, out);
+    memory_action(plan.memory.find(d.name), out);
     if (!p->rebalanced_node || !p->vcpus_online) continue;
 
     const int k = *p->vcpus_online;

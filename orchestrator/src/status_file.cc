@@ -32,6 +32,19 @@ nlohmann::json opt(const std::optional<T>& v) {
   return v ? nlohmann::json(*v) : nlohmann::json(nullptr);
 }
 
+nlohmann::json balloon_to_json(const VmMemoryPlan* m, const LastChange* change) {
+  nlohmann::json j;
+  j["actual_mib"] = m ? opt(m->actual_mib) : nlohmann::json(nullptr);
+  j["target_mib"] = m ? opt(m->target_mib) : nlohmann::json(nullptr);
+  j["floor_mib"] = m ? m->floor_mib : 0;
+  j["max_mib"] = m ? m->max_mib : 0;
+  j["left_alone"] = m ? m->left_alone : true;
+  j["reason"] = m ? m->reason : "not planned";
+  j["last_change_at"] = change ? nlohmann::json(iso8601(change->at)) : nlohmann::json(nullptr);
+  j["last_change_reason"] = change ? nlohmann::json(change->what) : nlohmann::json(nullptr);
+  return j;
+}
+
 nlohmann::json vm_to_json(const VmPlan& p, const AgentState& a, const LastChange* change) {
   nlohmann::json j;
   j["name"] = p.name;
@@ -96,6 +109,9 @@ nlohmann::json status_to_json(const DaemonStatus& s) {
     auto c = s.last_change.find(p->name);
     j["vms"].push_back(vm_to_json(*p, a == s.agents.end() ? AgentState{} : a->second,
                                   c == s.last_change.end() ? nullptr : &c->second));
+    auto b = s.balloon_change.find(p->name);
+    j["vms"].back()["balloon"] =
+        balloon_to_json(s.plan.memory.find(p->name), b == s.balloon_change.end() ? nullptr : &b->second);
   }
   return j;
 }

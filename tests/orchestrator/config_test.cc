@@ -77,6 +77,34 @@ TEST_F(ConfigTest, ReadsEveryKey) {
   EXPECT_EQ(c.domain_type, "qemu");
 }
 
+TEST_F(ConfigTest, BalloonKeysAndHostMemoryLimit) {
+  EXPECT_FALSE(load_config(write("")).host_memory_limit_mib.has_value());
+  EXPECT_FALSE(load_config(write("host_memory_limit_mib = none\n")).host_memory_limit_mib.has_value());
+  const HostConfig c = load_config(write(
+      "host_memory_limit_mib = 400\n"
+      "balloon_step_mib = 64\n"
+      "balloon_dead_band_mib = 8\n"
+      "balloon_dead_band_fraction = 0.05\n"
+      "balloon_low_watermark_mib = 100\n"
+      "balloon_high_watermark_mib = 100\n"
+      "balloon_headroom_mib = 32\n"
+      "balloon_headroom_fraction = 0.1\n"
+      "balloon_pressure_psi = 25\n"));
+  EXPECT_EQ(c.host_memory_limit_mib, std::optional<std::uint64_t>(400));
+  EXPECT_EQ(c.balloon.step_mib, 64u);
+  EXPECT_EQ(c.balloon.dead_band_mib, 8u);
+  EXPECT_DOUBLE_EQ(c.balloon.dead_band_fraction, 0.05);
+  EXPECT_EQ(c.balloon.low_watermark_mib, 100u);
+  EXPECT_EQ(c.balloon.high_watermark_mib, 100u);
+  EXPECT_EQ(c.balloon.headroom_mib, 32u);
+  EXPECT_DOUBLE_EQ(c.balloon.headroom_fraction, 0.1);
+  EXPECT_DOUBLE_EQ(c.balloon.pressure_psi, 25.0);
+  // A limit given as an override (llmorchd --host-memory-limit-mib) wins over the file's.
+  EXPECT_EQ(load_config(write("host_memory_limit_mib = 400\n"), {"host_memory_limit_mib=none"}).host_memory_limit_mib,
+            std::nullopt);
+  EXPECT_NE(error_of("balloon_low_watermark_mib = 600\n").find("below balloon_low_watermark_mib"), std::string::npos);
+}
+
 TEST_F(ConfigTest, AlphaBoundsAreInclusive) {
   EXPECT_DOUBLE_EQ(load_config(write("alpha = 0\n")).alpha, 0.0);
   EXPECT_DOUBLE_EQ(load_config(write("alpha = 1\n")).alpha, 1.0);
@@ -110,6 +138,11 @@ TEST_F(ConfigTest, RejectsEveryBadValue) {
       {"memory_reserve_mib = -1", "memory_reserve_mib", "-1", "a whole number of MiB >= 0"},
       {"memory_reserve_mib = 1G", "memory_reserve_mib", "1G", "a whole number of MiB >= 0"},
       {"domain_type = xen", "domain_type", "xen", "kvm or qemu"},
+      {"host_memory_limit_mib = 0", "host_memory_limit_mib", "0", "a whole number of MiB >= 1, or none"},
+      {"host_memory_limit_mib = off", "host_memory_limit_mib", "off", "a whole number of MiB >= 1, or none"},
+      {"balloon_step_mib = 0", "balloon_step_mib", "0", "a whole number of MiB >= 1"},
+      {"balloon_dead_band_fraction = 2", "balloon_dead_band_fraction", "2", "a number in [0, 1]"},
+      {"balloon_pressure_psi = 101", "balloon_pressure_psi", "101", "a number of percent in [0, 100]"},
       {"domain_type = KVM", "domain_type", "KVM", "kvm or qemu"},
       {"reserved_cpus = 0-x", "reserved_cpus", "0-x", "a CPU list such as 0-1,8 (or empty)"},
       {"shared_cpus = 3-1", "shared_cpus", "3-1", "a CPU list such as 2-3 (or empty)"},

@@ -7,6 +7,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <filesystem>
@@ -271,6 +272,110 @@ TEST_F(DaemonTest, CpuTimePerTickWithTwoVms) {
   const double per_tick = (us(after) - us(before)) / kTicks;
   std::printf("daemon CPU per tick, 2 VMs, fake hypervisor, status file written: %.1f us\n", per_tick);
   EXPECT_LT(per_tick, 5000.0);
+}
+
+// Balloon: two 256 MiB VMs (floor 96) under a host limit of 400 MiB.
+class BalloonDaemonTest : public DaemonTest {
+ protected:
+  void SetUp() override {
+    DaemonTest::SetUp();
+    for (auto& d : hv.domains) {
+      d.facts.max_memory_mib = 256;
+      d.facts.memory_floor_mib = 96;
+      d.memory_actual_kib = d.memory_max_kib = 256 * 1024;
+      hv.memory[d.name] = stats(256, 200);
+    }
+    hv.free_mib = {{0, 8192}};
+    options.config.memory_reserve_mib = 512;
+    options.config.host_memory_limit_mib = 400;
+  }
+  // Stats the guest updated "now" (the fake wall clock is epoch + 1000 s at the start).
+  MemoryStats stats(std::uint64_t actual_mib, std::uint64_t usable_mib) const {
+    MemoryStats m;
+    m.actual_kib = actual_mib * 1024;
+    m.usable_kib = usable_mib * 1024;
+    m.unused_kib = usable_mib * 1024;
+    m.available_kib = actual_mib * 1024;
+    m.last_update_s = wall_s();
+    return m;
+  }
+  std::uint64_t wall_s() const {
+    return static_cast<std::uint64_t>(
+        std::chrono::duration_cast<std::chrono::seconds>(clock.wall().time_since_epoch()).count());
+  }
+  static const nlohmann::json& balloon_of(const nlohmann::json& status, const std::string& vm) {
+    for (const auto& v : status["vms"])
+      if (v["name"] == vm) return v["balloon"];
+    throw std::runtime_error("no VM " + vm + " in the status");
+  }
+};
+
+TEST_F(BalloonDaemonTest, OverTheLimitTheLowWeightVmGivesFirstAndStatusSaysWhy) {
+  Daemon d(hv, clock, options);
+  ASSERT_TRUE(d.tick());
+  // 512 - 400 = 112 MiB over; b (priority 3) has the lower weight and 256 - max(96, 56 + 64) = 136 MiB
+  // reclaimable: it gives all 112, a is not touched.
+  EXPECT_EQ(std::count(hv.calls.begin(), hv.calls.end(), "set_memory_mib b 144"), 1) << ::testing::PrintToString(hv.calls);
+  for (const auto& c : hv.calls) EXPECT_EQ(c.find("set_memory_mib a"), std::string::npos) << c;
+
+  const auto j = read_status_file(options.state_dir);
+  const auto& b = balloon_of(j, "b");
+  EXPECT_EQ(b["actual_mib"], 256);
+  EXPECT_EQ(b["target_mib"], 144);
+  EXPECT_EQ(b["floor_mib"], 96);
+  EXPECT_EQ(b["max_mib"], 256);
+  EXPECT_FALSE(b["left_alone"].get<bool>());
+  EXPECT_EQ(b["last_change_reason"], b["reason"]);
+  EXPECT_FALSE(b["last_change_at"].is_null());
+  EXPECT_TRUE(balloon_of(j, "a")["last_change_reason"].is_null());
+
+  // The next tick sees b at 144: the host is at its limit, nothing moves.
+  hv.memory["b"] = stats(144, 100);
+  hv.calls.clear();
+  clock.t += 1s;
+  ASSERT_TRUE(d.tick());
+  for (const auto& c : hv.calls) EXPECT_EQ(c.find("set_memory_mib"), std::string::npos) << c;
+}
+
+TEST_F(BalloonDaemonTest, DryRunOnlyLogsTheBalloon) {
+  options.dry_run = true;
+  Daemon d(hv, clock, options);
+  ASSERT_TRUE(d.tick());
+  EXPECT_TRUE(hv.calls.empty());
+  ASSERT_NE(d.plan().memory.find("b"), nullptr);
+  EXPECT_EQ(d.plan().memory.find("b")->target_mib, std::optional<std::uint64_t>(144));
+  EXPECT_TRUE(balloon_of(read_status_file(options.state_dir), "b")["last_change_reason"].is_null());
+}
+
+TEST_F(BalloonDaemonTest, StatsThatStopUpdatingLeaveTheVmAloneUntilTheyMoveAgain) {
+  Daemon d(hv, clock, options);
+  ASSERT_TRUE(d.tick());
+  hv.calls.clear();
+  hv.memory["b"].actual_kib = 256 * 1024;  // pretend the shrink did not happen; last_update stays put
+  clock.t += std::chrono::seconds(kStaleStatsPeriods * kBalloonStatsPeriodS + 1);
+  hv.memory["a"] = stats(256, 200);  // a keeps reporting
+  ASSERT_TRUE(d.tick());
+  const VmMemoryPlan* b = d.plan().memory.find("b");
+  ASSERT_NE(b, nullptr);
+  EXPECT_TRUE(b->left_alone);
+  EXPECT_NE(b->reason.find("stopped updating"), std::string::npos) << b->reason;
+  for (const auto& c : hv.calls) EXPECT_EQ(c.find("set_memory_mib b"), std::string::npos) << c;
+  EXPECT_TRUE(balloon_of(read_status_file(options.state_dir), "b")["left_alone"].get<bool>());
+
+  hv.memory["b"] = stats(256, 200);  // the guest reports again
+  clock.t += 1s;
+  ASSERT_TRUE(d.tick());
+  EXPECT_FALSE(d.plan().memory.find("b")->left_alone);
+}
+
+TEST_F(BalloonDaemonTest, OldStatsAtStartAndAMissingBalloonAreLeftAlone) {
+  hv.memory["a"].last_update_s = wall_s() - 60;  // seen first a minute after the guest's last stats
+  hv.memory["b"] = MemoryStats{};                // no balloon driver: nothing reported
+  Daemon d(hv, clock, options);
+  ASSERT_TRUE(d.tick());
+  EXPECT_TRUE(d.plan().memory.find("a")->left_alone);
+  EXPECT_TRUE(d.plan().memory.find("b")->left_alone);
+  for (const auto& c : hv.calls) EXPECT_EQ(c.find("set_memory_mib"), std::string::npos) << c;
 }
 
 }  // namespace

@@ -19,6 +19,8 @@ class FakeHypervisor : public Hypervisor {
   bool down = false;
   int list_calls = 0;
   LifecycleCallback callback;
+  std::map<std::string, MemoryStats> memory;  // balloon stats by VM; set_memory_mib moves actual_kib
+  std::map<policy::NodeId, std::uint64_t> free_mib{{0, 1024}};
 
   ManagedDomain& dom(const std::string& name) {
     for (auto& d : domains)
@@ -27,7 +29,7 @@ class FakeHypervisor : public Hypervisor {
   }
 
   std::string capabilities_xml() override { return "<capabilities/>"; }
-  std::map<policy::NodeId, std::uint64_t> free_memory_mib() override { return {{0, 1024}}; }
+  std::map<policy::NodeId, std::uint64_t> free_memory_mib() override { return free_mib; }
   std::vector<ManagedDomain> list_managed() override {
     check();
     ++list_calls;
@@ -65,12 +67,17 @@ class FakeHypervisor : public Hypervisor {
   }
   void set_memory_mib(const std::string& name, std::uint64_t mib) override {
     lever(name, "set_memory_mib " + name + " " + std::to_string(mib));
+    dom(name).memory_actual_kib = mib * 1024;
+    if (memory.count(name)) memory[name].actual_kib = mib * 1024;
   }
   void set_metadata(const std::string& name, const VmFacts& facts) override {
     lever(name, "set_metadata " + name);
     dom(name).facts = facts;
   }
-  MemoryStats memory_stats(const std::string&) override { return {}; }
+  MemoryStats memory_stats(const std::string& name) override {
+    auto it = memory.find(name);
+    return it == memory.end() ? MemoryStats{} : it->second;
+  }
   CpuStats cpu_stats(const std::string&) override { return {}; }
   void set_lifecycle_callback(LifecycleCallback cb) override { callback = std::move(cb); }
   bool alive() override { return !down; }

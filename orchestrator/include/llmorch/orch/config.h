@@ -3,11 +3,13 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <set>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "llmorch/policy/balloon.h"
 #include "llmorch/policy/types.h"
 
 namespace llmorch::orch {
@@ -21,6 +23,8 @@ struct HostConfig {
   int interval_ms = 1000;                  // daemon tick
   std::uint64_t memory_reserve_mib = 512;  // per node, memory VMs may not take
   std::string domain_type = "kvm";         // default for templates that do not set one
+  std::optional<std::uint64_t> host_memory_limit_mib;  // Σ VM memory the balloon keeps to; none: no limit
+  policy::BalloonConfig balloon;           // balloon_* keys
 };
 
 class ConfigError : public std::runtime_error {

@@ -2,11 +2,16 @@
 // the hypervisor's event thread, signals) and the tick timeout. Each reconcile takes a snapshot (managed
 // domains + agent state), plans with the pure reconciler, applies the difference (or only logs it in a
 // dry run), and rewrites the status file. The hypervisor and the clock are injected.
+// Balloon: each tick reads every active VM's balloon statistics (fresh while their last_update moved
+// within kStaleStatsPeriods stats periods) and the nodes' free memory, and plans memory with the CPU
+// plan. A VM whose balloon is left alone is logged once when that starts (and when its reason
+// changes), and once when it is managed again.
 #pragma once
 
 #include <atomic>
 #include <chrono>
 #include <functional>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -36,6 +41,8 @@ struct DaemonOptions {
   std::function<HostConfig()> reload;
 };
 
+inline constexpr int kStaleStatsPeriods = 3;
+
 class Daemon {
  public:
   Daemon(Hypervisor& hv, const Clock& clock, DaemonOptions options);
@@ -64,6 +71,9 @@ class Daemon {
  private:
   bool refresh_connection();
   std::optional<std::vector<ManagedDomain>> list_domains();
+  BalloonSample sample_balloon(const ManagedDomain& d, Clock::TimePoint now);
+  HostMemory host_memory();
+  void report_left_alone(const MemoryPlan& memory);
   void apply(const std::vector<Action>& actions, std::vector<Action>& applied);
   void apply_one(const Action& a);
   void on_reports(const std::string& vm);
@@ -82,6 +92,15 @@ class Daemon {
   bool reconcile_due_ = false;
   Clock::TimePoint last_reconcile_{};
   std::uint64_t reconciles_ = 0;
+
+  // Per active VM: the previous tick's balloon stats and when their last_update last moved.
+  struct BalloonHistory {
+    MemoryStats last;
+    std::uint64_t last_update = 0;
+    Clock::TimePoint moved_at{};
+  };
+  std::map<std::string, BalloonHistory> balloons_;
+  std::map<std::string, std::string> left_alone_;  // VMs whose balloon is left alone, and why
 
   int wake_fd_ = -1;
   std::atomic<bool> stop_{false};

@@ -19,6 +19,9 @@ inline constexpr const char* kMetadataNamespace = "https://llmorch.dev/xmlns/dom
 inline constexpr const char* kMetadataPrefix = "llmorch";
 // The virtio-serial port name the in-guest agent looks for.
 inline constexpr const char* kAgentChannelName = "org.llmorch.agent.0";
+// Seconds between the guest's balloon statistics (<memballoon><stats period=.../>); llmorchd calls
+// statistics stale when they have not moved for a few periods.
+inline constexpr int kBalloonStatsPeriodS = 2;
 
 // What llmorch knows about a VM beyond libvirt's own view; stored in the domain's <metadata> so a
 // restarted orchestrator rebuilds its state from libvirt alone.

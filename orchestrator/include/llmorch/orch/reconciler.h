@@ -26,6 +26,13 @@
 //     changed since (hysteresis against load noise). Live pins that disagree with the held set are
 //     repaired at once (e.g. after a restart), without dwell.
 //   - "vcpus online=k" again when a fresh report shows ncpu_online != k, at most once per min_dwell.
+//
+// Memory plan: policy::plan_balloon over the active VMs (balloon.h has the rule). Inputs per VM: its
+// balloon statistics (KiB -> MiB) and the previous tick's, whether they are fresh, the agent's memory
+// figures from a fresh report only, the template floor and max memory (VmFacts), the weight from the
+// CPU plan and the placement's nodes; per node the free memory and the reserve; the host limit.
+// A VM whose nodes are not all in the free-memory map counts for the host limit only. Action:
+// set_memory when a decision has a target that differs from the balloon's actual size.
 #pragma once
 
 #include <chrono>
@@ -38,6 +45,7 @@
 
 #include "llmorch/orch/agent_session.h"
 #include "llmorch/orch/hypervisor.h"
+#include "llmorch/policy/balloon.h"
 #include "llmorch/protocol/messages.h"
 
 namespace llmorch::orch {
@@ -56,14 +64,31 @@ struct AgentState {
   std::string last_error;
 };
 
+// What the daemon read of one VM's balloon.
+struct BalloonSample {
+  std::optional<MemoryStats> stats;     // this tick's; absent when they could not be read
+  std::optional<MemoryStats> previous;  // the previous tick's
+  bool fresh = false;                   // last_update moved within the last few stats periods
+};
+
 struct VmSnapshot {
   ManagedDomain domain;
   AgentState agent;
+  BalloonSample balloon;
+};
+
+// Host memory as the balloon rule needs it.
+struct HostMemory {
+  std::map<policy::NodeId, std::uint64_t> free_mib;  // per node, free now; empty: unknown
+  std::uint64_t reserve_mib = 0;                     // per node (HostConfig::memory_reserve_mib)
+  std::optional<std::uint64_t> limit_mib;            // host-wide sum of VM memory allowed
+  policy::BalloonConfig config;
 };
 
 struct Snapshot {
   std::vector<VmSnapshot> vms;  // every managed domain, in any state
   double alpha = 0.8;
+  HostMemory memory;
 };
 
 inline constexpr double kDemandHeadroom = 1.25;
@@ -83,8 +108,21 @@ struct VmPlan {
   std::string reason;  // "priority 1 reported by agent, weight 0.711 of 2 VMs"
 };
 
-// Seam for the balloon controller (a later issue): per-VM memory targets. Empty for now.
-struct MemoryPlan {};
+struct VmMemoryPlan {
+  std::string name;
+  std::optional<std::uint64_t> actual_mib;  // the balloon now (null: not reported)
+  std::optional<std::uint64_t> target_mib;  // absent: leave the balloon where it is
+  std::uint64_t floor_mib = 0;              // the floor the rule enforced
+  std::uint64_t max_mib = 0;
+  std::string reason;
+  bool left_alone = false;                  // no usable stats: not managed this tick
+};
+
+// Per active VM, in plan order.
+struct MemoryPlan {
+  std::vector<VmMemoryPlan> vms;
+  const VmMemoryPlan* find(std::string_view name) const;
+};
 
 struct Plan {
   std::vector<VmPlan> vms;  // active managed VMs, in snapshot order
@@ -99,11 +137,12 @@ double demand_cpus(const AgentState& agent);
 Plan make_plan(const Snapshot& snapshot);
 
 struct Action {
-  enum class Kind { SetCpuShares, SetVcpus, PinVcpu, SendVcpusOnline, SetMetadata };
+  enum class Kind { SetCpuShares, SetVcpus, PinVcpu, SendVcpusOnline, SetMetadata, SetMemory };
   Kind kind = Kind::SetCpuShares;
   std::string vm;
-  std::uint64_t from = 0;  // SetCpuShares: the live value (0: unknown); SetVcpus: current count
-  std::uint64_t value = 0;  // shares, vCPU count, vCPU index (PinVcpu) or online count
+  std::uint64_t from = 0;  // SetCpuShares: the live value (0: unknown); SetVcpus: current count;
+                           // SetMemory: the balloon's actual MiB
+  std::uint64_t value = 0;  // shares, vCPU count, vCPU index (PinVcpu), online count or MiB (SetMemory)
   std::vector<policy::CpuId> cpus;  // PinVcpu: the CPUs; SetMetadata: the new placement.cpus
   VmFacts facts;                    // SetMetadata
   std::string reason;

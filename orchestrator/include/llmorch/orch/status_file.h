@@ -36,7 +36,15 @@
 //       "vcpus_online": 2 | null,      rebalanced dedicated VMs only
 //       "reason": "priority 1 reported by agent, weight 0.711 of 2 VMs",
 //       "last_change_at": "..." | null, when the daemon last changed this VM
-//       "last_change": "..." | null    that change, as logged
+//       "last_change": "..." | null,   that change, as logged
+//       "balloon": {                   memory (policy/balloon.h), MiB
+//         "actual_mib": 200 | null,    the balloon now (null: not reported)
+//         "target_mib": 180 | null,    this tick's target; null: left where it is
+//         "floor_mib": 96, "max_mib": 256,
+//         "left_alone": false,         no usable stats (driver missing, stats stopped): not managed
+//         "reason": "...",             this tick's decision, or why it is left alone
+//         "last_change_at": "..." | null, "last_change_reason": "..." | null   the last applied change
+//       }
 //     } ] }
 #pragma once
 
@@ -69,6 +77,7 @@ struct DaemonStatus {
   Plan plan;
   std::map<std::string, AgentState> agents;     // by VM name
   std::map<std::string, LastChange> last_change;  // by VM name
+  std::map<std::string, LastChange> balloon_change;  // by VM name: the last balloon change and why
 };
 
 std::string iso8601(std::chrono::system_clock::time_point t);
