@@ -53,7 +53,7 @@ int main(int argc, char** argv) {
       "domain-prefix", po::value(&prefix), "manage only domains whose name starts with this")(
       "host-memory-limit-mib", po::value(&memory_limit),
       "most MiB all VMs may hold together, or none (overrides the config's host_memory_limit_mib)")(
-      "log-level", po::value(&level)->default_value("info"), "trace, debug, info, warn, error");
+      "log-level", po::value(&level)->default_value("info"), "trace, debug, info, warn, error, off");
   po::variables_map vm;
   try {
     po::store(po::parse_command_line(argc, argv, desc), vm);
@@ -66,7 +66,13 @@ int main(int argc, char** argv) {
     std::cout << desc;
     return 0;
   }
-  spdlog::set_level(spdlog::level::from_str(level));
+  // spdlog maps a name it does not know to "off": a typo would silence the daemon.
+  const auto log_level = spdlog::level::from_str(level);
+  if (log_level == spdlog::level::off && level != "off") {
+    std::cerr << "llmorchd: --log-level '" << level << "' is not a log level; use trace, debug, info, warn, error or off\n";
+    return 2;
+  }
+  spdlog::set_level(log_level);
 
   std::vector<std::string> overrides;
   if (vm.count("interval-ms")) overrides.push_back("interval_ms=" + std::to_string(interval_ms));
