@@ -255,5 +255,49 @@ TEST(Reconciler, DoubleClaimedDedicatedCpuIsAnError) {
   EXPECT_THROW(make_plan(snapshot_of(doms)), std::invalid_argument);
 }
 
+// Memory plan: a 256 MiB VM whose fresh agent report (KiB, floor in MiB) raises the floor above the
+// template's, under a limit that asks for more than its free memory.
+TEST(MemoryPlan, AgentFloorAndUnitsReachTheBalloonRule) {
+  ManagedDomain d = make_domain("a", 1, {0});
+  d.facts.max_memory_mib = 256;
+  d.facts.memory_floor_mib = 96;
+  protocol::Report r = report(1.0);
+  r.mem_total_kib = 220 * 1024;
+  r.mem_avail_kib = 200 * 1024;
+  r.floor_mib = 200;
+  Snapshot s = snapshot_of({d}, {{"a", fresh(r)}});
+  MemoryStats m;
+  m.actual_kib = 256 * 1024;  // no usable/unused: the agent's mem_available is the free memory
+  s.vms[0].balloon = {.stats = m, .previous = std::nullopt, .fresh = true};
+  s.memory = {.free_mib = {{0, 8192}}, .reserve_mib = 512, .limit_mib = 100, .config = {}};
+  const Plan plan = make_plan(s);
+  const VmMemoryPlan* a = plan.memory.find("a");
+  ASSERT_NE(a, nullptr);
+  EXPECT_EQ(a->floor_mib, 200u);
+  EXPECT_EQ(a->max_mib, 256u);
+  EXPECT_EQ(a->actual_mib, std::optional<std::uint64_t>(256));
+  ASSERT_TRUE(a->target_mib.has_value()) << a->reason;
+  EXPECT_EQ(*a->target_mib, 200u) << a->reason;  // squeezed to the agent's floor, not the template's
+  const auto actions = Reconciler().diff(s, plan, Clock::now());
+  ASSERT_EQ(count(actions, Action::Kind::SetMemory, "a"), 1u);
+  for (const Action& act : actions)
+    if (act.kind == Action::Kind::SetMemory) EXPECT_EQ(describe(act).rfind("vm a: balloon 256 -> 200 MiB (", 0), 0u);
+
+  // The same report gone stale: no free memory known (the balloon reports none), so it is left alone.
+  s.vms[0].agent.fresh = false;
+  const Plan stale = make_plan(s);
+  EXPECT_TRUE(stale.memory.find("a")->left_alone);
+  EXPECT_EQ(count(Reconciler().diff(s, stale, Clock::now()), Action::Kind::SetMemory), 0u);
+}
+
+TEST(MemoryPlan, AVmWithoutAMaxSizeLeavesEveryBalloonAloneButTheCpuPlanStands) {
+  ManagedDomain d = make_domain("a", 1, {0});  // max_memory_mib 0 in facts and domain
+  const Plan plan = make_plan(snapshot_of({d}));
+  ASSERT_EQ(plan.vms.size(), 1u);
+  ASSERT_NE(plan.memory.find("a"), nullptr);
+  EXPECT_TRUE(plan.memory.find("a")->left_alone);
+  EXPECT_NE(plan.memory.find("a")->reason.find("'a'"), std::string::npos) << plan.memory.find("a")->reason;
+}
+
 }  // namespace
 }  // namespace llmorch::orch
