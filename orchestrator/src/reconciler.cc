@@ -16,6 +16,7 @@ std::string_view to_string(PrioritySource s) {
     case PrioritySource::Agent: return "agent";
     case PrioritySource::Template: return "template";
     case PrioritySource::Stale: return "stale";
+    case PrioritySource::Hostile: return "hostile";
   }
   return "unknown";
 }
@@ -35,7 +36,9 @@ const VmMemoryPlan* MemoryPlan::find(std::string_view name) const {
 double effective_priority(const VmFacts& facts, const AgentState& agent, PrioritySource* source) {
   PrioritySource s = PrioritySource::Template;
   double p = facts.priority;
-  if (agent.fresh && agent.last_report && agent.last_report->priority) {
+  if (agent.hostile) {
+    s = PrioritySource::Hostile;  // a guest that misbehaves is not believed, even in its valid frames
+  } else if (agent.fresh && agent.last_report && agent.last_report->priority) {
     s = PrioritySource::Agent;
     p = *agent.last_report->priority;
   } else if (!agent.fresh && agent.last_report) {
@@ -46,7 +49,7 @@ double effective_priority(const VmFacts& facts, const AgentState& agent, Priorit
 }
 
 double demand_cpus(const AgentState& agent) {
-  if (!agent.fresh || !agent.last_report) return -1.0;
+  if (agent.hostile || !agent.fresh || !agent.last_report) return -1.0;
   const protocol::Report& r = *agent.last_report;
   const double busy = r.cpu_pct / 100.0 * static_cast<double>(r.ncpu_online);
   return std::max(static_cast<double>(r.runnable), busy) * kDemandHeadroom;
@@ -59,6 +62,7 @@ std::string priority_phrase(double p, PrioritySource s) {
     case PrioritySource::Agent: return fmt::format("priority {:g} reported by agent", p);
     case PrioritySource::Template: return fmt::format("priority {:g} from template", p);
     case PrioritySource::Stale: return fmt::format("priority {:g} from template, agent report stale", p);
+    case PrioritySource::Hostile: return fmt::format("priority {:g} from template, agent flagged hostile", p);
   }
   return {};
 }

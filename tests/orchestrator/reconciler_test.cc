@@ -106,6 +106,20 @@ TEST(Reconciler, ReportWithoutPriorityUsesTemplate) {
   EXPECT_EQ(s, PrioritySource::Template);
 }
 
+TEST(Reconciler, HostileAgentIsNotBelievedEvenInItsValidReports) {
+  PrioritySource s{};
+  VmFacts f;
+  f.priority = 4;
+  AgentState agent = fresh(report(1, 100, 8, 2));
+  agent.hostile = true;
+  EXPECT_EQ(effective_priority(f, agent, &s), 4.0);
+  EXPECT_EQ(s, PrioritySource::Hostile);
+  EXPECT_EQ(demand_cpus(agent), -1.0);
+  agent.hostile = false;
+  EXPECT_EQ(effective_priority(f, agent, &s), 1.0);
+  EXPECT_EQ(s, PrioritySource::Agent);
+}
+
 TEST(Reconciler, DemandFormula) {
   EXPECT_EQ(demand_cpus(AgentState{}), -1.0);
   EXPECT_DOUBLE_EQ(demand_cpus(fresh(report(1, 50, 1, 4))), 2.0 * 1.25);   // busy 2 CPUs > 1 runnable

@@ -8,8 +8,10 @@
 //     [priority_min, priority_max]) while the report is fresh (within its TTL)   -> source "agent";
 //   - the template's priority (VmFacts::priority) when there is no report, or the fresh report states
 //     no priority                                                               -> source "template";
-//   - the template's priority when the last report expired                     -> source "stale".
-// Demand (CPUs a VM can use now), from a fresh report only:
+//   - the template's priority when the last report expired                     -> source "stale";
+//   - the template's priority while the agent is flagged hostile (garbage, oversized frames or a
+//     flood within AgentSession's window), whatever its valid frames claim     -> source "hostile".
+// Demand (CPUs a VM can use now), from a fresh report of an agent that is not hostile only:
 //   demand_cpus = max(runnable, cpu_pct / 100 * ncpu_online) * 1.25   (25% headroom)
 //   no fresh report -> -1 (unknown: the policy treats it as max_vcpus).
 // CPU plan: policy::plan_cpus over every active (running/paused/blocked) managed VM: weights by the
@@ -50,7 +52,7 @@
 
 namespace llmorch::orch {
 
-enum class PrioritySource { Agent, Template, Stale };
+enum class PrioritySource { Agent, Template, Stale, Hostile };
 std::string_view to_string(PrioritySource s);
 
 // What the daemon knows from one VM's agent channel.
