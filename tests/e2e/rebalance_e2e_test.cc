@@ -101,6 +101,8 @@ std::optional<json> wait_for_priority(DaemonProcess& d, const std::string& name,
 }
 
 // When the daemon received the newest report of VM vm in status document s (seconds since the epoch).
+// report_age_s is taken at the tick's snapshot and last_tick_at after its actions, so this is late by
+// the tick's own duration (tens of ms): latencies measured from it are that much too short.
 std::optional<double> report_received_at(const json& s, const json& vm) {
   const auto tick = parse_iso8601(s.value("last_tick_at", ""));
   if (!tick || !vm.contains("report_age_s") || !vm["report_age_s"].is_number()) return std::nullopt;
@@ -116,7 +118,6 @@ double percentile(std::vector<double> v, double q) {
 // One priority change of guest b seen from the host.
 struct Change {
   double report_at = 0;       // the daemon received the report with the new priority
-  double applied_at = 0;      // status.json's last_change_at for b after it
   double live_equal_at = -1;  // virsh schedinfo first showed the expected shares (host clock)
 };
 
@@ -219,28 +220,23 @@ TEST_F(RebalanceE2e, GuestPriorityMovesHostCpuShare) {
     expected_p = p;
     Change c;
     const auto received = report_received_at(*s, *vm);
-    const auto applied = parse_iso8601(vm->value("last_change_at", ""));
-    ASSERT_TRUE(received && applied) << vm->dump(2);
+    ASSERT_TRUE(received) << vm->dump(2);
     c.report_at = *received;
-    c.applied_at = *applied;
     changes.push_back(c);
   }
   ASSERT_FALSE(changes.empty()) << b << " never reported its new priority:\n" << serial_log(b) << daemon.log();
-  std::vector<double> to_applied, to_live;
+  std::vector<double> to_live;
   for (const Change& c : changes) {
-    std::printf("change %zu: report received %.3f, applied %+.3f s, live %+.3f s\n", to_live.size() + 1,
-                c.report_at, c.applied_at - c.report_at, c.live_equal_at - c.report_at);
+    std::printf("change %zu: report received %.3f, live shares %+.3f s later\n", to_live.size() + 1, c.report_at,
+                c.live_equal_at - c.report_at);
     ASSERT_GE(c.live_equal_at, 0) << "the live shares never followed priority change " << to_live.size() + 1
                                   << "\n" << daemon.log();
-    to_applied.push_back(c.applied_at - c.report_at);
     to_live.push_back(c.live_equal_at - c.report_at);
   }
   figure("rebal_change_to_equal_shares_s", to_live.front());
   EXPECT_LT(to_live.front(), 3.0) << "shares equal only " << to_live.front() << " s after the report";
   for (double t : to_live) EXPECT_LT(t, 3.0);
   figure("rebal_changes_seen", static_cast<double>(changes.size()));
-  figure("rebal_report_to_applied_p50_s", percentile(to_applied, 0.5));
-  figure("rebal_report_to_applied_p99_s", percentile(to_applied, 0.99));
   figure("rebal_report_to_live_p50_s", percentile(to_live, 0.5));
   figure("rebal_report_to_live_p99_s", percentile(to_live, 0.99));
   EXPECT_EQ(changes.size(), static_cast<std::size_t>(kFlips)) << "some priority changes were not seen";
