@@ -91,7 +91,7 @@ class Daemon {
   bool connected_ = true;
   bool reconcile_due_ = false;
   Clock::TimePoint last_reconcile_{};
-  std::uint64_t reconciles_ = 0;
+  std::atomic<std::uint64_t> reconciles_{0};  // read by other threads (tests, while run() loops)
 
   // Per active VM: the previous tick's balloon stats and when their last_update last moved.
   struct BalloonHistory {
