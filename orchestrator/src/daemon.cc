@@ -95,7 +95,7 @@ bool Daemon::tick() {
     AgentState agent = channels_.state(d.name, now);
     BalloonSample balloon;
     if (d.active()) {
-      balloon = sample_balloon(d, now);
+      balloon = sample_balloon(d, agent, now);
       seen[d.name] = balloons_[d.name];
     }
     snap.vms.push_back({std::move(d), std::move(agent), std::move(balloon)});
@@ -123,11 +123,14 @@ bool Daemon::tick() {
   return true;
 }
 
-BalloonSample Daemon::sample_balloon(const ManagedDomain& d, Clock::TimePoint now) {
+BalloonSample Daemon::sample_balloon(const ManagedDomain& d, const AgentState& agent, Clock::TimePoint now) {
   BalloonSample sample;
   auto [it, first] = balloons_.try_emplace(d.name);
   BalloonHistory& h = it->second;
+  if (first) h.watched_since = now;
   if (!first) sample.previous = h.last;
+  if (!agent.last_report && now - h.watched_since < kFirstReportGrace)
+    sample.hold = "waiting for the agent's first report (its floor may be above the template's)";
   try {
     sample.stats = hv_.memory_stats(d.name);
   } catch (const HypervisorError& e) {

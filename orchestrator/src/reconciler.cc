@@ -104,6 +104,9 @@ policy::BalloonVm balloon_vm(const VmSnapshot& vm, double weight, const HostMemo
   b.stats_fresh = vm.balloon.fresh;
   b.agent = agent_memory(vm.agent);
   b.template_floor_mib = d.facts.memory_floor_mib;
+  if (!b.agent && vm.agent.last_report)  // stale: its floor still stands
+    b.template_floor_mib = std::max(b.template_floor_mib, vm.agent.last_report->floor_mib);
+  if (!vm.balloon.hold.empty()) b.stats_fresh = false;  // the rule leaves it alone but counts its memory
   b.max_memory_mib = d.facts.max_memory_mib ? d.facts.max_memory_mib : d.memory_max_kib / 1024;
   b.weight = std::clamp(weight, 0.0, 1.0);
   const auto& nodes = d.facts.placement.nodes;
@@ -116,8 +119,10 @@ policy::BalloonVm balloon_vm(const VmSnapshot& vm, double weight, const HostMemo
 // alone this tick, with the rule's message as the reason, instead of stopping the CPU plan.
 MemoryPlan make_memory_plan(const Snapshot& snapshot, const std::vector<VmPlan>& cpu) {
   std::vector<policy::BalloonVm> vms;
+  std::vector<std::string> holds;
   for (const VmSnapshot& vm : snapshot.vms) {
     if (!vm.domain.active()) continue;
+    holds.push_back(vm.balloon.hold);
     const VmPlan* p = nullptr;
     for (const VmPlan& c : cpu)
       if (c.name == vm.domain.name) p = &c;
@@ -145,6 +150,7 @@ MemoryPlan make_memory_plan(const Snapshot& snapshot, const std::vector<VmPlan>&
       m.reason = decisions[i].reason;
       m.left_alone = decisions[i].left_alone;
     }
+    if (!holds[i].empty()) m.reason = "left alone: " + holds[i];
     out.vms.push_back(std::move(m));
   }
   return out;
@@ -258,8 +264,11 @@ void pin_actions(const ManagedDomain& d, const std::vector<policy::CpuId>& set, 
   }
 }
 
-void memory_action(const VmMemoryPlan* m, std::vector<Action>& out) {
+void memory_action(const VmMemoryPlan* m, const std::map<std::string, std::uint64_t>& requested,
+                   std::vector<Action>& out) {
   if (!m || !m->target_mib || !m->actual_mib || *m->target_mib == *m->actual_mib) return;
+  auto pending = requested.find(m->name);
+  if (pending != requested.end() && pending->second == *m->target_mib) return;
   out.push_back(make_action(Action::Kind::SetMemory, m->name, *m->target_mib, m->reason));
   out.back().from = *m->actual_mib;
 }
@@ -278,7 +287,7 @@ std::vector<Action> Reconciler::diff(const Snapshot& snapshot, const Plan& plan,
     const VmPlan* p = plan.find(d.name);
     if (!p) continue;
     shares_action(d, *p, config_.share_tolerance_abs, config_.share_tolerance, out);
-    memory_action(plan.memory.find(d.name), out);
+    memory_action(plan.memory.find(d.name), memory_requested_, out);
     if (!p->rebalanced_node || !p->vcpus_online) continue;
 
     const int k = *p->vcpus_online;
@@ -315,7 +324,12 @@ std::vector<Action> Reconciler::diff(const Snapshot& snapshot, const Plan& plan,
 }
 
 void Reconciler::commit(const std::vector<Action>& applied, const Plan& plan, TimePoint now) {
+  std::erase_if(memory_requested_, [&](const auto& kv) {
+    const VmMemoryPlan* m = plan.memory.find(kv.first);
+    return !m || m->actual_mib == kv.second;  // gone, or reached
+  });
   for (const Action& a : applied) {
+    if (a.kind == Action::Kind::SetMemory) memory_requested_[a.vm] = a.value;
     if (a.kind == Action::Kind::SendVcpusOnline) vcpus_sent_[a.vm] = now;
     if (a.kind != Action::Kind::SetMetadata) continue;
     const VmPlan* p = plan.find(a.vm);

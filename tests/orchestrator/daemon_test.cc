@@ -303,6 +303,20 @@ class BalloonDaemonTest : public DaemonTest {
     return static_cast<std::uint64_t>(
         std::chrono::duration_cast<std::chrono::seconds>(clock.wall().time_since_epoch()).count());
   }
+  // The first tick holds every balloon (no agent has reported yet); returns after the grace, with
+  // the guests' stats refreshed and the calls cleared.
+  void pass_first_report_grace(Daemon& d) {
+    ASSERT_TRUE(d.tick());
+    for (const auto& vm : d.plan().memory.vms) {
+      EXPECT_TRUE(vm.left_alone);
+      EXPECT_NE(vm.reason.find("waiting for the agent's first report"), std::string::npos) << vm.reason;
+    }
+    for (const auto& c : hv.calls) EXPECT_EQ(c.find("set_memory_mib"), std::string::npos) << c;
+    clock.t += kFirstReportGrace;
+    for (auto& [name, m] : hv.memory)
+      if (m.last_update_s) m.last_update_s = wall_s();
+    hv.calls.clear();
+  }
   static const nlohmann::json& balloon_of(const nlohmann::json& status, const std::string& vm) {
     for (const auto& v : status["vms"])
       if (v["name"] == vm) return v["balloon"];
@@ -312,6 +326,7 @@ class BalloonDaemonTest : public DaemonTest {
 
 TEST_F(BalloonDaemonTest, OverTheLimitTheLowWeightVmGivesFirstAndStatusSaysWhy) {
   Daemon d(hv, clock, options);
+  pass_first_report_grace(d);
   ASSERT_TRUE(d.tick());
   // 512 - 400 = 112 MiB over; b (priority 3) has the lower weight and 256 - max(96, 56 + 64) = 136 MiB
   // reclaimable: it gives all 112, a is not touched.
@@ -337,9 +352,25 @@ TEST_F(BalloonDaemonTest, OverTheLimitTheLowWeightVmGivesFirstAndStatusSaysWhy) 
   for (const auto& c : hv.calls) EXPECT_EQ(c.find("set_memory_mib"), std::string::npos) << c;
 }
 
+TEST_F(BalloonDaemonTest, AStaleReportsFloorStillStands) {
+  protocol::Report r = report(3);
+  r.mem_total_kib = 220 * 1024;
+  r.mem_avail_kib = 180 * 1024;
+  r.floor_mib = 200;
+  AgentState stale;
+  stale.last_report = r;  // not fresh: expired
+  Snapshot snap{.vms = {{hv.dom("b"), stale, {.stats = hv.memory["b"], .previous = std::nullopt, .fresh = true, .hold = {}}}},
+                .alpha = 0.8,
+                .memory = {.free_mib = {{0, 8192}}, .reserve_mib = 512, .limit_mib = 100, .config = {}}};
+  const Plan plan = make_plan(snap);
+  EXPECT_EQ(plan.memory.find("b")->floor_mib, 200u);
+  EXPECT_EQ(plan.memory.find("b")->target_mib, std::optional<std::uint64_t>(200));
+}
+
 TEST_F(BalloonDaemonTest, DryRunOnlyLogsTheBalloon) {
   options.dry_run = true;
   Daemon d(hv, clock, options);
+  pass_first_report_grace(d);
   ASSERT_TRUE(d.tick());
   EXPECT_TRUE(hv.calls.empty());
   ASSERT_NE(d.plan().memory.find("b"), nullptr);
@@ -349,6 +380,7 @@ TEST_F(BalloonDaemonTest, DryRunOnlyLogsTheBalloon) {
 
 TEST_F(BalloonDaemonTest, StatsThatStopUpdatingLeaveTheVmAloneUntilTheyMoveAgain) {
   Daemon d(hv, clock, options);
+  pass_first_report_grace(d);
   ASSERT_TRUE(d.tick());
   hv.calls.clear();
   hv.memory["b"].actual_kib = 256 * 1024;  // pretend the shrink did not happen; last_update stays put
@@ -372,6 +404,8 @@ TEST_F(BalloonDaemonTest, OldStatsAtStartAndAMissingBalloonAreLeftAlone) {
   hv.memory["a"].last_update_s = wall_s() - 60;  // seen first a minute after the guest's last stats
   hv.memory["b"] = MemoryStats{};                // no balloon driver: nothing reported
   Daemon d(hv, clock, options);
+  ASSERT_TRUE(d.tick());
+  clock.t += kFirstReportGrace;
   ASSERT_TRUE(d.tick());
   EXPECT_TRUE(d.plan().memory.find("a")->left_alone);
   EXPECT_TRUE(d.plan().memory.find("b")->left_alone);

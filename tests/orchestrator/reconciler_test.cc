@@ -37,7 +37,7 @@ AgentState fresh(protocol::Report r) {
 
 Snapshot snapshot_of(const std::vector<ManagedDomain>& domains, std::map<std::string, AgentState> agents = {}) {
   Snapshot s;
-  for (const auto& d : domains) s.vms.push_back({d, agents[d.name]});
+  for (const auto& d : domains) s.vms.push_back({d, agents[d.name], {}});
   return s;
 }
 
@@ -55,6 +55,7 @@ void apply_to(FakeHypervisor& hv, const std::vector<Action>& actions) {
       case Action::Kind::SetVcpus: hv.set_vcpus(a.vm, static_cast<int>(a.value)); break;
       case Action::Kind::PinVcpu: hv.pin_vcpu(a.vm, static_cast<int>(a.value), a.cpus); break;
       case Action::Kind::SetMetadata: hv.set_metadata(a.vm, a.facts); break;
+      case Action::Kind::SetMemory: hv.set_memory_mib(a.vm, a.value); break;
       case Action::Kind::SendVcpusOnline: break;
     }
   }
@@ -282,7 +283,7 @@ TEST(MemoryPlan, AgentFloorAndUnitsReachTheBalloonRule) {
   Snapshot s = snapshot_of({d}, {{"a", fresh(r)}});
   MemoryStats m;
   m.actual_kib = 256 * 1024;  // no usable/unused: the agent's mem_available is the free memory
-  s.vms[0].balloon = {.stats = m, .previous = std::nullopt, .fresh = true};
+  s.vms[0].balloon = {.stats = m, .previous = std::nullopt, .fresh = true, .hold = {}};
   s.memory = {.free_mib = {{0, 8192}}, .reserve_mib = 512, .limit_mib = 100, .config = {}};
   const Plan plan = make_plan(s);
   const VmMemoryPlan* a = plan.memory.find("a");
@@ -295,7 +296,9 @@ TEST(MemoryPlan, AgentFloorAndUnitsReachTheBalloonRule) {
   const auto actions = Reconciler().diff(s, plan, Clock::now());
   ASSERT_EQ(count(actions, Action::Kind::SetMemory, "a"), 1u);
   for (const Action& act : actions)
-    if (act.kind == Action::Kind::SetMemory) EXPECT_EQ(describe(act).rfind("vm a: balloon 256 -> 200 MiB (", 0), 0u);
+    if (act.kind == Action::Kind::SetMemory) {
+      EXPECT_EQ(describe(act).rfind("vm a: balloon 256 -> 200 MiB (", 0), 0u);
+    }
 
   // The same report gone stale: no free memory known (the balloon reports none), so it is left alone.
   s.vms[0].agent.fresh = false;
@@ -311,6 +314,44 @@ TEST(MemoryPlan, AVmWithoutAMaxSizeLeavesEveryBalloonAloneButTheCpuPlanStands) {
   ASSERT_NE(plan.memory.find("a"), nullptr);
   EXPECT_TRUE(plan.memory.find("a")->left_alone);
   EXPECT_NE(plan.memory.find("a")->reason.find("'a'"), std::string::npos) << plan.memory.find("a")->reason;
+}
+
+std::uint64_t memory_target(const std::vector<Action>& actions) {
+  for (const Action& a : actions)
+    if (a.kind == Action::Kind::SetMemory) return a.value;
+  return 0;
+}
+
+TEST(MemoryPlan, APendingBalloonTargetIsNotRequestedAgainUntilItChanges) {
+  ManagedDomain d = make_domain("a", 1, {0});
+  d.facts.max_memory_mib = 256;
+  d.facts.memory_floor_mib = 96;
+  Snapshot s = snapshot_of({d});
+  MemoryStats m;
+  m.actual_kib = 256 * 1024;
+  m.usable_kib = 200 * 1024;
+  s.vms[0].balloon = {.stats = m, .previous = std::nullopt, .fresh = true, .hold = {}};
+  s.memory = {.free_mib = {{0, 8192}}, .reserve_mib = 512, .limit_mib = 150, .config = {}};
+  Reconciler rec;
+  const auto now = Clock::now();
+  Plan plan = make_plan(s);
+  auto actions = rec.diff(s, plan, now);
+  ASSERT_EQ(count(actions, Action::Kind::SetMemory), 1u);
+  rec.commit(actions, plan, now);
+  EXPECT_EQ(memory_target(actions), 150u);  // 256 - (256 - 150 over the limit)
+  // The guest gave only part of it: the same target (150) stays pending, no second request.
+  s.vms[0].balloon.stats->actual_kib = 200 * 1024;
+  s.vms[0].balloon.stats->usable_kib = 150 * 1024;
+  plan = make_plan(s);
+  ASSERT_EQ(plan.memory.find("a")->target_mib, std::optional<std::uint64_t>(150));
+  EXPECT_EQ(count(rec.diff(s, plan, now), Action::Kind::SetMemory), 0u);
+  EXPECT_EQ(count(Reconciler().diff(s, plan, now), Action::Kind::SetMemory), 1u);  // without the history
+  // A new target is requested at once.
+  s.memory.limit_mib = 120;
+  plan = make_plan(s);
+  actions = rec.diff(s, plan, now);
+  ASSERT_EQ(count(actions, Action::Kind::SetMemory), 1u);
+  EXPECT_EQ(memory_target(actions), 120u);
 }
 
 }  // namespace

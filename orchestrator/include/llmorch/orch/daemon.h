@@ -42,6 +42,9 @@ struct DaemonOptions {
 };
 
 inline constexpr int kStaleStatsPeriods = 3;
+// A VM whose agent has not reported since llmorchd began watching it keeps its balloon this long:
+// its floor may be above the template's, and a restarted daemon must not squeeze it before it knows.
+inline constexpr std::chrono::seconds kFirstReportGrace{5};
 
 class Daemon {
  public:
@@ -71,7 +74,7 @@ class Daemon {
  private:
   bool refresh_connection();
   std::optional<std::vector<ManagedDomain>> list_domains();
-  BalloonSample sample_balloon(const ManagedDomain& d, Clock::TimePoint now);
+  BalloonSample sample_balloon(const ManagedDomain& d, const AgentState& agent, Clock::TimePoint now);
   HostMemory host_memory();
   void report_left_alone(const MemoryPlan& memory);
   void apply(const std::vector<Action>& actions, std::vector<Action>& applied);
@@ -98,6 +101,7 @@ class Daemon {
     MemoryStats last;
     std::uint64_t last_update = 0;
     Clock::TimePoint moved_at{};
+    Clock::TimePoint watched_since{};
   };
   std::map<std::string, BalloonHistory> balloons_;
   std::map<std::string, std::string> left_alone_;  // VMs whose balloon is left alone, and why

@@ -31,10 +31,14 @@
 //
 // Memory plan: policy::plan_balloon over the active VMs (balloon.h has the rule). Inputs per VM: its
 // balloon statistics (KiB -> MiB) and the previous tick's, whether they are fresh, the agent's memory
-// figures from a fresh report only, the template floor and max memory (VmFacts), the weight from the
+// figures from a fresh report only (but the floor from the newest report, fresh or not: a floor is a
+// standing need, and forgetting it when a report is late would let the balloon squeeze the model out),
+// the template floor and max memory (VmFacts), the weight from the
 // CPU plan and the placement's nodes; per node the free memory and the reserve; the host limit.
 // A VM whose nodes are not all in the free-memory map counts for the host limit only. Action:
-// set_memory when a decision has a target that differs from the balloon's actual size.
+// set_memory when a decision has a target that differs from the balloon's actual size, unless that
+// target was already requested and the guest is still moving towards it (a guest that cannot give
+// more keeps the request pending in QEMU; asking again every tick would only repeat the log line).
 #pragma once
 
 #include <chrono>
@@ -71,6 +75,7 @@ struct BalloonSample {
   std::optional<MemoryStats> stats;     // this tick's; absent when they could not be read
   std::optional<MemoryStats> previous;  // the previous tick's
   bool fresh = false;                   // last_update moved within the last few stats periods
+  std::string hold;                     // non-empty: leave this balloon alone, for this reason
 };
 
 struct VmSnapshot {
@@ -178,6 +183,7 @@ class Reconciler {
 
   ReconcilerConfig config_;
   std::map<policy::NodeId, NodeHistory> nodes_;
+  std::map<std::string, std::uint64_t> memory_requested_;  // balloon targets set and not yet reached
   std::map<std::string, TimePoint> vcpus_sent_;
 };
 
