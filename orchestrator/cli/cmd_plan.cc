@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "cli_common.h"
 #include "commands.h"
 #include "llmorch/orch/config.h"
 #include "llmorch/orch/topology.h"
@@ -57,11 +58,6 @@ struct Options {
   bool json = false;
   bool help = false;
   std::vector<policy::PlacementRequest> vms;
-};
-
-// A bad command line or input file; the message names what is wrong.
-struct UsageError : std::runtime_error {
-  using std::runtime_error::runtime_error;
 };
 
 std::uint64_t spec_number(const std::string& spec, const std::string& key, const std::string& value) {
@@ -125,13 +121,7 @@ Options parse(const std::vector<std::string>& args) {
       ("reserve-cpus", po::value<std::string>(&reserve), "reserved CPUs")
       ("json", "JSON output")
       ("vm", po::value<std::vector<std::string>>(), "VM spec");
-  po::variables_map vm;
-  try {
-    po::store(po::command_line_parser(args).options(options).run(), vm);
-    po::notify(vm);
-  } catch (const po::error& e) {
-    throw UsageError(e.what());
-  }
+  const po::variables_map vm = parse_args(args, options);
   o.help = vm.count("help") > 0;
   o.json = vm.count("json") > 0;
   if (o.help) return o;

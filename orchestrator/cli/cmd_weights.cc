@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "cli_common.h"
 #include "commands.h"
 #include "llmorch/policy/division.h"
 #include "llmorch/policy/weighting.h"
@@ -57,11 +58,6 @@ struct Options {
   std::vector<Vm> vms;
 };
 
-// A bad command line; the message names the bad argument.
-struct UsageError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
 Vm parse_vm(const std::string& arg) {
   const std::size_t eq = arg.find('=');
   if (eq == std::string::npos || eq == 0) {
@@ -88,14 +84,7 @@ Options parse(const std::vector<std::string>& args) {
       ("vm", po::value<std::vector<std::string>>(), "NAME=PRIORITY");
   po::positional_options_description positional;
   positional.add("vm", -1);
-
-  po::variables_map vm;
-  try {
-    po::store(po::command_line_parser(args).options(options).positional(positional).run(), vm);
-    po::notify(vm);
-  } catch (const po::error& e) {
-    throw UsageError(e.what());
-  }
+  const po::variables_map vm = parse_args(args, options, positional);
   o.help = vm.count("help") > 0;
   o.json = vm.count("json") > 0;
   if (o.help) return o;
