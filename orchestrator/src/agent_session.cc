@@ -82,8 +82,9 @@ protocol::Report AgentSession::sanitise(protocol::Report r) {
     clamped |= p != *r.priority;
     r.priority = p;
   }
-  std::uint64_t floor_cap = r.mem_total_kib / 1024;
-  if (limits_.floor_max_mib > 0) floor_cap = std::min(floor_cap, limits_.floor_max_mib);
+  // Cap at the VM's maximum memory, not at the guest's MemTotal: MemTotal shrinks with the balloon (and
+  // sits below the balloon size), so capping by it would lower the floor with every squeeze.
+  const std::uint64_t floor_cap = limits_.floor_max_mib > 0 ? limits_.floor_max_mib : r.mem_total_kib / 1024;
   if (r.floor_mib > floor_cap) {
     r.floor_mib = floor_cap;
     clamped = true;

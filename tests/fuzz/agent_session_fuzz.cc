@@ -20,7 +20,7 @@ void check_report(const llmorch::protocol::Report& r, const llmorch::orch::Agent
   if (r.priority) check(std::isfinite(*r.priority) && *r.priority >= l.priority_min && *r.priority <= l.priority_max);
   check(std::isfinite(r.cpu_pct) && r.cpu_pct >= 0 && r.cpu_pct <= 100);
   check(r.mem_avail_kib <= r.mem_total_kib);
-  check(r.floor_mib <= r.mem_total_kib / 1024);
+  check(r.floor_mib <= (l.floor_max_mib > 0 ? l.floor_max_mib : r.mem_total_kib / 1024));
   check(r.interval_ms >= llmorch::protocol::kMinIntervalMs && r.interval_ms <= llmorch::protocol::kMaxIntervalMs);
   // What the host accepted must survive a round trip through the encoder.
   std::string line = llmorch::protocol::encode(r);
@@ -47,6 +47,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   llmorch::orch::AgentSessionLimits limits;
   limits.priority_min = 2;
   limits.priority_max = 50;
+  limits.floor_max_mib = (size > 0 && (data[0] & 1)) ? 4096 : 0;  // both clamping rules
   auto now = std::chrono::steady_clock::time_point{};
   llmorch::orch::AgentSession session(limits, now);
   std::uint64_t accepted = 0;

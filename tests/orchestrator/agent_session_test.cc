@@ -63,8 +63,10 @@ TEST(AgentSession, AbsentPriorityStaysAbsent) {
   EXPECT_FALSE(s.feed(protocol::encode(r), t0).at(0).priority.has_value());
 }
 
-TEST(AgentSession, ClampsFloorToGuestMemoryAndTemplateMaximum) {
-  AgentSession s(limits(), t0);
+TEST(AgentSession, ClampsFloorToTemplateMaximumElseGuestMemory) {
+  AgentSessionLimits no_max = limits();
+  no_max.floor_max_mib = 0;
+  AgentSession s(no_max, t0);
   Report r = report(2);
   r.floor_mib = 10'000;  // guest has 512 MiB
   EXPECT_EQ(s.feed(protocol::encode(r), t0).at(0).floor_mib, 512u);
@@ -73,6 +75,20 @@ TEST(AgentSession, ClampsFloorToGuestMemoryAndTemplateMaximum) {
   AgentSession capped(l, t0);
   EXPECT_EQ(capped.feed(protocol::encode(r), t0).at(0).floor_mib, 300u);
   EXPECT_EQ(capped.counters().clamped, 1u);
+}
+
+TEST(AgentSession, ASqueezedGuestKeepsItsFloor) {
+  // Ballooned down, the guest's MemTotal (200 MiB) is below the floor it needs (240 MiB) and below the
+  // VM's max (256): the floor must stay 240, so the host grows the guest back instead of squeezing on.
+  AgentSessionLimits l = limits();
+  l.floor_max_mib = 256;
+  AgentSession s(l, t0);
+  Report r = report(2);
+  r.mem_total_kib = 200 * 1024;
+  r.mem_avail_kib = 50 * 1024;
+  r.floor_mib = 240;
+  EXPECT_EQ(s.feed(protocol::encode(r), t0).at(0).floor_mib, 240u);
+  EXPECT_EQ(s.counters().clamped, 0u);
 }
 
 TEST(AgentSession, ReportsExpireAfterTtl) {

@@ -47,8 +47,9 @@ class AgentSession {
 
   // Consumes bytes from the channel; returns the reports they completed, validated and clamped:
   //  - priority absent stays absent (use the template's); otherwise clamped to [priority_min, priority_max];
-  //  - floor_mib clamped to the guest's own mem_total (a floor above what the guest has cannot be
-  //    honoured; the host never shrinks it below what it reports) and to floor_max_mib.
+  //  - floor_mib clamped to floor_max_mib (the VM's maximum memory), or to the guest's own mem_total
+  //    when no maximum is set. Not to mem_total otherwise: it shrinks with the balloon, so each squeeze
+  //    would lower the floor. A floor above the current size makes the host grow the guest back.
   std::vector<protocol::Report> feed(std::string_view bytes, TimePoint now);
 
   // The newest report, or nothing once it is older than its TTL.
