@@ -41,6 +41,18 @@ po::variables_map parse_args(const std::vector<std::string>& args, const po::opt
   return vm;
 }
 
+VmArgs parse_vm_args(const std::vector<std::string>& args, const po::options_description& extra) {
+  VmArgs parsed;
+  po::options_description options;
+  add_common_options(options, parsed.common);
+  options.add(extra);
+  options.add_options()("name", po::value<std::string>(&parsed.name), "VM name");
+  po::positional_options_description positional;
+  positional.add("name", 1);
+  parse_args(args, options, positional);
+  return parsed;
+}
+
 orch::HostConfig load_host_config(const CommonOptions& common) { return orch::load_config(common.config); }
 
 namespace {

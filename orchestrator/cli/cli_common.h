@@ -47,6 +47,16 @@ boost::program_options::variables_map parse_args(const std::vector<std::string>&
                                                  const boost::program_options::options_description& options,
                                                  const boost::program_options::positional_options_description& positional = {});
 
+// The command line of a command on one VM: the common options and NAME, its one positional argument.
+struct VmArgs {
+  CommonOptions common;
+  std::string name;  // empty when not given
+};
+// Parses `args` with the common options, `extra` (bound to the caller's variables) and NAME. Throws
+// UsageError.
+VmArgs parse_vm_args(const std::vector<std::string>& args,
+                     const boost::program_options::options_description& extra = {});
+
 // The host config named by --config (or the default file, or built-in defaults). Throws ConfigError.
 orch::HostConfig load_host_config(const CommonOptions& common);
 

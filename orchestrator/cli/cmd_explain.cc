@@ -14,8 +14,6 @@ namespace llmorch::cli {
 
 namespace {
 
-namespace po = boost::program_options;
-
 constexpr const char* kHelp = R"(usage: llmorch explain NAME [-c URI] [--config FILE] [--state-dir DIR]
 
 Explains how the VM NAME gets its share of the host's CPUs:
@@ -113,14 +111,7 @@ void explain_cpus(std::ostream& out, const orch::ManagedDomain& d, const nlohman
 
 int cmd_explain(const std::vector<std::string>& args, Io io) {
   return guarded("explain", io, [&] {
-    CommonOptions common;
-    std::string name;
-    po::options_description options;
-    add_common_options(options, common);
-    options.add_options()("name", po::value<std::string>(&name), "VM name");
-    po::positional_options_description positional;
-    positional.add("name", 1);
-    parse_args(args, options, positional);
+    const auto [common, name] = parse_vm_args(args);
     if (common.help) {
       io.out << kHelp;
       return kExitOk;

@@ -10,8 +10,6 @@ namespace llmorch::cli {
 
 namespace {
 
-namespace po = boost::program_options;
-
 constexpr const char* kHelp = R"(usage: llmorch remove NAME [-c URI] [--config FILE]
 
 Stops the VM NAME (at once, like pulling the plug: 'virsh destroy') and removes its libvirt definition,
@@ -29,14 +27,7 @@ arguments.
 
 int cmd_remove(const std::vector<std::string>& args, Io io) {
   return guarded("remove", io, [&] {
-    CommonOptions common;
-    std::string name;
-    po::options_description options;
-    add_common_options(options, common);
-    options.add_options()("name", po::value<std::string>(&name), "VM name");
-    po::positional_options_description positional;
-    positional.add("name", 1);
-    parse_args(args, options, positional);
+    const auto [common, name] = parse_vm_args(args);
     if (common.help) {
       io.out << kHelp;
       return kExitOk;
