@@ -114,6 +114,7 @@ bool Daemon::tick() {
   const std::vector<Action> actions = reconciler_.diff(snap, plan, now);
   std::vector<Action> applied;
   apply(actions, applied);
+  record_report_latency(!applied.empty(), clock_.now());
   if (!options_.dry_run) reconciler_.commit(applied, plan, now);
 
   plan_ = std::move(plan);
@@ -214,6 +215,20 @@ void Daemon::apply(const std::vector<Action>& actions, std::vector<Action>& appl
   for (auto& [vm, what] : changes) status_.last_change[vm] = {clock_.wall(), std::move(what)};
 }
 
+void Daemon::record_report_latency(bool applied_any, Clock::TimePoint applied_at) {
+  for (const auto& [vm, received] : pending_reports_) {
+    const double ms = std::chrono::duration<double, std::milli>(applied_at - received).count();
+    if (!applied_any) {
+      spdlog::debug("vm {}: report changed the plan but this tick applied nothing; no latency sample", vm);
+      continue;
+    }
+    report_to_apply_.add(ms);
+    spdlog::debug("vm {}: report to applied in {:.2f} ms", vm, ms);
+  }
+  pending_reports_.clear();
+  status_.report_to_apply_ms = report_to_apply_.summary();
+}
+
 void Daemon::apply_one(const Action& a) {
   switch (a.kind) {
     case Action::Kind::SetCpuShares: hv_.set_cpu_shares(a.vm, a.value); break;
@@ -246,15 +261,17 @@ void Daemon::write_status() {
 
 // A report that moves the VM's effective priority, or (for a rebalanced VM) its demand by a whole CPU,
 // changes the plan: reconcile soon instead of at the next tick.
-void Daemon::on_reports(const std::string& vm) {
+void Daemon::on_reports(const std::string& vm, Clock::TimePoint received) {
   const VmPlan* before = plan_.find(vm);
   if (!before) return;
   const AgentState agent = channels_.state(vm, clock_.now());
   VmFacts facts;
   facts.priority = before->template_priority;
   if (effective_priority(facts, agent, nullptr) != before->priority ||
-      (before->rebalanced_node && demand_step(demand_cpus(agent)) != demand_step(before->demand_cpus)))
+      (before->rebalanced_node && demand_step(demand_cpus(agent)) != demand_step(before->demand_cpus))) {
     reconcile_due_ = true;
+    pending_reports_.emplace_back(vm, received);
+  }
 }
 
 void Daemon::handle_events() {
@@ -299,7 +316,8 @@ void Daemon::poll_once(std::chrono::milliseconds max_wait) {
     if (!ch) continue;
     if (fds[i].revents & POLLOUT) ch->flush();
     if (fds[i].revents & (POLLIN | POLLHUP | POLLERR)) {
-      if (!ch->read_available(clock_.now()).empty()) on_reports(names[i]);
+      const auto received = clock_.now();
+      if (!ch->read_available(received).empty()) on_reports(names[i], received);
     }
   }
 }

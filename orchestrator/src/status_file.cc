@@ -100,6 +100,8 @@ nlohmann::json status_to_json(const DaemonStatus& s) {
   j["interval_ms"] = s.interval_ms;
   j["dry_run"] = s.dry_run;
   j["connected"] = s.connected;
+  const LatencySummary& l = s.report_to_apply_ms;
+  j["daemon"]["report_to_apply_ms"] = {{"n", l.n}, {"p50", opt(l.p50)}, {"p99", opt(l.p99)}, {"max", opt(l.max)}};
   std::vector<const VmPlan*> vms;
   for (const VmPlan& p : s.plan.vms) vms.push_back(&p);
   std::sort(vms.begin(), vms.end(), [](const VmPlan* a, const VmPlan* b) { return a->name < b->name; });

@@ -203,6 +203,60 @@ TEST_F(DaemonTest, AgentReportChangingPriorityTriggersReconcile) {
   EXPECT_EQ(read_status_file(options.state_dir)["vms"][1]["priority_source"], "stale");
 }
 
+TEST_F(DaemonTest, ReportThatChangesThePlanRecordsReportToApplyLatency) {
+  GuestEnd guest((dir / "b.sock").string());
+  hv.dom("b").channel_path = (dir / "b.sock").string();
+  Daemon d(hv, clock, options);
+  ASSERT_TRUE(d.tick());
+  ASSERT_TRUE(guest.accept());
+  auto latency = [&] { return read_status_file(options.state_dir)["daemon"]["report_to_apply_ms"]; };
+  EXPECT_EQ(latency()["n"], 0);
+  EXPECT_TRUE(latency()["p99"].is_null());
+
+  guest.send(report(3));  // same as the template: no plan change, no sample
+  d.poll_once(1000ms);
+  clock.t += 50ms;
+  ASSERT_TRUE(d.tick());
+  EXPECT_EQ(latency()["n"], 0);
+
+  guest.send(report(1));  // read at t, applied 7 ms later (the fake clock stands still in between)
+  d.poll_once(1000ms);
+  ASSERT_TRUE(d.reconcile_due());
+  clock.t += 7ms;
+  hv.calls.clear();
+  ASSERT_TRUE(d.tick());
+  ASSERT_FALSE(hv.calls.empty());
+  auto j = latency();
+  EXPECT_EQ(j["n"], 1);
+  EXPECT_DOUBLE_EQ(j["p50"].get<double>(), 7.0);
+  EXPECT_DOUBLE_EQ(j["p99"].get<double>(), 7.0);
+  EXPECT_DOUBLE_EQ(j["max"].get<double>(), 7.0);
+
+  // Back to priority 3, applied 21 ms after it was read: two samples now.
+  guest.send(report(3));
+  d.poll_once(1000ms);
+  clock.t += 21ms;
+  ASSERT_TRUE(d.tick());
+  j = latency();
+  EXPECT_EQ(j["n"], 2);
+  EXPECT_DOUBLE_EQ(j["p50"].get<double>(), 7.0);
+  EXPECT_DOUBLE_EQ(j["max"].get<double>(), 21.0);
+}
+
+TEST_F(DaemonTest, DryRunRecordsNoReportToApplyLatency) {
+  GuestEnd guest((dir / "b.sock").string());
+  hv.dom("b").channel_path = (dir / "b.sock").string();
+  options.dry_run = true;
+  Daemon d(hv, clock, options);
+  ASSERT_TRUE(d.tick());
+  ASSERT_TRUE(guest.accept());
+  guest.send(report(1));
+  d.poll_once(1000ms);
+  ASSERT_TRUE(d.reconcile_due());
+  ASSERT_TRUE(d.tick());
+  EXPECT_EQ(read_status_file(options.state_dir)["daemon"]["report_to_apply_ms"]["n"], 0);
+}
+
 TEST_F(DaemonTest, GarbageFromOneGuestIsCountedAndHarmless) {
   GuestEnd guest((dir / "b.sock").string());
   hv.dom("b").channel_path = (dir / "b.sock").string();

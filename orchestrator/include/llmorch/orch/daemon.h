@@ -6,6 +6,9 @@
 // within kStaleStatsPeriods stats periods) and the nodes' free memory, and plans memory with the CPU
 // plan. A VM whose balloon is left alone is logged once when that starts (and when its reason
 // changes), and once when it is managed again.
+// Latency: for each report that changes the plan, the time from reading its bytes to the return of the
+// last libvirt call of the tick that applies it (kLatencySamples kept; status.json
+// daemon.report_to_apply_ms). A tick that applies nothing (dry run, dwell, failure) drops the sample.
 #pragma once
 
 #include <atomic>
@@ -22,6 +25,7 @@
 #include "llmorch/orch/clock.h"
 #include "llmorch/orch/config.h"
 #include "llmorch/orch/hypervisor.h"
+#include "llmorch/orch/latency_window.h"
 #include "llmorch/orch/reconciler.h"
 #include "llmorch/orch/status_file.h"
 
@@ -42,6 +46,7 @@ struct DaemonOptions {
 };
 
 inline constexpr int kStaleStatsPeriods = 3;
+inline constexpr std::size_t kLatencySamples = 256;
 // A VM whose agent has not reported since llmorchd began watching it keeps its balloon this long:
 // its floor may be above the template's, and a restarted daemon must not squeeze it before it knows.
 inline constexpr std::chrono::seconds kFirstReportGrace{5};
@@ -79,7 +84,8 @@ class Daemon {
   void report_left_alone(const MemoryPlan& memory);
   void apply(const std::vector<Action>& actions, std::vector<Action>& applied);
   void apply_one(const Action& a);
-  void on_reports(const std::string& vm);
+  void on_reports(const std::string& vm, Clock::TimePoint received);
+  void record_report_latency(bool applied_any, Clock::TimePoint applied_at);
   void handle_events();
   void write_status();
   void wake();
@@ -95,6 +101,9 @@ class Daemon {
   bool reconcile_due_ = false;
   Clock::TimePoint last_reconcile_{};
   std::atomic<std::uint64_t> reconciles_{0};  // read by other threads (tests, while run() loops)
+  // Reports that changed the plan since the last tick: VM and when their bytes were read.
+  std::vector<std::pair<std::string, Clock::TimePoint>> pending_reports_;
+  LatencyWindow report_to_apply_{kLatencySamples};
 
   // Per active VM: the previous tick's balloon stats and when their last_update last moved.
   struct BalloonHistory {
