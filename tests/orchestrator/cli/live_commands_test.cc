@@ -11,7 +11,7 @@
 #include <sstream>
 
 #include "cli_common.h"
-#include "commands.h"
+#include "run_cli.h"
 #include "llmorch/orch/domain_xml.h"
 #include "llmorch/orch/status_file.h"
 
@@ -88,11 +88,7 @@ class FakeHypervisor : public orch::Hypervisor {
   FakeHost& h_;
 };
 
-struct Result {
-  int status;
-  std::string out, err;
-  nlohmann::json json() const { return nlohmann::json::parse(out); }
-};
+using Result = CliResult;
 
 class LiveCommands : public ::testing::Test {
  protected:
@@ -118,10 +114,7 @@ class LiveCommands : public ::testing::Test {
     if (with_config) {
       args.insert(args.end(), {"--config", config_, "--state-dir", (dir_ / "run").string()});
     }
-    args.insert(args.begin(), "llmorch");
-    std::ostringstream out, err;
-    const int status = run(args, {out, err});
-    return {status, out.str(), err.str()};
+    return run_cli(args);
   }
   Result place(const std::string& name, std::vector<std::string> extra = {}) {
     std::vector<std::string> args = {"place", "--template", template_, "--name", name};

@@ -2,28 +2,21 @@
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <string>
 #include <vector>
 
-#include "commands.h"
+#include "run_cli.h"
 
 namespace llmorch::cli {
 namespace {
 
 const std::string kHosts = LLMORCH_HOSTS_DIR;
 
-struct Result {
-  int status;
-  std::string out;
-  std::string err;
-};
+using Result = CliResult;
 
 Result plan(std::vector<std::string> args) {
-  args.insert(args.begin(), {"llmorch", "plan"});
-  std::ostringstream out, err;
-  const int status = run(args, {out, err});
-  return {status, out.str(), err.str()};
+  args.insert(args.begin(), "plan");
+  return run_cli(args);
 }
 
 std::string host(const std::string& name) { return kHosts + "/" + name; }

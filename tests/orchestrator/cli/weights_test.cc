@@ -6,22 +6,16 @@
 #include <string>
 #include <vector>
 
-#include "commands.h"
+#include "run_cli.h"
 
 namespace llmorch::cli {
 namespace {
 
-struct Result {
-  int status;
-  std::string out;
-  std::string err;
-};
+using Result = CliResult;
 
 Result weights(std::vector<std::string> args) {
-  args.insert(args.begin(), {"llmorch", "weights"});
-  std::ostringstream out, err;
-  const int status = run(args, {out, err});
-  return {status, out.str(), err.str()};
+  args.insert(args.begin(), "weights");
+  return run_cli(args);
 }
 
 TEST(WeightsCli, JsonWorkedExample) {
