@@ -5,6 +5,7 @@
 // from the weights (alpha 0.8: 0.7105 and 0.2895), and the measured CPU time from libvirt must follow.
 // Then the priority-3 guest changes to 1 inside itself (llmorch.priority_at), and flips back and forth
 // a few times: each time the live shares must follow within 3 s of the report reaching the daemon.
+// llmorchd's own report-to-apply latency (status.json daemon.report_to_apply_ms) is printed as well.
 //
 // Prints figures as "FIGURE name=value" lines. Hostile and silent agents are covered by
 // hostile_e2e_test.cc.
@@ -239,6 +240,18 @@ TEST_F(RebalanceE2e, GuestPriorityMovesHostCpuShare) {
   figure("rebal_changes_seen", static_cast<double>(changes.size()));
   figure("rebal_report_to_live_p50_s", percentile(to_live, 0.5));
   figure("rebal_report_to_live_p99_s", percentile(to_live, 0.99));
+  // The daemon's own figure: each plan-changing report, from reading its bytes to the last libvirt call
+  // applying it (status.json daemon.report_to_apply_ms; includes the agents' first reports). The bound
+  // is a sanity check on a shared, loaded machine, not issue 4's 100 ms target: the figure is what counts.
+  const auto st = daemon.status();
+  ASSERT_TRUE(st && st->contains("daemon")) << "no daemon figures in status.json";
+  const json lat = (*st)["daemon"]["report_to_apply_ms"];
+  ASSERT_GE(lat.value("n", 0), kFlips) << lat.dump();
+  figure("rebal_daemon_report_to_apply_n", lat["n"].get<double>());
+  figure("rebal_daemon_report_to_apply_p50_ms", lat["p50"].get<double>());
+  figure("rebal_daemon_report_to_apply_p99_ms", lat["p99"].get<double>());
+  figure("rebal_daemon_report_to_apply_max_ms", lat["max"].get<double>());
+  EXPECT_LT(lat["p99"].get<double>(), 1000.0) << lat.dump();
   EXPECT_EQ(changes.size(), static_cast<std::size_t>(kFlips)) << "some priority changes were not seen";
 
   // The last change made the priorities equal: so is the split.
