@@ -54,6 +54,7 @@ TEST_F(StatusFile, RoundTripWithEveryField) {
   a.hostile = true;
   s.agents["vm1"] = a;
   s.last_change["vm1"] = {s.last_tick_at, "vm vm1: cpu_shares 1024 -> 512 (why)"};
+  s.report_to_apply_ms = {.n = 3, .p50 = 4.5, .p99 = 9.25, .max = 9.25};
 
   write_status_file(dir.string(), s);
   EXPECT_EQ(fs::status(dir).permissions() & fs::perms::all, fs::perms(0755));
@@ -62,6 +63,8 @@ TEST_F(StatusFile, RoundTripWithEveryField) {
   EXPECT_EQ(j["pid"], 42);
   EXPECT_EQ(j["started_at"], "2025-11-25T10:00:00.123Z");
   EXPECT_EQ(j["interval_ms"], 250);
+  EXPECT_EQ(j["daemon"]["report_to_apply_ms"],
+            nlohmann::json({{"n", 3}, {"p50", 4.5}, {"p99", 9.25}, {"max", 9.25}}));
   const auto& v = j["vms"][0];
   EXPECT_EQ(v["priority_source"], "agent");
   EXPECT_EQ(v["template_priority"], 4.0);
