@@ -401,10 +401,10 @@ class LibvirtHypervisor final : public Hypervisor {
     // Keepalive and the close callback let alive() notice a libvirtd that went away. Drivers without
     // a daemon (test:///) refuse both; that is fine.
     virConnectSetKeepAlive(conn_, 5, 3);
-    // libvirt calls free_state_ref when it drops a registration; on failure we free the ref here.
-    auto* close_ref = new std::shared_ptr<EventState>(events_);
-    close_registered_ = virConnectRegisterCloseCallback(conn_, on_close, close_ref, free_state_ref) == 0;
-    if (!close_registered_) delete close_ref;
+    // The close callback's ref is ours, freed in close_locked after unregistering: drivers without
+    // close callbacks (test:///) accept the registration but never call a free function (a leak).
+    close_ref_ = std::make_unique<std::shared_ptr<EventState>>(events_);
+    close_registered_ = virConnectRegisterCloseCallback(conn_, on_close, close_ref_.get(), nullptr) == 0;
     auto* event_ref = new std::shared_ptr<EventState>(events_);
     lifecycle_id_ = virConnectDomainEventRegisterAny(conn_, nullptr, VIR_DOMAIN_EVENT_ID_LIFECYCLE,
                                                      VIR_DOMAIN_EVENT_CALLBACK(on_lifecycle), event_ref,
@@ -426,6 +426,7 @@ class LibvirtHypervisor final : public Hypervisor {
     close_registered_ = false;
     virConnectClose(conn_);
     conn_ = nullptr;
+    close_ref_.reset();
     virResetLastError();
   }
 
@@ -575,6 +576,7 @@ class LibvirtHypervisor final : public Hypervisor {
   virConnectPtr conn_ = nullptr;
   int lifecycle_id_ = -1;
   bool close_registered_ = false;
+  std::unique_ptr<std::shared_ptr<EventState>> close_ref_;  // on_close's opaque while registered
   std::shared_ptr<EventState> events_ = std::make_shared<EventState>();
 };
 
