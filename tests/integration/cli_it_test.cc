@@ -116,7 +116,8 @@ class CliIt : public ::testing::Test {
     const Proc r = llmorch({"status", "--json"});
     EXPECT_EQ(r.status, 0) << r.err;
     std::vector<double> priorities;
-    for (const auto& v : r.doc()["vms"])
+    const json doc = r.doc();  // named: a range-for over a member of a temporary reads freed memory
+    for (const auto& v : doc.at("vms"))
       if (v["active"].get<bool>()) priorities.push_back(v["priority_template"].get<double>());
     priorities.push_back(priority);
     const auto w = llmorch::policy::compute_weights(priorities, llmorch::policy::kDefaultAlpha);
@@ -154,7 +155,8 @@ TEST_F(CliIt, PlacesDedicatedAndSharedVmsWithPinsTuningAndMetadata) {
   r = place(s);
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_EQ(r.doc()["cpu_shares"], s_shares);
-  for (int c : r.doc()["placement"]["cpus"]) EXPECT_NE(c, cpu) << "shared pool holds the dedicated CPU";
+  const json placed = r.doc();
+  for (int c : placed.at("placement").at("cpus")) EXPECT_NE(c, cpu) << "shared pool holds the dedicated CPU";
 
   // The live domain as libvirt has it.
   const std::string xml = virsh("dumpxml " + d).out;
