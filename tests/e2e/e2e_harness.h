@@ -18,6 +18,8 @@ namespace llmorch::e2e {
 
 inline constexpr const char* kUri = "qemu:///system";
 inline constexpr const char* kE2ePrefix = "llmorch-e2e-";
+// ASan quarantine for llmorchd in the sanitized suite (see daemon_environment in e2e_harness.cc).
+inline constexpr int kDaemonAsanQuarantineMib = 2;
 
 struct CommandResult {
   int exit_code = -1;  // -1: killed by a signal or timed out
@@ -25,7 +27,11 @@ struct CommandResult {
   std::string out, err;
 };
 
+// The first sanitizer report (ASan, LSan, UBSan, TSan) in a program's output, or empty.
+std::string sanitizer_report(const std::string& output);
+
 // Runs argv[0] (looked up in PATH) with the arguments, without a shell; kills it after timeout.
+// A sanitizer report on its stderr fails the current test (the sanitized suite runs these binaries).
 CommandResult run_command(const std::vector<std::string>& argv,
                           std::chrono::milliseconds timeout = std::chrono::seconds(60));
 
@@ -105,7 +111,7 @@ class DaemonProcess {
 
   pid_t pid() const { return pid_; }
   bool running();
-  // Stops it; returns its exit status (-1: killed).
+  // Stops it; returns its exit status (-1: killed). A sanitizer report in its log fails the current test.
   int stop();
   // VmRSS from /proc/PID/status, in KiB.
   std::optional<long> rss_kib() const;
@@ -119,6 +125,7 @@ class DaemonProcess {
   std::filesystem::path state_dir_;
   pid_t pid_ = -1;
   int exit_status_ = -1;
+  bool log_checked_ = false;
 };
 
 // The entry for VM name in a status document's "vms" array, or nullptr.
