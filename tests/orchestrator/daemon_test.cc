@@ -309,6 +309,28 @@ TEST_F(DaemonTest, RunLoopAppliesAReportWithinMilliseconds) {
   std::printf("report-to-applied latency: %.2f ms\n", static_cast<double>(applied_ns) / 1e6);
 }
 
+// In llmorchd the lifecycle callback runs on libvirt's event thread. Here a plain thread fires events
+// while run() loops (TSan sees this path with no libvirt frame to suppress): they wake the loop, which
+// reconciles although its interval is a minute away.
+TEST_F(DaemonTest, LifecycleEventsFromAnotherThreadWakeTheLoop) {
+  SystemClock real;
+  options.config.interval_ms = 60'000;
+  Daemon d(hv, real, options);
+  ASSERT_TRUE(hv.callback);
+  std::thread loop([&] { d.run(); });
+  for (int i = 0; i < 400 && d.reconciles() < 1; ++i) std::this_thread::sleep_for(5ms);
+  ASSERT_EQ(d.reconciles(), 1u);
+  std::thread events([&] {
+    for (int i = 0; i < 100; ++i)
+      hv.callback(i % 2 ? "a" : "b", i == 50 ? LifecycleEvent::Started : LifecycleEvent::Resumed);
+  });
+  events.join();
+  for (int i = 0; i < 400 && d.reconciles() < 2; ++i) std::this_thread::sleep_for(5ms);
+  d.request_stop();
+  loop.join();
+  EXPECT_GE(d.reconciles(), 2u);
+}
+
 TEST_F(DaemonTest, CpuTimePerTickWithTwoVms) {
   options.state_dir = (dir / "state").string();
   Daemon d(hv, clock, options);
