@@ -147,6 +147,8 @@ BalloonSample Daemon::sample_balloon(const ManagedDomain& d, const AgentState& a
   }
   h.last_update = update;
   h.last = *sample.stats;
+  if (update == 0 && sample.hold.empty() && now - h.watched_since < kFirstStatsGrace)
+    sample.hold = "waiting for the guest's first balloon statistics (its driver reports once the kernel is up)";
   sample.fresh = update != 0 && now - h.moved_at <= std::chrono::seconds(kStaleStatsPeriods * kBalloonStatsPeriodS);
   return sample;
 }
@@ -167,7 +169,10 @@ void Daemon::report_left_alone(const MemoryPlan& memory) {
   for (const VmMemoryPlan& m : memory.vms) {
     auto before = left_alone_.find(m.name);
     if (m.left_alone) {
-      if (before == left_alone_.end() || before->second != m.reason) spdlog::warn("vm {}: balloon {}", m.name, m.reason);
+      if (before == left_alone_.end() || before->second != m.reason) {
+        // A hold is a normal passing state (a guest booting, an agent not yet heard): not a warning.
+        spdlog::log(m.held ? spdlog::level::info : spdlog::level::warn, "vm {}: balloon {}", m.name, m.reason);
+      }
       now_alone[m.name] = m.reason;
     } else if (before != left_alone_.end()) {
       spdlog::info("vm {}: balloon managed again ({})", m.name, m.reason);

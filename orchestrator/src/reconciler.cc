@@ -150,7 +150,10 @@ MemoryPlan make_memory_plan(const Snapshot& snapshot, const std::vector<VmPlan>&
       m.reason = decisions[i].reason;
       m.left_alone = decisions[i].left_alone;
     }
-    if (!holds[i].empty()) m.reason = "left alone: " + holds[i];
+    if (!holds[i].empty()) {
+      m.reason = "left alone: " + holds[i];
+      m.left_alone = m.held = true;
+    }
     out.vms.push_back(std::move(m));
   }
   return out;

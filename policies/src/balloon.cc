@@ -123,7 +123,7 @@ class Planner {
     if (!vm.stats.actual_mib) {
       s.reason = "left alone: no balloon size reported (is the virtio balloon driver loaded in the guest?)";
     } else if (!vm.stats_fresh) {
-      s.reason = "left alone: balloon statistics stopped updating (stats period not set, or the driver hung)";
+      s.reason = "left alone: balloon statistics are not updating (no stats period, no balloon driver, or it hung)";
     } else if (!free) {
       s.reason = "left alone: neither the balloon nor the agent reports the guest's free memory";
     } else {

@@ -50,6 +50,9 @@ inline constexpr std::size_t kLatencySamples = 256;
 // A VM whose agent has not reported since llmorchd began watching it keeps its balloon this long:
 // its floor may be above the template's, and a restarted daemon must not squeeze it before it knows.
 inline constexpr std::chrono::seconds kFirstReportGrace{5};
+// A booting guest's balloon driver has not reported yet (libvirt's last-update is 0): its balloon is
+// held, quietly, this long; after that it is left alone with a warning (no driver, or no stats period).
+inline constexpr std::chrono::seconds kFirstStatsGrace{60};
 
 class Daemon {
  public:

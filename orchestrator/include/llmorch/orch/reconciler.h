@@ -123,6 +123,7 @@ struct VmMemoryPlan {
   std::uint64_t max_mib = 0;
   std::string reason;
   bool left_alone = false;                  // no usable stats: not managed this tick
+  bool held = false;                        // left alone while waiting for what normally comes (BalloonSample::hold)
 };
 
 // Per active VM, in plan order.

@@ -79,7 +79,7 @@ struct BalloonVm {
   std::string name;
   BalloonStats stats;
   std::optional<BalloonStats> previous;  // the stats of the previous tick, to see swap/faults rising
-  bool stats_fresh = true;               // false: the stats stopped updating
+  bool stats_fresh = true;               // false: the stats are not updating
   std::optional<AgentMemory> agent;
   std::uint64_t template_floor_mib = 0;
   std::uint64_t max_memory_mib = 0;      // > 0
