@@ -26,32 +26,7 @@ constexpr const char* kPrefix = "llmorch-e2e-balloon-";
 constexpr std::uint64_t kMaxMib = 256, kLoFloorMib = 96, kHiFloorMib = 160;
 constexpr std::uint64_t kLimitMib = 260;  // 512 MiB of guests: lo to its floor, hi squeezed too
 
-// Removes this test's leftover domains only: other e2e tests may be running their own guests.
-std::vector<std::string> remove_balloon_domains() {
-  const CommandResult r = run_command({"virsh", "-c", kUri, "list", "--all", "--name"}, 20s);
-  std::vector<std::string> removed;
-  std::istringstream lines(r.out);
-  for (std::string line; std::getline(lines, line);) {
-    if (line.rfind(kPrefix, 0) != 0) continue;
-    remove_domain(line);
-    removed.push_back(line);
-  }
-  return removed;
-}
-
-class E2eEnvironment : public ::testing::Environment {
- public:
-  void SetUp() override { remove_balloon_domains(); }
-  void TearDown() override {
-    const auto left = remove_balloon_domains();
-    EXPECT_TRUE(left.empty()) << "domains left behind by the balloon test: " << left.size();
-  }
-};
-const auto* const kEnv = ::testing::AddGlobalTestEnvironment(new E2eEnvironment);
-
-std::string kernel_args(const std::string& words) {
-  return "kernel_args=console=ttyS0 quiet panic=-1 psi=1 " + words;
-}
+const auto* const kEnv = ::testing::AddGlobalTestEnvironment(new SuiteDomains(kPrefix));
 
 // libvirt's balloon size ("actual", KiB) as `virsh dommemstat` reports it.
 std::optional<std::uint64_t> libvirt_actual_kib(const std::string& vm) {
@@ -110,8 +85,6 @@ bool agent_reports(const DaemonProcess& daemon, const std::string& vm) {
 }
 
 TEST(BalloonE2e, ReclaimsLowPriorityFirstNeverBelowFloorsAndGrowsBack) {
-  ASSERT_EQ(libvirt_problem(), "");
-  ASSERT_EQ(guest_problem(), "");
   TempDir tmp;
   HostConfigOptions host;
   host.memory_reserve_mib = 64;

@@ -222,16 +222,32 @@ void remove_domain(const std::string& name) {
   run_command({"virsh", "-c", kUri, "undefine", name}, 30s);
 }
 
-std::vector<std::string> remove_leftover_domains() {
+std::vector<std::string> remove_leftover_domains(const std::string& prefix) {
   const CommandResult r = run_command({"virsh", "-c", kUri, "list", "--all", "--name"}, 20s);
   std::vector<std::string> removed;
   std::istringstream lines(r.out);
   for (std::string line; std::getline(lines, line);) {
-    if (line.rfind(kE2ePrefix, 0) != 0) continue;
+    if (line.rfind(prefix, 0) != 0) continue;
     remove_domain(line);
     removed.push_back(line);
   }
   return removed;
+}
+
+void SuiteDomains::SetUp() {
+  remove_leftover_domains(prefix_);
+  ASSERT_EQ(libvirt_problem(), "");
+  ASSERT_EQ(guest_problem(), "");
+}
+
+void SuiteDomains::TearDown() {
+  std::string names;
+  for (const auto& n : remove_leftover_domains(prefix_)) names += " " + n;
+  EXPECT_EQ(names, "") << "domains left behind by the tests (removed now)";
+}
+
+std::string kernel_args(const std::string& words) {
+  return "kernel_args=console=ttyS0 quiet panic=-1 psi=1 " + words;
 }
 
 std::string serial_log(const std::string& name) {

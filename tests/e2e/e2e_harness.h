@@ -1,6 +1,7 @@
 // End-to-end test harness: real libvirtd (qemu:///system), real test guests (tools/build-test-guest),
-// the real `llmorch` and `llmorchd` binaries. Domains are named with kE2ePrefix so that a suite teardown
-// can remove whatever a crashed test left behind.
+// the real `llmorch` and `llmorchd` binaries. Domains are named kE2ePrefix + SUITE- + ...; each suite's
+// SuiteDomains environment removes what a crashed run of that suite left, and only that, and each
+// suite's llmorchd runs with --domain-prefix for its suite, so suites do not disturb each other.
 #pragma once
 
 #include <sys/types.h>
@@ -12,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
 namespace llmorch::e2e {
@@ -86,8 +88,25 @@ class Guests {
 
 // Destroys and undefines the domain (errors ignored: it may be gone already).
 void remove_domain(const std::string& name);
-// Removes every domain whose name starts with kE2ePrefix; returns their names.
-std::vector<std::string> remove_leftover_domains();
+// Removes every domain whose name starts with prefix; returns their names.
+std::vector<std::string> remove_leftover_domains(const std::string& prefix);
+
+// A suite's global environment: at start it removes what an earlier, crashed run left under the suite's
+// domain prefix and fails (not skips) when libvirtd or the test guest is missing; at the end it fails
+// when a test left a domain behind. Only that prefix: other suites may be running their own guests.
+class SuiteDomains : public ::testing::Environment {
+ public:
+  explicit SuiteDomains(std::string prefix) : prefix_(std::move(prefix)) {}
+  void SetUp() override;
+  void TearDown() override;
+
+ private:
+  std::string prefix_;
+};
+
+// "kernel_args=..." for `llmorch place --set`: the test guest's console and PSI, then `words`
+// (llmorch.workload=..., llmorch.priority=..., llmorch.agent=...: see tools/guest/init).
+std::string kernel_args(const std::string& words);
 
 // The guest's serial console log (/var/log/libvirt/qemu/NAME-serial.log); empty when absent.
 std::string serial_log(const std::string& name);

@@ -34,33 +34,7 @@ constexpr double kAlpha = 0.8;
 // llmorchd manages only this file's VMs: other suites' guests must not change its plan.
 const std::vector<std::string> kOwnVms = {"--domain-prefix", kFaultsPrefix};
 
-// Removes what an earlier, crashed run of this file left, and fails when a test left a domain behind.
-// Only this file's prefix: other e2e suites may be running their own guests.
-std::vector<std::string> remove_faults_domains() {
-  const CommandResult r = run_command({"virsh", "-c", kUri, "list", "--all", "--name"}, 20s);
-  std::vector<std::string> removed;
-  std::istringstream lines(r.out);
-  for (std::string line; std::getline(lines, line);) {
-    if (line.rfind(kFaultsPrefix, 0) != 0) continue;
-    remove_domain(line);
-    removed.push_back(line);
-  }
-  return removed;
-}
-
-class FaultsEnvironment : public ::testing::Environment {
- public:
-  void SetUp() override {
-    remove_faults_domains();
-    ASSERT_EQ(libvirt_problem(), "");
-    ASSERT_EQ(guest_problem(), "");
-  }
-  void TearDown() override {
-    const auto left = remove_faults_domains();
-    EXPECT_TRUE(left.empty()) << "domains left behind by the fault tests: " << left.size();
-  }
-};
-const auto* const kEnv = ::testing::AddGlobalTestEnvironment(new FaultsEnvironment);
+const auto* const kEnv = ::testing::AddGlobalTestEnvironment(new SuiteDomains(kFaultsPrefix));
 
 std::string name_of(const std::string& stem) { return domain_name("faults-" + stem); }
 
@@ -71,10 +45,6 @@ fs::path host_config(const TempDir& dir, const std::string& shared, const std::s
   o.interval_ms = interval_ms;
   o.alpha = kAlpha;
   return write_host_config(dir.path(), o);
-}
-
-std::string kernel_args(const std::string& words) {
-  return "kernel_args=console=ttyS0 quiet panic=-1 psi=1 " + words;
 }
 
 CommandResult virsh(std::vector<std::string> args) {

@@ -18,23 +18,10 @@ using nlohmann::json;
 constexpr int kIntervalMs = 1000;
 constexpr double kAlpha = 0.8;
 
-// Fails (not skips) when the environment cannot run the tests: an e2e run that silently skips hides
-// that nothing was tested.
-class E2eEnvironment : public ::testing::Environment {
- public:
-  void SetUp() override { remove_leftover_domains(); }
-  void TearDown() override {
-    const auto left = remove_leftover_domains();
-    std::string names;
-    for (const auto& n : left) names += " " + n;
-    EXPECT_TRUE(left.empty()) << "domains left behind by the e2e tests:" << names;
-  }
-};
-const auto* const kEnv = ::testing::AddGlobalTestEnvironment(new E2eEnvironment);
-
-std::string kernel_args(const std::string& words) {
-  return "kernel_args=console=ttyS0 quiet panic=-1 psi=1 " + words;
-}
+constexpr const char* kPrefix = "llmorch-e2e-hostile-";
+// llmorchd manages only this file's VMs: other suites' guests must not change its plan.
+const std::vector<std::string> kOwnVms = {"--domain-prefix", kPrefix};
+const auto* const kEnv = ::testing::AddGlobalTestEnvironment(new SuiteDomains(kPrefix));
 
 double formula_weight(double p, double p_other) {
   const double raw = kAlpha / p + (1 - kAlpha) / 2, raw_other = kAlpha / p_other + (1 - kAlpha) / 2;
@@ -83,15 +70,7 @@ Observation observe(const DaemonProcess& daemon, const std::string& hostile, std
   return o;
 }
 
-class HostileE2e : public ::testing::TestWithParam<std::string> {
- protected:
-  void SetUp() override {
-    const std::string lv = libvirt_problem();
-    ASSERT_TRUE(lv.empty()) << lv;
-    const std::string guest = guest_problem();
-    ASSERT_TRUE(guest.empty()) << guest;
-  }
-};
+class HostileE2e : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(HostileE2e, DaemonStaysOnTimeAndHostileGuestGetsNoSay) {
   const std::string mode = GetParam();
@@ -101,7 +80,7 @@ TEST_P(HostileE2e, DaemonStaysOnTimeAndHostileGuestGetsNoSay) {
   const auto config = write_host_config(dir.path(), {.shared_cpus = "1", .reserved_cpus = "0",
                                                      .interval_ms = kIntervalMs, .alpha = kAlpha});
   Guests guests(config, state);
-  const std::string normal = domain_name("normal-" + mode), hostile = domain_name(mode);
+  const std::string normal = domain_name("hostile-normal-" + mode), hostile = domain_name("hostile-" + mode);
   // The normal guest's agent reports priority 2 (template 5): if the daemon still uses it, the daemon
   // still reads good guests while a bad one floods. The hostile guest's template says 4 in [2, 50].
   auto r = guests.place(normal, {"priority=5", "priority_min=1", "priority_max=10",
@@ -111,7 +90,7 @@ TEST_P(HostileE2e, DaemonStaysOnTimeAndHostileGuestGetsNoSay) {
                              kernel_args("llmorch.workload=busy:1 llmorch.agent=" + mode)});
   ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
 
-  DaemonProcess daemon(config, state);
+  DaemonProcess daemon(config, state, kOwnVms);
   ASSERT_TRUE(wait_for_console(normal, "llmorch-guest: ready", 60s)) << serial_log(normal);
   ASSERT_TRUE(wait_for_console(hostile, "hostile agent " + mode + " started", 60s)) << serial_log(hostile);
   ASSERT_TRUE(daemon.wait_for_tick("", 10s)) << "no status.json from llmorchd:\n" << daemon.log();
@@ -172,20 +151,16 @@ INSTANTIATE_TEST_SUITE_P(Modes, HostileE2e, ::testing::Values("garbage", "flood"
                          [](const auto& info) { return info.param; });
 
 TEST(SilentGuestE2e, KeepsTemplatePriority) {
-  const std::string lv = libvirt_problem();
-  ASSERT_TRUE(lv.empty()) << lv;
-  const std::string guest = guest_problem();
-  ASSERT_TRUE(guest.empty()) << guest;
   TempDir dir;
   const auto state = dir.path() / "state";
   std::filesystem::create_directories(state);
   const auto config = write_host_config(dir.path(), {.shared_cpus = "1", .reserved_cpus = "0",
                                                      .interval_ms = kIntervalMs, .alpha = kAlpha});
   Guests guests(config, state);
-  const std::string silent = domain_name("silent");
+  const std::string silent = domain_name("hostile-silent");
   auto r = guests.place(silent, {"priority=7", kernel_args("llmorch.workload=busy:1 llmorch.agent=off")});
   ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
-  DaemonProcess daemon(config, state);
+  DaemonProcess daemon(config, state, kOwnVms);
   ASSERT_TRUE(wait_for_console(silent, "llmorch-guest: agent off", 60s)) << serial_log(silent);
   ASSERT_TRUE(wait_for_console(silent, "llmorch-guest: ready", 30s)) << serial_log(silent);
   std::this_thread::sleep_for(3s);

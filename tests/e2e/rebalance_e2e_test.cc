@@ -47,17 +47,9 @@ double weight(double p, double p_other) {
 
 void figure(const std::string& name, double value) { std::printf("FIGURE %s=%.4f\n", name.c_str(), value); }
 
-std::string kernel_args(const std::string& words) {
-  return "kernel_args=console=ttyS0 quiet panic=-1 psi=1 llmorch.workload=busy:1 " + words;
-}
+const auto* const kEnv = ::testing::AddGlobalTestEnvironment(new SuiteDomains(kPrefix));
 
-// Removes only this test's domains: other e2e tests may be running theirs.
-void remove_own_leftovers() {
-  const CommandResult r = run_command({"virsh", "-c", kUri, "list", "--all", "--name"}, 20s);
-  std::istringstream lines(r.out);
-  for (std::string line; std::getline(lines, line);)
-    if (line.rfind(kPrefix, 0) == 0) remove_domain(line);
-}
+std::string busy_guest(const std::string& words) { return kernel_args("llmorch.workload=busy:1 " + words); }
 
 // Where a domain's vCPU and emulator threads may run ("0-1", "1"), from virsh vcpupin/emulatorpin.
 std::string pinning(const std::string& name) {
@@ -122,19 +114,7 @@ struct Change {
   double live_equal_at = -1;  // virsh schedinfo first showed the expected shares (host clock)
 };
 
-class RebalanceE2e : public ::testing::Test {
- protected:
-  void SetUp() override {
-    const std::string lv = libvirt_problem();
-    ASSERT_TRUE(lv.empty()) << lv;
-    const std::string guest = guest_problem();
-    ASSERT_TRUE(guest.empty()) << guest;
-    remove_own_leftovers();
-  }
-  void TearDown() override { remove_own_leftovers(); }
-};
-
-TEST_F(RebalanceE2e, GuestPriorityMovesHostCpuShare) {
+TEST(RebalanceE2e, GuestPriorityMovesHostCpuShare) {
   TempDir dir;
   const auto state = dir.path() / "state";
   std::filesystem::create_directories(state);
@@ -147,9 +127,9 @@ TEST_F(RebalanceE2e, GuestPriorityMovesHostCpuShare) {
   for (int i = 0; i < kFlips; ++i)
     flips += " llmorch.priority_at=" + std::to_string(kFirstChangeS + i * kFlipEvery) + ":" + (i % 2 ? "3" : "1");
   // Template priority 5 for both: a guest weighted at 1 or 3 is weighted by its agent.
-  auto r = guests.place(a, {"priority=5", "priority_max=10", kernel_args("llmorch.priority=1")});
+  auto r = guests.place(a, {"priority=5", "priority_max=10", busy_guest("llmorch.priority=1")});
   ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
-  r = guests.place(b, {"priority=5", "priority_max=10", kernel_args(flips)});
+  r = guests.place(b, {"priority=5", "priority_max=10", busy_guest(flips)});
   ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
 
   DaemonProcess daemon(config, state, {"--domain-prefix", kPrefix});
