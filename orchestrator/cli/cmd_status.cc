@@ -174,17 +174,10 @@ void print_text(std::ostream& out, const ordered_json& doc) {
 
 int cmd_status(const std::vector<std::string>& args, Io io) {
   return guarded("status", io, [&] {
-    CommonOptions common;
-    std::string name;
     bool json = false;
-    po::options_description options;
-    add_common_options(options, common);
-    options.add_options()
-        ("name", po::value<std::string>(&name), "VM name")
-        ("json", po::bool_switch(&json), "JSON output");
-    po::positional_options_description positional;
-    positional.add("name", 1);
-    parse_args(args, options, positional);
+    po::options_description extra;
+    extra.add_options()("json", po::bool_switch(&json), "JSON output");
+    const auto [common, name] = parse_vm_args(args, extra);
     if (common.help) {
       io.out << kHelp;
       return kExitOk;
