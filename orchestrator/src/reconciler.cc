@@ -95,6 +95,14 @@ std::optional<policy::AgentMemory> agent_memory(const AgentState& agent) {
                              .psi_some10 = r.psi_mem_some10, .floor_mib = r.floor_mib};
 }
 
+// Why this VM's balloon is left alone for an expected reason, or empty. Hugepage-backed memory stays in
+// the host's hugepage pool whatever the balloon does: squeezing the guest would gain the host nothing.
+std::string balloon_hold(const VmSnapshot& vm) {
+  if (vm.domain.facts.hugepage_kib != 0)
+    return "hugepage-backed memory: the balloon cannot give it back to the host";
+  return vm.balloon.hold;
+}
+
 policy::BalloonVm balloon_vm(const VmSnapshot& vm, double weight, const HostMemory& host) {
   const ManagedDomain& d = vm.domain;
   policy::BalloonVm b;
@@ -106,7 +114,7 @@ policy::BalloonVm balloon_vm(const VmSnapshot& vm, double weight, const HostMemo
   b.template_floor_mib = d.facts.memory_floor_mib;
   if (!b.agent && vm.agent.last_report)  // stale: its floor still stands
     b.template_floor_mib = std::max(b.template_floor_mib, vm.agent.last_report->floor_mib);
-  if (!vm.balloon.hold.empty()) b.stats_fresh = false;  // the rule leaves it alone but counts its memory
+  if (!balloon_hold(vm).empty()) b.stats_fresh = false;  // the rule leaves it alone but counts its memory
   b.max_memory_mib = d.facts.max_memory_mib ? d.facts.max_memory_mib : d.memory_max_kib / 1024;
   b.weight = std::clamp(weight, 0.0, 1.0);
   const auto& nodes = d.facts.placement.nodes;
@@ -122,7 +130,7 @@ MemoryPlan make_memory_plan(const Snapshot& snapshot, const std::vector<VmPlan>&
   std::vector<std::string> holds;
   for (const VmSnapshot& vm : snapshot.vms) {
     if (!vm.domain.active()) continue;
-    holds.push_back(vm.balloon.hold);
+    holds.push_back(balloon_hold(vm));
     const VmPlan* p = nullptr;
     for (const VmPlan& c : cpu)
       if (c.name == vm.domain.name) p = &c;

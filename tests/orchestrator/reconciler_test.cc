@@ -316,6 +316,33 @@ TEST(MemoryPlan, AVmWithoutAMaxSizeLeavesEveryBalloonAloneButTheCpuPlanStands) {
   EXPECT_NE(plan.memory.find("a")->reason.find("'a'"), std::string::npos) << plan.memory.find("a")->reason;
 }
 
+// A hugepage-backed VM's memory stays in the host's pool whatever its balloon does: it is left alone
+// (quietly: an expected state), and still counted, so under a limit the other VM gives the difference.
+TEST(MemoryPlan, HugepageBackedVmIsLeftAloneButCounted) {
+  std::vector<ManagedDomain> doms = {make_domain("a", 1, {0}), make_domain("b", 1, {0})};
+  for (ManagedDomain& d : doms) {
+    d.facts.max_memory_mib = 256;
+    d.facts.memory_floor_mib = 96;
+  }
+  doms[0].facts.hugepage_kib = 2048;
+  Snapshot s = snapshot_of(doms);
+  MemoryStats m;
+  m.actual_kib = 256 * 1024;
+  m.usable_kib = 200 * 1024;
+  for (VmSnapshot& vm : s.vms) vm.balloon = {.stats = m, .previous = std::nullopt, .fresh = true, .hold = {}};
+  s.memory = {.free_mib = {{0, 8192}}, .reserve_mib = 512, .limit_mib = 400, .config = {}};
+  const Plan plan = make_plan(s);
+  const VmMemoryPlan* a = plan.memory.find("a");
+  ASSERT_NE(a, nullptr);
+  EXPECT_TRUE(a->left_alone && a->held);
+  EXPECT_FALSE(a->target_mib.has_value());
+  EXPECT_NE(a->reason.find("hugepage-backed"), std::string::npos) << a->reason;
+  EXPECT_EQ(plan.memory.find("b")->target_mib, std::optional<std::uint64_t>(144)) << plan.memory.find("b")->reason;
+  const auto actions = Reconciler().diff(s, plan, Clock::now());
+  EXPECT_EQ(count(actions, Action::Kind::SetMemory, "a"), 0u);
+  EXPECT_EQ(count(actions, Action::Kind::SetMemory, "b"), 1u);
+}
+
 std::uint64_t memory_target(const std::vector<Action>& actions) {
   for (const Action& a : actions)
     if (a.kind == Action::Kind::SetMemory) return a.value;

@@ -123,7 +123,8 @@ struct VmMemoryPlan {
   std::uint64_t max_mib = 0;
   std::string reason;
   bool left_alone = false;                  // no usable stats: not managed this tick
-  bool held = false;                        // left alone while waiting for what normally comes (BalloonSample::hold)
+  bool held = false;                        // left alone for an expected reason: a first report or statistics
+                                            // still to come (BalloonSample::hold), or hugepage-backed memory
 };
 
 // Per active VM, in plan order.
