@@ -27,11 +27,15 @@ Shows each NUMA node of the host as llmorch's placement sees it:
            users hold now: total - free - the running managed VMs' balloon sizes, at least 0); each
            managed VM's reservation (max memory) and actual size; available for new VMs
            (total - reserve - non-llmorch - reservations).
+  hugepages per page size with a pool on the node (or a VM using it): the pool (its page count, at
+           most the node's memory), each hugepage-backed VM's reservation, and what is left for new
+           VMs of that page size. The pool also counts as non-llmorch memory above.
 
   --json             one JSON object: {"nodes": [{"id", "cpus", "reserved_cpus", "dedicated": {VM: [cpus]},
                      "shared_pool", "shared_vms", "free_cpus", "memory": {"total_mib", "free_mib",
                      "reserve_mib", "others_mib", "vms": {VM: {"reserved_mib", "actual_mib"|null}},
-                     "available_mib"}}]}
+                     "available_mib"}, "hugepages": [{"page_kib", "pool_mib", "vms": {VM: MiB},
+                     "available_mib"}]}]}
   -c, --connect URI  libvirt URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system)
   --config FILE      host config (reserved_cpus, shared_cpus, memory_reserve_mib)
 
@@ -61,6 +65,10 @@ ordered_json node_json(const orch::NodeUse& n) {
   }
   m["available_mib"] = n.available_mib;
   j["memory"] = m;
+  j["hugepages"] = ordered_json::array();
+  for (const orch::HugepagePool& p : n.hugepages)
+    j["hugepages"].push_back({{"page_kib", p.page_kib}, {"pool_mib", p.pool_mib}, {"vms", p.vm_mib},
+                              {"available_mib", p.available_mib}});
   return j;
 }
 
@@ -84,6 +92,13 @@ void print_node(std::ostream& out, const orch::NodeUse& n) {
     if (auto a = n.vm_actual_mib.find(vm); a != n.vm_actual_mib.end()) out << " (actual " << a->second << ")";
   }
   out << "\n";
+  for (const orch::HugepagePool& p : n.hugepages) {
+    out << "  hugepages " << policy::page_size_text(p.page_kib) << ": available for new VMs " << p.available_mib << " MiB; pool "
+        << p.pool_mib << "; VMs";
+    if (p.vm_mib.empty()) out << " -";
+    for (const auto& [vm, mib] : p.vm_mib) out << " " << vm << ":" << mib;
+    out << "\n";
+  }
 }
 
 }  // namespace

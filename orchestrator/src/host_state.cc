@@ -146,6 +146,35 @@ std::vector<CpuId> shared_pool(const HostSnapshot& host, const HostConfig& confi
   return pool;
 }
 
+namespace {
+
+std::vector<HugepagePool> hugepage_pools(const policy::NumaNode& node, const std::vector<ManagedDomain>& domains) {
+  std::map<std::uint64_t, HugepagePool> pools;
+  for (const policy::PageInfo& p : node.pages) {
+    if (p.size_kib <= 4 || p.count == 0) continue;
+    pools[p.size_kib] = {.page_kib = p.size_kib, .pool_mib = policy::hugepage_capacity_kib(node, p.size_kib) / 1024,
+                         .vm_mib = {}, .available_mib = 0};
+  }
+  for (const ManagedDomain& d : domains) {
+    const policy::Placement& p = d.facts.placement;
+    auto mib = p.memory_mib_per_node.find(node.id);
+    if (p.hugepage_kib == 0 || mib == p.memory_mib_per_node.end()) continue;
+    HugepagePool& pool = pools[p.hugepage_kib];
+    pool.page_kib = p.hugepage_kib;
+    pool.vm_mib[d.name] = mib->second;
+  }
+  std::vector<HugepagePool> out;
+  for (auto& [size, pool] : pools) {
+    std::uint64_t used = 0;
+    for (const auto& [vm, mib] : pool.vm_mib) used += mib;
+    pool.available_mib = pool.pool_mib - std::min(pool.pool_mib, used);
+    out.push_back(std::move(pool));
+  }
+  return out;
+}
+
+}  // namespace
+
 std::vector<NodeUse> describe_nodes(const HostSnapshot& host, const HostConfig& config) {
   const auto others = others_mib(host);
   std::vector<NodeUse> out;
@@ -188,6 +217,7 @@ std::vector<NodeUse> describe_nodes(const HostSnapshot& host, const HostConfig& 
     u.others_mib = others.at(n.id);
     const std::uint64_t unavailable = u.reserve_mib + u.others_mib + vm_total;
     u.available_mib = u.total_mib - std::min(u.total_mib, unavailable);
+    u.hugepages = hugepage_pools(n, host.domains);
     out.push_back(std::move(u));
   }
   return out;

@@ -16,12 +16,6 @@ namespace {
 
 constexpr std::size_t kExhaustiveMaxNodes = 8;  // 2^8 node sets: cheap to try them all
 
-std::string page_size_text(std::uint64_t kib) {
-  if (kib % (1024 * 1024) == 0) return std::to_string(kib / (1024 * 1024)) + " GiB";
-  if (kib % 1024 == 0) return std::to_string(kib / 1024) + " MiB";
-  return std::to_string(kib) + " KiB";
-}
-
 std::string describe(const PlacementRequest& r) {
   std::string s = "'" + r.name + "' (" + std::to_string(r.vcpus) + " vCPUs, " + std::to_string(r.memory_mib) +
                   " MiB";
@@ -328,6 +322,12 @@ std::optional<std::string> invalid(const PlacementRequest& vm, const HostUsage& 
 }
 
 }  // namespace
+
+std::string page_size_text(std::uint64_t kib) {
+  if (kib % (1024 * 1024) == 0) return std::to_string(kib / (1024 * 1024)) + " GiB";
+  if (kib % 1024 == 0) return std::to_string(kib / 1024) + " MiB";
+  return std::to_string(kib) + " KiB";
+}
 
 std::uint64_t hugepage_capacity_kib(const NumaNode& node, std::uint64_t page_kib) {
   for (const PageInfo& p : node.pages) {

@@ -189,5 +189,28 @@ TEST(HostState, DescribeNodesSaysWhoUsesWhat) {
   EXPECT_EQ(nodes[1].available_mib, 4096u - 100);
 }
 
+// Node 0 has a pool of 256 2 MiB pages (512 MiB) and lists 4 KiB pages (not a hugepage pool); node 1
+// has no pool but a VM backed by 1 GiB pages placed there (a pool freed after placement): both shown.
+TEST(HostState, DescribeNodesShowsHugepagePoolsAndWhoReservesThem) {
+  HostSnapshot host{two_nodes(), {}, {{0, 2000}, {1, 4096}}, {}};
+  host.topology.nodes[0].pages = {{.size_kib = 4, .count = 1000}, {.size_kib = 2048, .count = 256}};
+  host.domains.push_back(vm("hp", CpuPolicy::Dedicated, {1}, {{0, 384}}, 384));
+  host.domains.back().facts.placement.hugepage_kib = 2048;
+  host.domains.push_back(vm("plain", CpuPolicy::Dedicated, {2}, {{0, 256}}, 256));
+  host.domains.push_back(vm("big", CpuPolicy::Dedicated, {4}, {{1, 1024}}, 1024));
+  host.domains.back().facts.placement.hugepage_kib = 1048576;
+  const auto nodes = describe_nodes(host, HostConfig{});
+  ASSERT_EQ(nodes[0].hugepages.size(), 1u);
+  const HugepagePool& p = nodes[0].hugepages[0];
+  EXPECT_EQ(p.page_kib, 2048u);
+  EXPECT_EQ(p.pool_mib, 512u);
+  EXPECT_EQ(p.vm_mib, (std::map<std::string, std::uint64_t>{{"hp", 384}}));
+  EXPECT_EQ(p.available_mib, 128u);
+  ASSERT_EQ(nodes[1].hugepages.size(), 1u);
+  EXPECT_EQ(nodes[1].hugepages[0].page_kib, 1048576u);
+  EXPECT_EQ(nodes[1].hugepages[0].pool_mib, 0u);
+  EXPECT_EQ(nodes[1].hugepages[0].available_mib, 0u);  // over-reserved: clamped, not wrapped
+}
+
 }  // namespace
 }  // namespace llmorch::orch

@@ -326,6 +326,7 @@ TEST_F(LiveCommands, HostShowsReservedDedicatedAndMemory) {
   const std::uint64_t total = n0["memory"]["total_mib"], others = n0["memory"]["others_mib"];
   EXPECT_EQ(others, total - 20000 - 2048);
   EXPECT_EQ(n0["memory"]["available_mib"], total - 1024 - others - 2048);
+  EXPECT_EQ(n0["hugepages"], nlohmann::json::array());  // the fixture's 2 MiB and 1 GiB pools are empty
 }
 
 TEST_F(LiveCommands, ListAndRemove) {

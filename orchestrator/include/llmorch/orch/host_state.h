@@ -67,6 +67,15 @@ policy::PlacementResult place_on_host(const HostSnapshot& host, const HostConfig
 std::vector<policy::CpuId> shared_pool(const HostSnapshot& host, const HostConfig& config,
                                        const std::vector<policy::NodeId>& nodes);
 
+// A node's pool of hugepages of one size, as placement counts it: the pool (capabilities' page count,
+// at most the node's memory), what managed VMs backed by such pages reserve there, and the rest.
+struct HugepagePool {
+  std::uint64_t page_kib = 0;
+  std::uint64_t pool_mib = 0;
+  std::map<std::string, std::uint64_t> vm_mib;  // VM -> MiB of these pages it reserves on the node
+  std::uint64_t available_mib = 0;              // pool − Σ vm_mib, at least 0
+};
+
 // One node as `llmorch host` shows it.
 struct NodeUse {
   policy::NodeId id = 0;
@@ -83,6 +92,7 @@ struct NodeUse {
   std::map<std::string, std::uint64_t> vm_mib;         // reserved by each managed VM here
   std::map<std::string, std::uint64_t> vm_actual_mib;  // running VMs' balloon size here
   std::uint64_t available_mib = 0;  // what a new VM could get: total − reserve − others − Σ vm_mib
+  std::vector<HugepagePool> hugepages;  // page sizes above 4 KiB with a pool or a VM using them
 };
 
 std::vector<NodeUse> describe_nodes(const HostSnapshot& host, const HostConfig& config);

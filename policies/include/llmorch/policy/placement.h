@@ -26,12 +26,16 @@
 
 #include <cstdint>
 #include <map>
+#include <string>
 #include <variant>
 #include <vector>
 
 #include "llmorch/policy/types.h"
 
 namespace llmorch::policy {
+
+// A page size for people: "2 MiB", "1 GiB", "4 KiB".
+std::string page_size_text(std::uint64_t kib);
 
 // Hugepage memory (KiB) a node can hold for pages of page_kib: min(count * size, memory); 0 when the
 // node does not list that page size.
