@@ -27,7 +27,7 @@ void usage(std::ostream& os) {
     os << "  " << c.name << std::string(c.name.size() < 10 ? 10 - c.name.size() : 1, ' ') << c.summary
        << "\n";
   }
-  os << "\n'llmorch <command> --help' explains a command.\n"
+  os << "\n'llmorch <command> --help' explains a command; 'llmorch --version' prints the version.\n"
         "Exit status: 0 done, 1 the environment failed (libvirt, missing VM), 2 bad arguments or input,\n"
         "3 the host cannot fit the VM.\n";
 }
@@ -37,6 +37,10 @@ int run(const std::vector<std::string>& argv, Io io) {
   if (argv.size() < 2 || argv[1] == "--help" || argv[1] == "-h" || argv[1] == "help") {
     usage(argv.size() < 2 ? io.err : io.out);
     return argv.size() < 2 ? kExitUsage : kExitOk;
+  }
+  if (argv[1] == "--version" || argv[1] == "version") {
+    io.out << "llmorch " << LLMORCH_VERSION << "\n";
+    return kExitOk;
   }
   for (const Command& c : commands()) {
     if (c.name == argv[1]) return c.run({argv.begin() + 2, argv.end()}, io);

@@ -43,7 +43,7 @@ int main(int argc, char** argv) {
   std::string config_path, state_dir, level, prefix;
   int interval_ms = 0;
   std::string memory_limit;
-  desc.add_options()("help,h", "show this help")(
+  desc.add_options()("help,h", "show this help")("version", "print the version and exit")(
       "connect,c", po::value<std::string>()->notifier([&](const std::string& v) { uri = v; }),
       "libvirt URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system)")(
       "config", po::value(&config_path), "host config file (default /etc/llmorch/llmorch.conf)")(
@@ -64,6 +64,10 @@ int main(int argc, char** argv) {
   }
   if (vm.count("help")) {
     std::cout << desc;
+    return 0;
+  }
+  if (vm.count("version")) {
+    std::cout << "llmorchd " << LLMORCH_VERSION << "\n";
     return 0;
   }
   // spdlog maps a name it does not know to "off": a typo would silence the daemon.

@@ -182,5 +182,9 @@ TEST(DaemonIntegrationNoLibvirt, OnceFailsWithOneWhenLibvirtIsUnreachable) {
             1);
 }
 
+TEST(DaemonIntegrationNoLibvirt, VersionExitsZeroWithoutTouchingLibvirt) {
+  EXPECT_EQ(run_daemon({"--version", "-c", "qemu+unix:///system?socket=/nonexistent/llmorch-sock"}), 0);
+}
+
 }  // namespace
 }  // namespace llmorch::orch

@@ -99,6 +99,14 @@ TEST(WeightsCli, IsListedInTheTopLevelHelp) {
   EXPECT_NE(out.str().find("weights"), std::string::npos);
 }
 
+TEST(Cli, VersionPrintsTheProjectVersion) {
+  for (const char* flag : {"--version", "version"}) {
+    std::ostringstream out, err;
+    EXPECT_EQ(run({"llmorch", flag}, {out, err}), kExitOk);
+    EXPECT_EQ(out.str(), std::string("llmorch ") + LLMORCH_TEST_VERSION + "\n");
+  }
+}
+
 // Every usage error exits 2, prints nothing on stdout and names the bad argument on stderr.
 struct BadArgs {
   std::vector<std::string> args;
