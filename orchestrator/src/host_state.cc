@@ -100,9 +100,12 @@ policy::HostUsage host_usage(const HostSnapshot& host, const HostConfig& config,
   for (const auto& d : host.domains) {
     const auto& p = d.facts.placement;
     if (pool_configured && cpu_policy == CpuPolicy::Dedicated && p.cpu_policy == CpuPolicy::Shared) {
-      // Shared VMs live on shared_cpus, which dedicated VMs cannot take anyway: count only their
-      // memory, so policy::place does not keep a node CPU back for them.
-      for (const auto& [node, mib] : p.memory_mib_per_node) usage.unavailable_mib[node] += mib;
+      // Shared VMs live on shared_cpus, which dedicated VMs cannot take anyway: count their memory
+      // (ordinary or hugepages) but no CPU, so policy::place does not keep a node CPU back for them.
+      policy::Placement memory_only = p;
+      memory_only.cpu_policy = CpuPolicy::Dedicated;
+      memory_only.cpus.clear();
+      usage.placed.push_back(std::move(memory_only));
       continue;
     }
     usage.placed.push_back(p);
@@ -148,7 +151,9 @@ std::vector<CpuId> shared_pool(const HostSnapshot& host, const HostConfig& confi
 
 namespace {
 
-std::vector<HugepagePool> hugepage_pools(const policy::NumaNode& node, const std::vector<ManagedDomain>& domains) {
+// The pools of one node; what is available is what placement sees (`free`: policy::free_resources).
+std::vector<HugepagePool> hugepage_pools(const policy::NumaNode& node, const policy::NodeFree& free,
+                                         const std::vector<ManagedDomain>& domains) {
   std::map<std::uint64_t, HugepagePool> pools;
   for (const policy::PageInfo& p : node.pages) {
     if (p.size_kib <= 4 || p.count == 0) continue;
@@ -165,9 +170,7 @@ std::vector<HugepagePool> hugepage_pools(const policy::NumaNode& node, const std
   }
   std::vector<HugepagePool> out;
   for (auto& [size, pool] : pools) {
-    std::uint64_t used = 0;
-    for (const auto& [vm, mib] : pool.vm_mib) used += mib;
-    pool.available_mib = pool.pool_mib - std::min(pool.pool_mib, used);
+    if (auto f = free.hugepage_mib.find(size); f != free.hugepage_mib.end()) pool.available_mib = f->second;
     out.push_back(std::move(pool));
   }
   return out;
@@ -177,8 +180,10 @@ std::vector<HugepagePool> hugepage_pools(const policy::NumaNode& node, const std
 
 std::vector<NodeUse> describe_nodes(const HostSnapshot& host, const HostConfig& config) {
   const auto others = others_mib(host);
+  const auto free = policy::free_resources(host.topology, host_usage(host, config, CpuPolicy::Dedicated));
   std::vector<NodeUse> out;
-  for (const auto& n : host.topology.nodes) {
+  for (std::size_t i = 0; i < host.topology.nodes.size(); ++i) {
+    const policy::NumaNode& n = host.topology.nodes[i];
     NodeUse u;
     u.id = n.id;
     for (const auto& c : n.cpus) u.cpus.push_back(c.id);
@@ -217,7 +222,7 @@ std::vector<NodeUse> describe_nodes(const HostSnapshot& host, const HostConfig& 
     u.others_mib = others.at(n.id);
     const std::uint64_t unavailable = u.reserve_mib + u.others_mib + vm_total;
     u.available_mib = u.total_mib - std::min(u.total_mib, unavailable);
-    u.hugepages = hugepage_pools(n, host.domains);
+    u.hugepages = hugepage_pools(n, free[i], host.domains);
     out.push_back(std::move(u));
   }
   return out;

@@ -212,5 +212,22 @@ TEST(HostState, DescribeNodesShowsHugepagePoolsAndWhoReservesThem) {
   EXPECT_EQ(nodes[1].hugepages[0].available_mib, 0u);  // over-reserved: clamped, not wrapped
 }
 
+// With shared_cpus set, a dedicated request does not see shared VMs' CPUs, but it must still see the
+// hugepages a shared VM holds: 512 MiB pool, 384 MiB held by a shared VM, so 256 MiB does not fit.
+TEST(HostState, SharedVmsHugepagesCountAgainstADedicatedRequest) {
+  HostConfig config;
+  config.shared_cpus = {3};
+  HostSnapshot host{two_nodes(), {}, {{0, 4096}, {1, 4096}}, {}};
+  host.topology.nodes[0].pages = {{.size_kib = 2048, .count = 256}};
+  host.domains.push_back(vm("shared-hp", CpuPolicy::Shared, {3}, {{0, 384}}, 384));
+  host.domains.back().facts.placement.hugepage_kib = 2048;
+  policy::PlacementRequest r{.name = "ded-hp", .vcpus = 1, .memory_mib = 256, .cpu_policy = CpuPolicy::Dedicated,
+                             .hugepage_kib = 2048};
+  EXPECT_NE(rejected(place_on_host(host, config, r)).find("hugepages"), std::string::npos);
+  EXPECT_EQ(describe_nodes(host, config)[0].hugepages.at(0).available_mib, 128u);
+  r.memory_mib = 128;
+  EXPECT_EQ(placed(place_on_host(host, config, r)).nodes, std::vector<int>({0}));
+}
+
 }  // namespace
 }  // namespace llmorch::orch

@@ -73,7 +73,7 @@ struct HugepagePool {
   std::uint64_t page_kib = 0;
   std::uint64_t pool_mib = 0;
   std::map<std::string, std::uint64_t> vm_mib;  // VM -> MiB of these pages it reserves on the node
-  std::uint64_t available_mib = 0;              // pool − Σ vm_mib, at least 0
+  std::uint64_t available_mib = 0;              // what placement can still give: pool − Σ vm_mib, at least 0
 };
 
 // One node as `llmorch host` shows it.
