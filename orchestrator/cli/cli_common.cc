@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "llmorch/orch/libvirt_hypervisor.h"
+#include "llmorch/orch/po_error.h"
 #include "llmorch/orch/status_file.h"
 #include "llmorch/orch/template.h"
 #include "llmorch/orch/topology.h"
@@ -36,7 +37,7 @@ po::variables_map parse_args(const std::vector<std::string>& args, const po::opt
     po::store(po::command_line_parser(args).options(options).positional(positional).run(), vm);
     po::notify(vm);
   } catch (const po::error& e) {
-    throw UsageError(e.what());
+    throw UsageError(orch::program_options_message(e));
   }
   return vm;
 }

@@ -12,6 +12,7 @@
 #include "llmorch/orch/config.h"
 #include "llmorch/orch/daemon.h"
 #include "llmorch/orch/libvirt_hypervisor.h"
+#include "llmorch/orch/po_error.h"
 
 namespace po = boost::program_options;
 using namespace llmorch::orch;
@@ -59,7 +60,7 @@ int main(int argc, char** argv) {
     po::store(po::parse_command_line(argc, argv, desc), vm);
     po::notify(vm);
   } catch (const po::error& e) {
-    std::cerr << "llmorchd: " << e.what() << "\n" << desc;
+    std::cerr << "llmorchd: " << llmorch::orch::program_options_message(e) << "\n" << desc;
     return 2;
   }
   if (vm.count("help")) {

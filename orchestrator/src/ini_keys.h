@@ -17,6 +17,8 @@
 #include <utility>
 #include <vector>
 
+#include "llmorch/orch/po_error.h"
+
 namespace llmorch::orch::ini {
 
 // One key. `set` parses the text into the target; it throws std::invalid_argument when the text is
@@ -64,7 +66,7 @@ Entries read_stream(std::istream& in, const std::string& path, const std::vector
   } catch (const po::unknown_option& e) {
     throw Error(path + ": unknown key '" + e.get_option_name() + "'; known keys: " + key_names(keys));
   } catch (const po::error& e) {
-    throw Error(path + ": " + e.what() + "; expected lines of the form KEY = VALUE");
+    throw Error(path + ": " + program_options_message(e) + "; expected lines of the form KEY = VALUE");
   }
   Entries entries;
   std::set<std::string> seen;

@@ -99,6 +99,13 @@ TEST(WeightsCli, IsListedInTheTopLevelHelp) {
   EXPECT_NE(out.str().find("weights"), std::string::npos);
 }
 
+// Boost.Program_options 1.74 loops forever in what() for an option named like its own placeholder.
+TEST(Cli, AnOptionNamedLikeBoostsPlaceholderIsAUsageErrorNotAHang) {
+  const Result r = weights({"--%canonical_option%", "a=1"});
+  EXPECT_EQ(r.status, kExitUsage);
+  EXPECT_NE(r.err.find("unrecognised option '--?canonical_option?'"), std::string::npos) << r.err;
+}
+
 TEST(Cli, VersionPrintsTheProjectVersion) {
   for (const char* flag : {"--version", "version"}) {
     std::ostringstream out, err;
