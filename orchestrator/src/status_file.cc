@@ -90,6 +90,13 @@ nlohmann::json report_to_json(const protocol::Report& r) {
           {"interval_ms", r.interval_ms}};
 }
 
+std::string health(const DaemonStatus& s) {
+  if (!s.connected) return "disconnected";
+  for (const auto& [vm, problems] : s.problems)
+    if (!problems.empty()) return "degraded";
+  return "ok";
+}
+
 nlohmann::json status_to_json(const DaemonStatus& s) {
   nlohmann::json j;
   j["version"] = kStatusVersion;
@@ -100,6 +107,11 @@ nlohmann::json status_to_json(const DaemonStatus& s) {
   j["interval_ms"] = s.interval_ms;
   j["dry_run"] = s.dry_run;
   j["connected"] = s.connected;
+  j["health"] = health(s);
+  j["problems"] = nlohmann::json::array();
+  for (const auto& [vm, problems] : s.problems)  // std::map: sorted by VM
+    for (const VmProblem& p : problems)
+      j["problems"].push_back({{"vm", vm}, {"kind", p.kind}, {"detail", p.detail}, {"since", iso8601(p.since)}});
   const LatencySummary& l = s.report_to_apply_ms;
   j["daemon"]["report_to_apply_ms"] = {{"n", l.n}, {"p50", opt(l.p50)}, {"p99", opt(l.p99)}, {"max", opt(l.max)}};
   std::vector<const VmPlan*> vms;

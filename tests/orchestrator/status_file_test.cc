@@ -77,6 +77,28 @@ TEST_F(StatusFile, RoundTripWithEveryField) {
   EXPECT_EQ(v["cpus"], nlohmann::json({4, 5}));
   EXPECT_EQ(v["vcpus_online"], 2);
   EXPECT_EQ(v["last_change_at"], "2025-11-25T10:00:05.123Z");
+  EXPECT_EQ(j["health"], "ok");
+  EXPECT_EQ(j["problems"], nlohmann::json::array());
+}
+
+TEST(StatusHealth, ProblemsDegradeAndDisconnectedWins) {
+  DaemonStatus s;
+  s.connected = true;
+  EXPECT_EQ(health(s), "ok");
+  s.problems["b"];  // an entry without problems is healthy
+  EXPECT_EQ(health(s), "ok");
+  const auto since = std::chrono::system_clock::time_point{} + std::chrono::seconds(1'764'064'800);
+  s.problems["b"].push_back({"unresponsive", "libvirt call did not return within 2 s", since});
+  s.problems["a"].push_back({"flapping", "priority changed 9 times in 5 s", since});
+  EXPECT_EQ(health(s), "degraded");
+  const auto j = status_to_json(s);
+  EXPECT_EQ(j["health"], "degraded");
+  ASSERT_EQ(j["problems"].size(), 2u);
+  EXPECT_EQ(j["problems"][0]["vm"], "a");  // sorted by VM
+  EXPECT_EQ(j["problems"][1]["kind"], "unresponsive");
+  EXPECT_EQ(j["problems"][1]["since"], "2025-11-25T10:00:00.000Z");
+  s.connected = false;
+  EXPECT_EQ(health(s), "disconnected");
 }
 
 TEST_F(StatusFile, MissingAndBrokenFilesSayWhatToDo) {

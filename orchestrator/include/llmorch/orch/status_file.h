@@ -13,6 +13,12 @@
 //   "interval_ms": 1000,               tick interval
 //   "dry_run": false,                  true: decisions are logged, not applied
 //   "connected": true,                 libvirt answered during the last tick
+//   "health": "ok",                    "ok"; "degraded": some VM has a problem (listed in "problems":
+//                                      that VM is skipped, held or repaired, every other VM goes on);
+//                                      "disconnected": libvirt unreachable (changes pause, nothing lost)
+//   "problems": [                      VM-scoped problems the daemon works around, sorted by VM, kind
+//     { "vm": "a", "kind": "unresponsive", "detail": "...", "since": "..." } ],
+//                                      kinds: unresponsive, flapping, bad_metadata, plan_error, ...
 //   "daemon": {                        the daemon's own figures
 //     "report_to_apply_ms": {          per agent report that changed the plan: from reading its bytes
 //       "n": 12,                       to the return of the last libvirt call that applied the change;
@@ -73,6 +79,15 @@ struct LastChange {
   std::string what;
 };
 
+// A problem scoped to one VM that the daemon works around: the VM is skipped, held or repaired while
+// every other VM is managed as usual. kind is a short token ("unresponsive", "flapping",
+// "bad_metadata", "plan_error"), detail a sentence for the operator, since when it was first seen.
+struct VmProblem {
+  std::string kind;
+  std::string detail;
+  std::chrono::system_clock::time_point since;
+};
+
 struct DaemonStatus {
   int pid = 0;
   std::chrono::system_clock::time_point started_at, last_tick_at;
@@ -85,7 +100,11 @@ struct DaemonStatus {
   std::map<std::string, LastChange> last_change;  // by VM name
   std::map<std::string, LastChange> balloon_change;  // by VM name: the last balloon change and why
   LatencySummary report_to_apply_ms;  // see "daemon.report_to_apply_ms" above
+  std::map<std::string, std::vector<VmProblem>> problems;  // by VM name; see "problems" above
 };
+
+// "ok", "degraded" or "disconnected", as documented above.
+std::string health(const DaemonStatus& status);
 
 std::string iso8601(std::chrono::system_clock::time_point t);
 nlohmann::json report_to_json(const protocol::Report& r);
