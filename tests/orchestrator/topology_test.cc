@@ -2,7 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
+#include <iostream>
 
 namespace llmorch::orch {
 namespace {
@@ -103,6 +105,49 @@ TEST(TopologyFixtures, EpycNps4EightNodes) {
   EXPECT_EQ(t.distance(0, 4), 32);
   EXPECT_EQ(t.distance(5, 7), 12);
   EXPECT_EQ(t.distance(6, 6), 10);
+}
+
+TEST(TopologyFixtures, SparseNodeIdsInterleavedCpusMemoryOnlyNode) {
+  const HostTopology t = fixture("x86-odd-sparse-interleaved.xml");
+  ASSERT_EQ(t.nodes.size(), 4u);
+  EXPECT_EQ(t.nodes[1].id, 2);
+  EXPECT_EQ(t.nodes[3].id, 7);
+  EXPECT_TRUE(t.node(7)->cpus.empty());
+  EXPECT_EQ(t.node(7)->memory_kib, 8u * 1024 * 1024);
+  EXPECT_EQ(t.cpu_count(), 24u);
+  EXPECT_EQ(cpu_ids(*t.node(0)), (std::vector<CpuId>{0, 3, 6, 9, 12, 15, 18, 21}));
+  EXPECT_EQ(t.node(0)->cpus[0].siblings, (std::vector<CpuId>{0, 6, 12, 18}));  // four threads per core
+  EXPECT_EQ(t.node(0)->cpus[1].core_id, 4);
+  EXPECT_EQ(t.distance(0, 5), 20);
+  EXPECT_EQ(t.distance(7, 7), 10);
+}
+
+TEST(TopologyFixtures, InterleavedTwoNodes) {
+  const HostTopology t = fixture("x86-2node-16cpu-interleaved.xml");
+  ASSERT_EQ(t.nodes.size(), 2u);
+  EXPECT_EQ(cpu_ids(t.nodes[1]), (std::vector<CpuId>{1, 3, 5, 7, 9, 11, 13, 15}));
+  EXPECT_EQ(t.nodes[1].cpus[0].siblings, (std::vector<CpuId>{1, 9}));
+}
+
+// Real hosts' capabilities, when a directory of them is beside the checkout: an extra check, never
+// required (the project's own descriptions above cover the same shapes).
+TEST(RealHosts, EveryRealHostParses) {
+  const std::filesystem::path dir = LLMORCH_REAL_HOSTS_DIR;
+  if (!std::filesystem::is_directory(dir)) GTEST_SKIP() << "no real host files at " << dir << " (optional)";
+  int count = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    if (entry.path().extension() != ".xml") continue;
+    SCOPED_TRACE(entry.path().string());
+    const HostTopology t = parse_capabilities_file(entry.path().string());
+    EXPECT_FALSE(t.nodes.empty());
+    EXPECT_GT(t.cpu_count(), 0u);
+    for (const auto& n : t.nodes)
+      for (const auto& c : n.cpus)
+        EXPECT_NE(std::find(c.siblings.begin(), c.siblings.end(), c.id), c.siblings.end()) << "cpu " << c.id;
+    ++count;
+  }
+  std::cout << "parsed " << count << " real host files from " << dir << "\n";
+  EXPECT_GT(count, 0) << dir << " exists but holds no .xml file";
 }
 
 TEST(TopologyEdgeCases, OddIdsUnitsThreadsAndEmptyNodes) {

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <filesystem>
 #include <random>
 
 #include "llmorch/orch/topology.h"
@@ -10,8 +12,18 @@ namespace llmorch::policy {
 namespace {
 
 const std::string kHosts = LLMORCH_HOSTS_DIR;
-const char* const kFixtures[] = {"x86-1node-2cpu-small.xml", "x86-2node-96cpu-cascadelake.xml",
-                                 "x86-4node-uneven-synthetic.xml", "x86-8node-384cpu-epyc-nps4.xml"};
+
+// Every host description: the project's own, and real hosts' files when a directory of them exists.
+std::vector<std::string> host_files() {
+  std::vector<std::string> files;
+  for (const std::filesystem::path dir : {std::filesystem::path(kHosts), std::filesystem::path(LLMORCH_REAL_HOSTS_DIR)}) {
+    if (!std::filesystem::is_directory(dir)) continue;
+    for (const auto& entry : std::filesystem::directory_iterator(dir))
+      if (entry.path().extension() == ".xml") files.push_back(entry.path().string());
+  }
+  std::sort(files.begin(), files.end());
+  return files;
+}
 
 HostTopology fixture(const std::string& name) { return orch::parse_capabilities_file(kHosts + "/" + name); }
 
@@ -284,12 +296,15 @@ TEST(Placement, RejectionsNameEveryNode) {
 
 // Random VMs until the host is full: the invariants hold after every decision.
 TEST(PlacementProperty, FillingEveryFixtureNeverDoubleAllocates) {
-  for (const char* name : kFixtures) {
-    SCOPED_TRACE(name);
-    const HostTopology host = fixture(name);
+  const std::vector<std::string> files = host_files();
+  ASSERT_GE(files.size(), 6u) << "the project's host descriptions are missing from " << kHosts;
+  for (const std::string& file : files) {
+    SCOPED_TRACE(file);
+    const HostTopology host = orch::parse_capabilities_file(file);
     std::mt19937 rng(12345);
     HostUsage usage;
-    usage.reserved_cpus = {host.nodes[0].cpus[0].id};
+    for (const NumaNode& n : host.nodes)
+      if (usage.reserved_cpus.empty() && !n.cpus.empty()) usage.reserved_cpus = {n.cpus[0].id};
     usage.unavailable_mib[host.nodes.back().id] = 256;
     const int max_vcpus = static_cast<int>(host.cpu_count() / 3) + 1;
     std::uint64_t total_mib = 0;
