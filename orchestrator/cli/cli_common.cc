@@ -11,6 +11,7 @@
 #include <set>
 #include <sstream>
 
+#include "llmorch/orch/bounded_calls.h"
 #include "llmorch/orch/libvirt_hypervisor.h"
 #include "llmorch/orch/po_error.h"
 #include "llmorch/orch/status_file.h"
@@ -71,17 +72,41 @@ std::unique_ptr<orch::Hypervisor> connect(const CommonOptions& common) {
   return orch::connect_libvirt(uri);
 }
 
-orch::HostSnapshot read_host(orch::Hypervisor& hypervisor) {
+namespace {
+// One bounded read; a call that does not return in time is an error that says so.
+template <typename T>
+T bounded_read(orch::BoundedCalls& calls, const std::string& what, std::function<T()> fn) {
+  orch::BoundedCalls::Result r;
+  auto value = calls.get<T>(what, kCliCallTimeout, std::move(fn), r);
+  if (value) return std::move(*value);
+  if (r.status == orch::BoundedCalls::Status::Error) std::rethrow_exception(r.error);
+  throw orch::HypervisorError(orch::HypervisorError::Kind::Connection, "cannot read " + what,
+                              "libvirt did not answer within " + std::to_string(kCliCallTimeout.count()) + " s",
+                              "is libvirtd overloaded or stuck? Check `virsh list`, then try again");
+}
+}  // namespace
+
+orch::HostSnapshot read_host(const std::shared_ptr<orch::Hypervisor>& hv, std::ostream& warn) {
+  orch::BoundedCalls calls;
   orch::HostSnapshot host;
-  host.topology = orch::parse_capabilities(hypervisor.capabilities_xml());
-  host.domains = hypervisor.list_managed();
-  host.free_mib = hypervisor.free_memory_mib();
-  for (const auto& d : host.domains) {
-    if (!d.active()) continue;
-    try {
-      if (auto rss = hypervisor.memory_stats(d.name).rss_kib) host.resident_mib[d.name] = *rss / 1024;
-    } catch (const orch::HypervisorError&) {
-      // Stopped meanwhile, or no stats: its balloon size stands in (host_state.h).
+  host.topology = orch::parse_capabilities(
+      bounded_read<std::string>(calls, "the host capabilities", [hv] { return hv->capabilities_xml(); }));
+  host.domains = bounded_read<std::vector<orch::ManagedDomain>>(calls, "the domain list", [hv] { return hv->list_managed(); });
+  host.free_mib = bounded_read<std::map<policy::NodeId, std::uint64_t>>(calls, "the free memory per node",
+                                                                        [hv] { return hv->free_memory_mib(); });
+  orch::BoundedCalls::Result r;
+  auto stats = calls.get<std::map<std::string, orch::DomainStats>>("stats", kCliCallTimeout, [hv] { return hv->domain_stats(); }, r);
+  if (r.status == orch::BoundedCalls::Status::TimedOut) {
+    warn << "warning: libvirt did not return the VMs' statistics within " << kCliCallTimeout.count()
+         << " s (a VM's QEMU may not be answering: `virsh domcontrol NAME` shows which); their balloon sizes "
+            "stand in for their resident memory\n";
+  }
+  // An error (a VM stopped meanwhile, no stats): balloon sizes stand in too (host_state.h).
+  if (stats) {
+    for (const auto& d : host.domains) {
+      auto it = stats->find(d.name);
+      if (d.active() && it != stats->end() && it->second.memory.rss_kib)
+        host.resident_mib[d.name] = *it->second.memory.rss_kib / 1024;
     }
   }
   return host;

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <boost/program_options.hpp>
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -63,8 +64,15 @@ orch::HostConfig load_host_config(const CommonOptions& common);
 // Opens the hypervisor at -c URI / $LIBVIRT_DEFAULT_URI / qemu:///system. Throws HypervisorError.
 std::unique_ptr<orch::Hypervisor> connect(const CommonOptions& common);
 
-// Topology, managed domains and free memory, as libvirt reports them now.
-orch::HostSnapshot read_host(orch::Hypervisor& hypervisor);
+// How long a CLI command waits for one libvirt call that reads the host. A VM whose QEMU stopped
+// answering costs a warning (its statistics are skipped), never a hang while `place` holds its lock.
+inline constexpr std::chrono::seconds kCliCallTimeout{5};
+
+// Topology, managed domains, free memory and the running VMs' resident memory, as libvirt reports them
+// now, each call bounded by kCliCallTimeout. Statistics that do not come back in time are skipped with a
+// warning on `warn` (balloon sizes stand in for resident memory); a listing that does not is an error.
+// Shared: a call still running after its deadline keeps the hypervisor alive.
+orch::HostSnapshot read_host(const std::shared_ptr<orch::Hypervisor>& hypervisor, std::ostream& warn);
 
 // Replaces how connect() opens a hypervisor (unit tests pass a fake); an empty function restores libvirt.
 using HypervisorFactory = std::function<std::unique_ptr<orch::Hypervisor>(const std::string& uri)>;

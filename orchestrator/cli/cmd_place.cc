@@ -162,11 +162,11 @@ void print_text(std::ostream& out, const orch::DomainSpec& s, bool dry_run, cons
 int run_place(const Options& o, Io io) {
   const orch::HostConfig config = load_host_config(o.common);
   orch::VmTemplate tmpl = orch::load_template(o.template_path, o.overrides);
-  auto hypervisor = connect(o.common);
+  std::shared_ptr<orch::Hypervisor> hypervisor = connect(o.common);
   std::optional<PlaceLock> lock;
   if (!o.dry_run) lock.emplace(o.common.state_dir);
 
-  const orch::HostSnapshot host = read_host(*hypervisor);
+  const orch::HostSnapshot host = read_host(hypervisor, io.err);
   orch::check_config(host.topology, config);
   if (hypervisor->domain_exists(o.name)) {
     io.err << "llmorch place: a libvirt domain named '" << o.name

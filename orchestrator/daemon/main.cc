@@ -114,10 +114,21 @@ int main(int argc, char** argv) {
 
   SystemClock clock;
   Daemon daemon(*hv, clock, std::move(options));
-  if (vm.count("once")) return daemon.tick() ? 0 : 1;
-  g_daemon = &daemon;
-  install_signals();
-  const int rc = daemon.run();
-  g_daemon = nullptr;
+  int rc = 0;
+  if (vm.count("once")) {
+    rc = daemon.tick() ? 0 : 1;
+  } else {
+    g_daemon = &daemon;
+    install_signals();
+    rc = daemon.run();
+    g_daemon = nullptr;
+  }
+  // A libvirt call stuck on a QEMU that never answered still uses the connection: leave without
+  // closing it (the kernel does), rather than destroy it under that call.
+  if (const std::size_t stuck = daemon.drain_calls(std::chrono::seconds(2)); stuck != 0) {
+    spdlog::warn("{} libvirt call(s) still waiting on QEMU at exit; leaving without closing the connection", stuck);
+    spdlog::shutdown();
+    std::_Exit(rc);
+  }
   return rc;
 }

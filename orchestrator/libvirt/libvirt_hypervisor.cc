@@ -87,7 +87,6 @@ using CString = std::unique_ptr<char, CFree>;
 struct EventState {
   std::mutex mu;
   LifecycleCallback callback;
-  std::atomic<bool> closed{false};
 };
 
 std::optional<LifecycleEvent> map_event(int event) {
@@ -113,9 +112,32 @@ int on_lifecycle(virConnectPtr, virDomainPtr dom, int event, int, void* opaque) 
   return 0;
 }
 
-void on_close(virConnectPtr, int, void* opaque) { (*static_cast<std::shared_ptr<EventState>*>(opaque))->closed = true; }
+void on_close(virConnectPtr, int, void* opaque) { **static_cast<std::shared_ptr<std::atomic<bool>>*>(opaque) = true; }
 
 void free_state_ref(void* opaque) { delete static_cast<std::shared_ptr<EventState>*>(opaque); }
+
+// One open connection and its registrations. Each call holds a reference for its duration, so a
+// reconnect never closes a connection under a call still running (or stuck) on another thread: the
+// last reference closes it.
+struct Connection {
+  virConnectPtr ptr = nullptr;
+  int lifecycle_id = -1;
+  bool close_registered = false;
+  std::shared_ptr<std::atomic<bool>> closed = std::make_shared<std::atomic<bool>>(false);
+  std::unique_ptr<std::shared_ptr<std::atomic<bool>>> close_ref;  // on_close's opaque while registered
+
+  Connection() = default;
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+  ~Connection() {
+    if (!ptr) return;
+    if (lifecycle_id >= 0) virConnectDomainEventDeregisterAny(ptr, lifecycle_id);
+    if (close_registered) virConnectUnregisterCloseCallback(ptr, on_close);
+    virConnectClose(ptr);
+    virResetLastError();
+  }
+  bool alive() const { return !*closed && virConnectIsAlive(ptr) == 1; }
+};
 
 DomainState map_state(int s) {
   switch (s) {
@@ -158,30 +180,24 @@ class LibvirtHypervisor final : public Hypervisor {
  public:
   LibvirtHypervisor(std::string uri, LibvirtOptions options) : uri_(std::move(uri)), options_(options) {
     init_libvirt_once();
-    std::lock_guard lock(mu_);
-    open_locked();
-  }
-
-  ~LibvirtHypervisor() override {
-    std::lock_guard lock(mu_);
-    close_locked();
+    conn_ = open();
   }
 
   std::string capabilities_xml() override {
-    std::lock_guard lock(mu_);
-    CString caps(virConnectGetCapabilities(conn_));
+    const auto c = conn();
+    CString caps(virConnectGetCapabilities(c->ptr));
     if (!caps) throw last_error("cannot read the host capabilities from " + uri_);
     return caps.get();
   }
 
   std::map<policy::NodeId, std::uint64_t> free_memory_mib() override {
-    std::lock_guard lock(mu_);
-    CString caps(virConnectGetCapabilities(conn_));
+    const auto c = conn();
+    CString caps(virConnectGetCapabilities(c->ptr));
     if (!caps) throw last_error("cannot read the host capabilities from " + uri_);
     std::map<policy::NodeId, std::uint64_t> out;
     for (policy::NodeId id : node_ids_from_capabilities(caps.get())) {
       unsigned long long free_bytes = 0;
-      if (virNodeGetCellsFreeMemory(conn_, &free_bytes, id, 1) == 1) {
+      if (virNodeGetCellsFreeMemory(c->ptr, &free_bytes, id, 1) == 1) {
         out[id] = free_bytes / (1024 * 1024);
         continue;
       }
@@ -193,44 +209,44 @@ class LibvirtHypervisor final : public Hypervisor {
   }
 
   std::vector<ManagedDomain> list_managed() override {
-    std::lock_guard lock(mu_);
+    const auto c = conn();
     virDomainPtr* doms = nullptr;
-    int n = virConnectListAllDomains(conn_, &doms, 0);
+    int n = virConnectListAllDomains(c->ptr, &doms, 0);
     if (n < 0) throw last_error("cannot list the domains on " + uri_);
     std::vector<Domain> owned(doms, doms + n);
     std::free(doms);
     std::vector<ManagedDomain> out;
     for (auto& d : owned)
-      if (auto m = describe_listed(d.get())) out.push_back(std::move(*m));
+      if (auto m = describe_listed(c->ptr, d.get())) out.push_back(std::move(*m));
     return out;
   }
 
   std::optional<ManagedDomain> find_managed(const std::string& name) override {
-    std::lock_guard lock(mu_);
-    Domain d(virDomainLookupByName(conn_, name.c_str()));
+    const auto c = conn();
+    Domain d(virDomainLookupByName(c->ptr, name.c_str()));
     if (!d) {
       if (virGetLastErrorCode() == VIR_ERR_NO_DOMAIN) return std::nullopt;
       throw last_error("cannot look up domain '" + name + "'");
     }
-    return describe(d.get());
+    return describe(c->ptr, d.get());
   }
 
   bool domain_exists(const std::string& name) override {
-    std::lock_guard lock(mu_);
-    Domain d(virDomainLookupByName(conn_, name.c_str()));
+    const auto c = conn();
+    Domain d(virDomainLookupByName(c->ptr, name.c_str()));
     if (d) return true;
     if (virGetLastErrorCode() == VIR_ERR_NO_DOMAIN) return false;
     throw last_error("cannot look up domain '" + name + "'");
   }
 
   void define_and_start(const std::string& xml) override {
-    std::lock_guard lock(mu_);
+    const auto c = conn();
     const std::string name = domain_name(xml);
-    if (Domain existing{virDomainLookupByName(conn_, name.c_str())})
+    if (Domain existing{virDomainLookupByName(c->ptr, name.c_str())})
       throw HypervisorError(Kind::InvalidArgument, "cannot define domain '" + name + "'",
                             "a domain with that name exists", "pick another name or remove it first");
     virResetLastError();
-    Domain d(virDomainDefineXMLFlags(conn_, xml.c_str(), VIR_DOMAIN_DEFINE_VALIDATE));
+    Domain d(virDomainDefineXMLFlags(c->ptr, xml.c_str(), VIR_DOMAIN_DEFINE_VALIDATE));
     if (!d) throw last_error("libvirt rejected the definition of domain '" + name + "'");
     if (virDomainCreate(d.get()) < 0) {
       HypervisorError err = last_error("cannot start domain '" + name + "'",
@@ -242,8 +258,8 @@ class LibvirtHypervisor final : public Hypervisor {
   }
 
   bool destroy_and_undefine(const std::string& name) override {
-    std::lock_guard lock(mu_);
-    Domain d(virDomainLookupByName(conn_, name.c_str()));
+    const auto c = conn();
+    Domain d(virDomainLookupByName(c->ptr, name.c_str()));
     if (!d) {
       if (virGetLastErrorCode() == VIR_ERR_NO_DOMAIN) return false;
       throw last_error("cannot look up domain '" + name + "'");
@@ -258,8 +274,8 @@ class LibvirtHypervisor final : public Hypervisor {
   }
 
   void set_cpu_shares(const std::string& name, std::uint64_t shares) override {
-    std::lock_guard lock(mu_);
-    Domain d = lookup(name);
+    const auto c = conn();
+    Domain d = lookup(c->ptr, name);
     virTypedParameterPtr params = nullptr;
     int n = 0, max = 0;
     virTypedParamsAddULLong(&params, &n, &max, VIR_DOMAIN_SCHEDULER_CPU_SHARES, shares);
@@ -269,94 +285,102 @@ class LibvirtHypervisor final : public Hypervisor {
   }
 
   void pin_vcpu(const std::string& name, int vcpu, const std::vector<policy::CpuId>& cpus) override {
-    std::lock_guard lock(mu_);
-    Domain d = lookup(name);
-    auto map = cpumap(cpus);
+    const auto c = conn();
+    Domain d = lookup(c->ptr, name);
+    auto map = cpumap(c->ptr, cpus);
     if (virDomainPinVcpuFlags(d.get(), vcpu, map.data(), map.size(), live_and_config(d.get())) < 0)
       throw last_error("cannot pin vCPU " + std::to_string(vcpu) + " of domain '" + name + "'");
   }
 
   void pin_emulator(const std::string& name, const std::vector<policy::CpuId>& cpus) override {
-    std::lock_guard lock(mu_);
-    Domain d = lookup(name);
-    auto map = cpumap(cpus);
+    const auto c = conn();
+    Domain d = lookup(c->ptr, name);
+    auto map = cpumap(c->ptr, cpus);
     if (virDomainPinEmulator(d.get(), map.data(), map.size(), live_and_config(d.get())) < 0)
       throw last_error("cannot pin the emulator threads of domain '" + name + "'");
   }
 
   void set_vcpus(const std::string& name, int count) override {
-    std::lock_guard lock(mu_);
-    Domain d = lookup(name);
+    const auto c = conn();
+    Domain d = lookup(c->ptr, name);
     if (virDomainSetVcpusFlags(d.get(), count, live_and_config(d.get())) < 0)
       throw last_error("cannot set the vCPU count of domain '" + name + "' to " + std::to_string(count),
                        "the count must lie within 1 and the domain's maximum");
   }
 
   void set_memory_mib(const std::string& name, std::uint64_t mib) override {
-    std::lock_guard lock(mu_);
-    Domain d = lookup(name);
+    const auto c = conn();
+    Domain d = lookup(c->ptr, name);
     if (virDomainSetMemoryFlags(d.get(), mib * 1024, VIR_DOMAIN_AFFECT_LIVE) < 0)
       throw last_error("cannot set the balloon of domain '" + name + "' to " + std::to_string(mib) + " MiB",
                        "the domain must be running and the size at most its maximum memory");
   }
 
   void set_metadata(const std::string& name, const VmFacts& facts) override {
-    std::lock_guard lock(mu_);
-    Domain d = lookup(name);
+    const auto c = conn();
+    Domain d = lookup(c->ptr, name);
     const std::string fragment = render_metadata_body(facts);
     if (virDomainSetMetadata(d.get(), VIR_DOMAIN_METADATA_ELEMENT, fragment.c_str(), kMetadataPrefix,
                              kMetadataNamespace, live_and_config(d.get())) < 0)
       throw last_error("cannot store llmorch metadata in domain '" + name + "'");
   }
 
-  MemoryStats memory_stats(const std::string& name) override {
-    std::lock_guard lock(mu_);
-    Domain d = lookup(name);
-    virDomainMemoryStatStruct stats[VIR_DOMAIN_MEMORY_STAT_NR];
-    int n = virDomainMemoryStats(d.get(), stats, VIR_DOMAIN_MEMORY_STAT_NR, 0);
-    if (n < 0) throw last_error("cannot read memory statistics of domain '" + name + "'");
-    MemoryStats out;
+  std::map<std::string, DomainStats> domain_stats() override {
+    const auto c = conn();
+    virDomainStatsRecordPtr* records = nullptr;
+    const unsigned stats = VIR_DOMAIN_STATS_CPU_TOTAL | VIR_DOMAIN_STATS_BALLOON | VIR_DOMAIN_STATS_VCPU;
+    // NOWAIT: a domain whose job is held (a call stuck in its monitor) is not waited for; it gets only
+    // what needs no job.
+    const int n = virConnectGetAllDomainStats(c->ptr, stats, &records,
+                                              VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE |
+                                                  VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT);
+    if (n < 0) throw last_error("cannot read the domains' statistics on " + uri_);
+    std::map<std::string, DomainStats> out;
     for (int i = 0; i < n; ++i) {
-      std::uint64_t v = stats[i].val;
-      switch (stats[i].tag) {
-        case VIR_DOMAIN_MEMORY_STAT_ACTUAL_BALLOON: out.actual_kib = v; break;
-        case VIR_DOMAIN_MEMORY_STAT_UNUSED: out.unused_kib = v; break;
-        case VIR_DOMAIN_MEMORY_STAT_AVAILABLE: out.available_kib = v; break;
-        case VIR_DOMAIN_MEMORY_STAT_USABLE: out.usable_kib = v; break;
-        case VIR_DOMAIN_MEMORY_STAT_SWAP_IN: out.swap_in_kib = v; break;
-        case VIR_DOMAIN_MEMORY_STAT_SWAP_OUT: out.swap_out_kib = v; break;
-        case VIR_DOMAIN_MEMORY_STAT_MAJOR_FAULT: out.major_faults = v; break;
-        case VIR_DOMAIN_MEMORY_STAT_MINOR_FAULT: out.minor_faults = v; break;
-        case VIR_DOMAIN_MEMORY_STAT_RSS: out.rss_kib = v; break;
-        case VIR_DOMAIN_MEMORY_STAT_LAST_UPDATE: out.last_update_s = v; break;
-        default: break;
-      }
+      const virDomainStatsRecord& r = *records[i];
+      DomainStats& d = out[virDomainGetName(r.dom)];
+      auto ull = [&](const char* key) -> std::optional<std::uint64_t> {
+        unsigned long long v = 0;
+        if (virTypedParamsGetULLong(r.params, r.nparams, key, &v) == 1) return v;
+        return std::nullopt;
+      };
+      d.cpu.total_ns = ull("cpu.time").value_or(0);
+      unsigned int current = 0;
+      virTypedParamsGetUInt(r.params, r.nparams, "vcpu.current", &current);
+      for (unsigned int v = 0; v < current; ++v)
+        d.cpu.vcpu_ns.push_back(ull(("vcpu." + std::to_string(v) + ".time").c_str()).value_or(0));
+      MemoryStats& m = d.memory;
+      m.actual_kib = ull("balloon.current");
+      m.unused_kib = ull("balloon.unused");
+      m.available_kib = ull("balloon.available");
+      m.usable_kib = ull("balloon.usable");
+      m.swap_in_kib = ull("balloon.swap_in");
+      m.swap_out_kib = ull("balloon.swap_out");
+      m.major_faults = ull("balloon.major_fault");
+      m.minor_faults = ull("balloon.minor_fault");
+      m.rss_kib = ull("balloon.rss");
+      m.last_update_s = ull("balloon.last-update");
+      // rss comes with the part that needs the job (QEMU's balloon query); skipped when it was busy.
+      d.memory_complete = m.rss_kib.has_value() || m.last_update_s.has_value();
     }
+    virDomainStatsRecordListFree(records);
     return out;
   }
 
-  CpuStats cpu_stats(const std::string& name) override {
-    std::lock_guard lock(mu_);
-    Domain d = lookup(name);
-    virDomainPtr doms[] = {d.get(), nullptr};
-    virDomainStatsRecordPtr* records = nullptr;
-    if (virDomainListGetStats(doms, VIR_DOMAIN_STATS_CPU_TOTAL | VIR_DOMAIN_STATS_VCPU, &records, 0) < 1) {
-      if (records) virDomainStatsRecordListFree(records);
-      throw last_error("cannot read CPU statistics of domain '" + name + "'");
+  ControlInfo control_info(const std::string& name) override {
+    const auto c = conn();
+    Domain d = lookup(c->ptr, name);
+    virDomainControlInfo info{};
+    if (virDomainGetControlInfo(d.get(), &info, 0) < 0)
+      throw last_error("cannot read the control state of domain '" + name + "'");
+    ControlInfo out;
+    switch (info.state) {
+      case VIR_DOMAIN_CONTROL_JOB: out.state = ControlState::Job; break;
+      case VIR_DOMAIN_CONTROL_OCCUPIED: out.state = ControlState::Occupied; break;
+      case VIR_DOMAIN_CONTROL_ERROR: out.state = ControlState::Error; break;
+      default: out.state = ControlState::Ok; break;
     }
-    CpuStats out;
-    const virDomainStatsRecord& r = *records[0];
-    unsigned long long v = 0;
-    if (virTypedParamsGetULLong(r.params, r.nparams, "cpu.time", &v) == 1) out.total_ns = v;
-    unsigned int current = 0;
-    virTypedParamsGetUInt(r.params, r.nparams, "vcpu.current", &current);
-    for (unsigned int i = 0; i < current; ++i) {
-      const std::string key = "vcpu." + std::to_string(i) + ".time";
-      v = 0;
-      virTypedParamsGetULLong(r.params, r.nparams, key.c_str(), &v);
-      out.vcpu_ns.push_back(v);
-    }
-    virDomainStatsRecordListFree(records);
+    out.for_ms = out.state == ControlState::Ok ? 0 : info.stateTime;
     return out;
   }
 
@@ -366,19 +390,28 @@ class LibvirtHypervisor final : public Hypervisor {
   }
 
   bool alive() override {
-    std::lock_guard lock(mu_);
-    return alive_locked();
+    std::shared_ptr<Connection> c;
+    {
+      std::lock_guard lock(mu_);
+      c = conn_;
+    }
+    return c && c->alive();
   }
 
   void ensure_connected() override {
-    std::lock_guard lock(mu_);
-    if (alive_locked()) return;
-    close_locked();
+    std::lock_guard reconnecting(reconnect_mu_);  // one reconnect at a time
+    if (alive()) return;
+    {
+      std::lock_guard lock(mu_);
+      conn_.reset();  // ours; a call still running on another thread keeps its own reference
+    }
     const auto deadline = std::chrono::steady_clock::now() + options_.reconnect_timeout;
     auto backoff = options_.initial_backoff;
     for (;;) {
       try {
-        open_locked();
+        auto fresh = open();
+        std::lock_guard lock(mu_);
+        conn_ = std::move(fresh);
         return;
       } catch (const HypervisorError&) {
         if (std::chrono::steady_clock::now() + backoff > deadline) throw;
@@ -389,53 +422,47 @@ class LibvirtHypervisor final : public Hypervisor {
   }
 
  private:
-  // --- connection (callers hold mu_) ---
+  // --- connection ---
 
-  void open_locked() {
-    conn_ = virConnectOpen(uri_.c_str());
-    if (!conn_) {
+  // The connection for one call. Calls run concurrently (and may be stuck in a QEMU that stopped
+  // answering): none holds a lock while it is in libvirt, only its reference to the connection.
+  std::shared_ptr<Connection> conn() {
+    std::lock_guard lock(mu_);
+    if (!conn_)
+      throw HypervisorError(Kind::Connection, "not connected to " + uri_, "the last reconnect failed", kConnectHint);
+    return conn_;
+  }
+
+  std::shared_ptr<Connection> open() {
+    auto c = std::make_shared<Connection>();
+    c->ptr = virConnectOpen(uri_.c_str());
+    if (!c->ptr) {
       HypervisorError e = last_error("cannot connect to " + uri_, kConnectHint);
       throw HypervisorError(Kind::Connection, "cannot connect to " + uri_, e.libvirt_message(), kConnectHint);
     }
-    events_->closed = false;
     // Keepalive and the close callback let alive() notice a libvirtd that went away. Drivers without
     // a daemon (test:///) refuse both; that is fine.
-    virConnectSetKeepAlive(conn_, 5, 3);
-    // The close callback's ref is ours, freed in close_locked after unregistering: drivers without
-    // close callbacks (test:///) accept the registration but never call a free function (a leak).
-    close_ref_ = std::make_unique<std::shared_ptr<EventState>>(events_);
-    close_registered_ = virConnectRegisterCloseCallback(conn_, on_close, close_ref_.get(), nullptr) == 0;
+    virConnectSetKeepAlive(c->ptr, 5, 3);
+    // The close callback's ref is ours, freed after unregistering: drivers without close callbacks
+    // (test:///) accept the registration but never call a free function (a leak).
+    c->close_ref = std::make_unique<std::shared_ptr<std::atomic<bool>>>(c->closed);
+    c->close_registered = virConnectRegisterCloseCallback(c->ptr, on_close, c->close_ref.get(), nullptr) == 0;
     auto* event_ref = new std::shared_ptr<EventState>(events_);
-    lifecycle_id_ = virConnectDomainEventRegisterAny(conn_, nullptr, VIR_DOMAIN_EVENT_ID_LIFECYCLE,
-                                                     VIR_DOMAIN_EVENT_CALLBACK(on_lifecycle), event_ref,
-                                                     free_state_ref);
-    if (lifecycle_id_ < 0) {
+    c->lifecycle_id = virConnectDomainEventRegisterAny(c->ptr, nullptr, VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                                                       VIR_DOMAIN_EVENT_CALLBACK(on_lifecycle), event_ref,
+                                                       free_state_ref);
+    if (c->lifecycle_id < 0) {
       delete event_ref;
-      HypervisorError e = last_error("cannot subscribe to domain events on " + uri_);
-      close_locked();
-      throw e;
+      throw last_error("cannot subscribe to domain events on " + uri_);  // ~Connection closes it
     }
     virResetLastError();
+    return c;
   }
 
-  void close_locked() {
-    if (!conn_) return;
-    if (lifecycle_id_ >= 0) virConnectDomainEventDeregisterAny(conn_, lifecycle_id_);
-    if (close_registered_) virConnectUnregisterCloseCallback(conn_, on_close);
-    lifecycle_id_ = -1;
-    close_registered_ = false;
-    virConnectClose(conn_);
-    conn_ = nullptr;
-    close_ref_.reset();
-    virResetLastError();
-  }
+  // --- domains ---
 
-  bool alive_locked() { return conn_ && !events_->closed && virConnectIsAlive(conn_) == 1; }
-
-  // --- domains (callers hold mu_) ---
-
-  Domain lookup(const std::string& name) {
-    Domain d(virDomainLookupByName(conn_, name.c_str()));
+  static Domain lookup(virConnectPtr conn, const std::string& name) {
+    Domain d(virDomainLookupByName(conn, name.c_str()));
     if (!d) throw last_error("cannot find domain '" + name + "'", "check the name with `llmorch list`");
     return d;
   }
@@ -456,16 +483,16 @@ class LibvirtHypervisor final : public Hypervisor {
     return flags;
   }
 
-  int host_cpu_count() {
-    int n = virNodeGetCPUMap(conn_, nullptr, nullptr, 0);
+  static int host_cpu_count(virConnectPtr conn) {
+    int n = virNodeGetCPUMap(conn, nullptr, nullptr, 0);
     if (n > 0) return n;
     virNodeInfo info;
-    if (virNodeGetInfo(conn_, &info) < 0) throw last_error("cannot read the host's CPU count");
+    if (virNodeGetInfo(conn, &info) < 0) throw last_error("cannot read the host's CPU count");
     return static_cast<int>(info.cpus);
   }
 
-  std::vector<unsigned char> cpumap(const std::vector<policy::CpuId>& cpus) {
-    const int ncpus = host_cpu_count();
+  static std::vector<unsigned char> cpumap(virConnectPtr conn, const std::vector<policy::CpuId>& cpus) {
+    const int ncpus = host_cpu_count(conn);
     std::vector<unsigned char> map(VIR_CPU_MAPLEN(ncpus), 0);
     if (cpus.empty()) throw HypervisorError(Kind::InvalidArgument, "cannot pin", "empty CPU set", "name at least one CPU");
     for (policy::CpuId c : cpus) {
@@ -481,32 +508,32 @@ class LibvirtHypervisor final : public Hypervisor {
   // errors: VIR_ERR_NO_DOMAIN, "domain is not running", or no error at all ("no error" messages from
   // calls that lost their object). So on any failure, look the domain up again: gone means it is not
   // listed; still there means its state changed under us, and one more try describes the new state.
-  std::optional<ManagedDomain> describe_listed(virDomainPtr d) {
+  static std::optional<ManagedDomain> describe_listed(virConnectPtr conn, virDomainPtr d) {
     try {
-      return describe(d);
+      return describe(conn, d);
     } catch (const HypervisorError& e) {
       if (e.kind() == Kind::Connection) throw;
-      if (!still_defined(d)) return std::nullopt;
+      if (!still_defined(conn, d)) return std::nullopt;
     }
     try {
-      return describe(d);
+      return describe(conn, d);
     } catch (const HypervisorError& e) {
-      if (e.kind() == Kind::Connection || still_defined(d)) throw;
+      if (e.kind() == Kind::Connection || still_defined(conn, d)) throw;
       return std::nullopt;
     }
   }
 
   // Whether libvirt still knows the domain (by UUID, so a new domain of the same name does not count).
-  bool still_defined(virDomainPtr d) {
+  static bool still_defined(virConnectPtr conn, virDomainPtr d) {
     unsigned char uuid[VIR_UUID_BUFLEN];
     if (virDomainGetUUID(d, uuid) < 0) return false;
-    Domain again(virDomainLookupByUUID(conn_, uuid));
+    Domain again(virDomainLookupByUUID(conn, uuid));
     if (again) return true;
     if (virGetLastErrorCode() == VIR_ERR_NO_DOMAIN) return false;
     throw last_error("cannot look up a listed domain again");
   }
 
-  std::optional<ManagedDomain> describe(virDomainPtr d) {
+  static std::optional<ManagedDomain> describe(virConnectPtr conn, virDomainPtr d) {
     CString xml(virDomainGetXMLDesc(d, 0));
     if (!xml) throw last_error(std::string("cannot read the XML of domain '") + virDomainGetName(d) + "'");
     auto facts = parse_metadata(xml.get());
@@ -525,13 +552,13 @@ class LibvirtHypervisor final : public Hypervisor {
     m.vcpus_current = live.vcpus_current;
     m.vcpus_max = live.vcpus_max;
     m.channel_path = m.active() ? live.channel_path : "";
-    m.vcpu_pins = vcpu_pins(d, m.vcpus_max);
+    m.vcpu_pins = vcpu_pins(conn, d, m.vcpus_max);
     m.cpu_shares = cpu_shares(d);
     return m;
   }
 
-  std::vector<std::vector<policy::CpuId>> vcpu_pins(virDomainPtr d, int max_vcpus) {
-    const int ncpus = host_cpu_count();
+  static std::vector<std::vector<policy::CpuId>> vcpu_pins(virConnectPtr conn, virDomainPtr d, int max_vcpus) {
+    const int ncpus = host_cpu_count(conn);
     const int maplen = VIR_CPU_MAPLEN(ncpus);
     std::vector<unsigned char> maps(static_cast<std::size_t>(maplen) * max_vcpus, 0);
     int n = virDomainGetVcpuPinInfo(d, max_vcpus, maps.data(), maplen, 0);
@@ -544,7 +571,7 @@ class LibvirtHypervisor final : public Hypervisor {
   }
 
   // Absent when the driver has no cpu_shares (e.g. the test driver's "weight").
-  std::optional<std::uint64_t> cpu_shares(virDomainPtr d) {
+  static std::optional<std::uint64_t> cpu_shares(virDomainPtr d) {
     int n = 0;
     CString type(virDomainGetSchedulerType(d, &n));
     std::optional<std::uint64_t> out;
@@ -572,11 +599,9 @@ class LibvirtHypervisor final : public Hypervisor {
 
   std::string uri_;
   LibvirtOptions options_;
-  std::mutex mu_;
-  virConnectPtr conn_ = nullptr;
-  int lifecycle_id_ = -1;
-  bool close_registered_ = false;
-  std::unique_ptr<std::shared_ptr<EventState>> close_ref_;  // on_close's opaque while registered
+  std::mutex mu_;              // guards conn_ (the pointer, not the calls)
+  std::mutex reconnect_mu_;    // one ensure_connected() at a time
+  std::shared_ptr<Connection> conn_;
   std::shared_ptr<EventState> events_ = std::make_shared<EventState>();
 };
 

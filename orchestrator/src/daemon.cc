@@ -6,7 +6,10 @@
 
 #include <cmath>
 #include <map>
+#include <set>
 #include <stdexcept>
+
+#include <fmt/format.h>
 
 #include <spdlog/spdlog.h>
 
@@ -64,9 +67,22 @@ void Daemon::request_reload() {
   wake();
 }
 
+BoundedCalls::Result Daemon::bounded(const std::string& key, std::chrono::milliseconds deadline,
+                                     std::function<void()> fn) {
+  BoundedCalls::Result r = calls_.run(key, deadline, std::move(fn));
+  if (r.status == BoundedCalls::Status::Error) std::rethrow_exception(r.error);
+  return r;
+}
+
 bool Daemon::refresh_connection() {
   try {
-    hv_.ensure_connected();
+    if (!bounded("connect", host_call_timeout(), [this] { hv_.ensure_connected(); }).ok()) {
+      if (connected_)
+        spdlog::warn("libvirt is not answering (no reply within {} ms); reconnecting in the background, "
+                     "changes pause until it answers", host_call_timeout().count());
+      connected_ = false;
+      return false;
+    }
     if (!connected_) spdlog::info("libvirt connection restored");
     connected_ = true;
   } catch (const HypervisorError& e) {
@@ -88,6 +104,8 @@ bool Daemon::tick() {
     return false;
   }
   std::vector<ManagedDomain>& domains = *listed;
+  const auto stats = read_stats();
+  check_responsive(domains, stats);
   channels_.sync(domains, now);
   Snapshot snap{.vms = {}, .alpha = options_.config.alpha, .memory = host_memory()};
   std::map<std::string, BalloonHistory> seen;
@@ -95,7 +113,12 @@ bool Daemon::tick() {
     AgentState agent = channels_.state(d.name, now);
     BalloonSample balloon;
     if (d.active()) {
-      balloon = sample_balloon(d, agent, now);
+      const DomainStats* st = nullptr;
+      if (stats) {
+        auto it = stats->find(d.name);
+        if (it != stats->end()) st = &it->second;
+      }
+      balloon = sample_balloon(d, agent, st, now);
       seen[d.name] = balloons_[d.name];
     }
     snap.vms.push_back({std::move(d), std::move(agent), std::move(balloon)});
@@ -124,7 +147,8 @@ bool Daemon::tick() {
   return true;
 }
 
-BalloonSample Daemon::sample_balloon(const ManagedDomain& d, const AgentState& agent, Clock::TimePoint now) {
+BalloonSample Daemon::sample_balloon(const ManagedDomain& d, const AgentState& agent, const DomainStats* stats,
+                                     Clock::TimePoint now) {
   BalloonSample sample;
   auto [it, first] = balloons_.try_emplace(d.name);
   BalloonHistory& h = it->second;
@@ -132,12 +156,11 @@ BalloonSample Daemon::sample_balloon(const ManagedDomain& d, const AgentState& a
   if (!first) sample.previous = h.last;
   if (!agent.last_report && now - h.watched_since < kFirstReportGrace)
     sample.hold = "waiting for the agent's first report (its floor may be above the template's)";
-  try {
-    sample.stats = hv_.memory_stats(d.name);
-  } catch (const HypervisorError& e) {
-    spdlog::debug("vm {}: no balloon statistics this tick ({})", d.name, e.what());
+  if (!stats || !stats->memory_complete) {
+    spdlog::debug("vm {}: no balloon statistics this tick", d.name);
     return sample;
   }
+  sample.stats = stats->memory;
   // last_update is the host's time (s) of the guest's last stats; 0 or absent: never reported.
   const std::uint64_t update = sample.stats->last_update_s.value_or(0);
   if (update != 0 && (first || update != h.last_update)) {
@@ -157,7 +180,12 @@ HostMemory Daemon::host_memory() {
   HostMemory m{.free_mib = {}, .reserve_mib = options_.config.memory_reserve_mib,
                .limit_mib = options_.config.host_memory_limit_mib, .config = options_.config.balloon};
   try {
-    m.free_mib = hv_.free_memory_mib();
+    BoundedCalls::Result r;
+    auto free = calls_.get<std::map<policy::NodeId, std::uint64_t>>(
+        "free-memory", host_call_timeout(), [this] { return hv_.free_memory_mib(); }, r);
+    if (free) m.free_mib = std::move(*free);
+    else if (r.status == BoundedCalls::Status::Error) std::rethrow_exception(r.error);
+    else spdlog::debug("free memory per node not read this tick (libvirt slow); the balloon follows the host limit only");
   } catch (const HypervisorError& e) {
     spdlog::debug("no free memory per node this tick ({}); the balloon follows the host limit only", e.what());
   }
@@ -185,7 +213,21 @@ void Daemon::report_left_alone(const MemoryPlan& memory) {
 // unreachable (or failing) for now: the next tick tries again.
 std::optional<std::vector<ManagedDomain>> Daemon::list_domains() {
   try {
-    auto domains = hv_.list_managed();
+    BoundedCalls::Result r;
+    auto listed =
+        calls_.get<std::vector<ManagedDomain>>("list", host_call_timeout(), [this] { return hv_.list_managed(); }, r);
+    if (r.status == BoundedCalls::Status::Error) std::rethrow_exception(r.error);
+    if (!listed) {
+      if (host_call_stuck_.empty())
+        spdlog::warn("libvirt did not list the domains within {} ms; changes pause until it answers",
+                     host_call_timeout().count());
+      host_call_stuck_ = "list";
+      connected_ = false;
+      return std::nullopt;
+    }
+    if (!host_call_stuck_.empty()) spdlog::info("libvirt lists the domains again");
+    host_call_stuck_.clear();
+    auto domains = std::move(*listed);
     std::erase_if(domains, [&](const ManagedDomain& d) { return !d.name.starts_with(options_.domain_prefix); });
     return domains;
   } catch (const HypervisorError& e) {
@@ -193,6 +235,82 @@ std::optional<std::vector<ManagedDomain>> Daemon::list_domains() {
     connected_ = false;
     return std::nullopt;
   }
+}
+
+// Two slots: while one bulk read is stuck on a QEMU that stopped answering (it holds that domain's job),
+// the next skips that domain (NOWAIT) and returns; a third would pile up threads, so it waits.
+std::optional<std::map<std::string, DomainStats>> Daemon::read_stats() {
+  for (const char* key : {"stats", "stats.2"}) {
+    BoundedCalls::Result r;
+    auto stats = calls_.get<std::map<std::string, DomainStats>>(key, call_timeout(), [this] { return hv_.domain_stats(); }, r);
+    if (stats) return stats;
+    if (r.status == BoundedCalls::Status::Error) {
+      try {
+        std::rethrow_exception(r.error);
+      } catch (const HypervisorError& e) {
+        spdlog::debug("no domain statistics this tick ({})", e.what());
+      }
+      return std::nullopt;
+    }
+    if (r.status == BoundedCalls::Status::TimedOut) {
+      spdlog::info("domain statistics did not come back within {} ms (a VM's QEMU may not be answering); "
+                   "balloon decisions wait for the next tick", options_.config.libvirt_timeout_ms);
+      return std::nullopt;
+    }
+  }
+  spdlog::debug("two statistics reads are still waiting on libvirt; none this tick");
+  return std::nullopt;
+}
+
+void Daemon::mark_unresponsive(const std::string& vm, const std::string& detail,
+                               std::chrono::system_clock::time_point since) {
+  auto [it, added] = unresponsive_.try_emplace(vm, Unresponsive{since, detail});
+  if (!added) return;
+  spdlog::warn("vm {}: unresponsive: {}; its levers are skipped until libvirt answers for it, every other VM "
+               "goes on", vm, detail);
+}
+
+// Which VMs libvirt is stuck on. A VM is suspected when it is already unresponsive, when its statistics
+// came back without what needs its job, or when the bulk read did not come back at all; then its control
+// interface says whether libvirt is waiting on its QEMU, and for how long.
+void Daemon::check_responsive(const std::vector<ManagedDomain>& domains,
+                              const std::optional<std::map<std::string, DomainStats>>& stats) {
+  const auto wall = clock_.wall();
+  std::set<std::string> active;
+  for (const ManagedDomain& d : domains) {
+    if (!d.active()) continue;
+    active.insert(d.name);
+    const bool known = unresponsive_.count(d.name) != 0;
+    const DomainStats* s = nullptr;
+    if (stats) {
+      auto it = stats->find(d.name);
+      if (it != stats->end()) s = &it->second;
+    }
+    if (!known && s && s->memory_complete) continue;
+    if (calls_.busy(d.name)) {  // a call of ours has not returned
+      mark_unresponsive(d.name, "a libvirt call for it has not returned", wall);
+      continue;
+    }
+    BoundedCalls::Result r;
+    const std::string name = d.name;
+    auto info = calls_.get<ControlInfo>(name, call_timeout(), [this, name] { return hv_.control_info(name); }, r);
+    if (!info) {
+      if (r.status == BoundedCalls::Status::TimedOut)
+        mark_unresponsive(name, fmt::format("libvirt did not tell its control state within {} ms",
+                                            options_.config.libvirt_timeout_ms), wall);
+      continue;  // an error (it stopped meanwhile): decide at the next tick
+    }
+    if (info->state != ControlState::Ok && info->for_ms >= static_cast<std::uint64_t>(options_.config.libvirt_timeout_ms)) {
+      mark_unresponsive(name, fmt::format("libvirt has been waiting {:.1f} s for its QEMU ({})", info->for_ms / 1000.0,
+                                          to_string(info->state)),
+                        wall - std::chrono::milliseconds(info->for_ms));
+    } else if (known) {
+      const double s_down = std::chrono::duration<double>(wall - unresponsive_[name].since).count();
+      spdlog::info("vm {}: answering again after {:.1f} s; managed again", name, s_down);
+      unresponsive_.erase(name);
+    }
+  }
+  std::erase_if(unresponsive_, [&](const auto& kv) { return !active.count(kv.first); });  // stopped or gone
 }
 
 void Daemon::apply(const std::vector<Action>& actions, std::vector<Action>& applied) {
@@ -204,9 +322,16 @@ void Daemon::apply(const std::vector<Action>& actions, std::vector<Action>& appl
       spdlog::info("{}{}", prefix(true), line);
       continue;
     }
-    if (a.vm == failed_vm) continue;
+    if (a.vm == failed_vm || skipped(a.vm)) continue;
     try {
-      apply_one(a);
+      if (a.kind == Action::Kind::SendVcpusOnline) {
+        apply_one(a);  // the agent channel: the loop's own, never waits
+      } else if (!bounded(a.vm, call_timeout(), [this, a] { apply_one(a); }).ok()) {
+        mark_unresponsive(a.vm, fmt::format("libvirt did not return within {} ms from: {}",
+                                            options_.config.libvirt_timeout_ms, line), clock_.wall());
+        failed_vm = a.vm;
+        continue;
+      }
       spdlog::info("{}", line);
       applied.push_back(a);
       std::string& c = changes[a.vm];
@@ -251,12 +376,14 @@ void Daemon::apply_one(const Action& a) {
 }
 
 void Daemon::write_status() {
-  if (options_.state_dir.empty()) return;
   status_.last_tick_at = clock_.wall();
   status_.alpha = options_.config.alpha;
   status_.interval_ms = options_.config.interval_ms;
   status_.connected = connected_;
   status_.plan = plan_;
+  status_.problems.clear();
+  for (const auto& [vm, u] : unresponsive_) status_.problems[vm].push_back({"unresponsive", u.detail, u.since});
+  if (options_.state_dir.empty()) return;
   try {
     write_status_file(options_.state_dir, status_);
   } catch (const std::exception& e) {
@@ -334,9 +461,11 @@ int Daemon::run() {
     auto now = clock_.now();
     const bool coalesced = now - last_reconcile_ >= options_.report_coalesce;
     if (now >= next_tick || (reconcile_due_ && coalesced)) {
+      const auto started = now;
       tick();
       now = clock_.now();
-      next_tick = now + milliseconds(options_.config.interval_ms);
+      // From the tick's start: a tick slowed by a libvirt call that timed out does not push the schedule.
+      next_tick = started + milliseconds(options_.config.interval_ms);
     }
     auto wake_at = next_tick;
     if (reconcile_due_) wake_at = std::min(wake_at, last_reconcile_ + options_.report_coalesce);

@@ -192,7 +192,7 @@ TEST_F(LibvirtIntegration, LiveLevers) {
 
   hv_->set_vcpus(spec.name, 2);
   EXPECT_EQ(must_find(spec.name).vcpus_current, 2);
-  EXPECT_EQ(hv_->cpu_stats(spec.name).vcpu_ns.size(), 2u);
+  EXPECT_EQ(hv_->domain_stats().at(spec.name).cpu.vcpu_ns.size(), 2u);
 
   VmFacts facts = must_find(spec.name).facts;
   facts.priority = 7.5;
@@ -223,12 +223,16 @@ TEST_F(LibvirtIntegration, BalloonAndStatsOnABootedGuest) {
     std::this_thread::sleep_for(std::chrono::milliseconds(250));
   }
   EXPECT_EQ(actual, 160u * 1024);
-  MemoryStats st = hv_->memory_stats(spec.name);
-  ASSERT_TRUE(st.actual_kib.has_value());
-  EXPECT_EQ(*st.actual_kib, 160u * 1024);
-  ASSERT_TRUE(st.rss_kib.has_value());
-  EXPECT_GT(*st.rss_kib, 0u);
-  EXPECT_GT(hv_->cpu_stats(spec.name).total_ns, 0u);
+  const auto all = hv_->domain_stats();  // one bulk call for every running domain
+  ASSERT_TRUE(all.count(spec.name));
+  const DomainStats& ds = all.at(spec.name);
+  EXPECT_TRUE(ds.memory_complete);
+  ASSERT_TRUE(ds.memory.actual_kib.has_value());
+  EXPECT_EQ(*ds.memory.actual_kib, 160u * 1024);
+  ASSERT_TRUE(ds.memory.rss_kib.has_value());
+  EXPECT_GT(*ds.memory.rss_kib, 0u);
+  EXPECT_GT(ds.cpu.total_ns, 0u);
+  EXPECT_EQ(hv_->control_info(spec.name).state, ControlState::Ok);
   EXPECT_THROW(hv_->set_memory_mib(spec.name, 4096), HypervisorError);  // above the maximum
 }
 

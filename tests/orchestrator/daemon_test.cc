@@ -164,6 +164,47 @@ TEST_F(DaemonTest, FailureOnOneVmDoesNotStopTheOthers) {
   EXPECT_NE(hv.dom("a").cpu_shares, 1024u);
 }
 
+// A VM whose QEMU stopped answering (SIGSTOP, a hung QEMU): libvirt calls for it block. The tick goes
+// on without it, marks it unresponsive, keeps managing the others, and it rejoins once it answers.
+TEST_F(DaemonTest, UnresponsiveVmIsSkippedAndRejoins) {
+  options.config.libvirt_timeout_ms = 200;
+  hv.hang("b");
+  Daemon d(hv, clock, options);
+  auto timed_tick = [&] {
+    const auto start = std::chrono::steady_clock::now();
+    EXPECT_TRUE(d.tick());
+    return std::chrono::steady_clock::now() - start;
+  };
+  // First tick: the statistics read takes b's job and blocks; b's own lever blocks too.
+  EXPECT_LT(timed_tick(), 1s);
+  EXPECT_EQ(hv.dom("a").cpu_shares, 1455u);  // a is managed
+  EXPECT_EQ(hv.dom("b").cpu_shares, 1024u);  // b is not
+  auto j = read_status_file(options.state_dir);
+  EXPECT_EQ(j["health"], "degraded");
+  ASSERT_EQ(j["problems"].size(), 1u);
+  EXPECT_EQ(j["problems"][0]["vm"], "b");
+  EXPECT_EQ(j["problems"][0]["kind"], "unresponsive");
+
+  // Later ticks skip b at once: the next statistics read does not wait for b's job (NOWAIT).
+  hv.dom("a").facts.priority = 2;  // a's own change still applies
+  hv.calls.clear();
+  EXPECT_LT(timed_tick(), 150ms);  // below one call timeout: nothing waited on b
+  ASSERT_EQ(hv.calls.size(), 1u);  // a's new share (weight 0.577 of 2048); none for b
+  EXPECT_EQ(hv.calls[0].rfind("set_cpu_shares a 118", 0), 0u) << hv.calls[0];
+  EXPECT_EQ(hv.blocked_calls(), 1);  // b's first statistics read, still waiting on its QEMU
+
+  // b answers again: its blocked calls return, and at the next tick it is managed again.
+  hv.release("b");
+  ASSERT_TRUE(hv.wait_unstuck("b"));
+  ASSERT_TRUE(d.drain_calls(1s) == 0);
+  hv.calls.clear();
+  EXPECT_TRUE(d.tick());
+  j = read_status_file(options.state_dir);
+  EXPECT_EQ(j["health"], "ok");
+  EXPECT_TRUE(j["problems"].empty());
+  EXPECT_NE(hv.dom("b").cpu_shares, 1024u);
+}
+
 TEST_F(DaemonTest, LibvirtOutageIsReportedAndSurvived) {
   Daemon d(hv, clock, options);
   hv.down = true;

@@ -1,8 +1,14 @@
 // An in-memory Hypervisor for unit tests: domains are ManagedDomain values; levers change them and are
 // recorded; a VM name in `fail_on` makes every lever on that VM throw; `down` makes every call throw a
-// connection error.
+// connection error. hang(vm) models a QEMU that stopped answering (SIGSTOP): its levers block, and so
+// does the first statistics read (it takes the VM's job), while later reads skip it (NOWAIT) and its
+// control info says Occupied; release(vm) lets the blocked calls return with an error, changing nothing.
+// Calls run on BoundedCalls' worker threads: state a blocked call could touch late is behind hang_mu_.
 #pragma once
 
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
 #include <set>
 #include <string>
 #include <vector>
@@ -12,6 +18,11 @@
 namespace llmorch::orch::testing {
 
 class FakeHypervisor : public Hypervisor {
+  std::mutex hang_mu_;
+  std::condition_variable hang_cv_;
+  std::set<std::string> hung_;                                             // hang(): their QEMU stopped
+  std::map<std::string, std::chrono::steady_clock::time_point> stuck_;     // a call blocked in it since
+
  public:
   std::vector<ManagedDomain> domains;
   std::vector<std::string> calls;  // "set_cpu_shares a 1456", "pin_vcpu a 0 4", ...
@@ -74,11 +85,59 @@ class FakeHypervisor : public Hypervisor {
     lever(name, "set_metadata " + name);
     dom(name).facts = facts;
   }
-  MemoryStats memory_stats(const std::string& name) override {
-    auto it = memory.find(name);
-    return it == memory.end() ? MemoryStats{} : it->second;
+  std::map<std::string, DomainStats> domain_stats() override {
+    check();
+    std::map<std::string, DomainStats> out;
+    for (const auto& d : domains) {
+      if (!d.active()) continue;
+      DomainStats& st = out[d.name];
+      auto it = memory.find(d.name);
+      if (it != memory.end()) st.memory = it->second;
+      st.memory.actual_kib = st.memory.actual_kib.value_or(d.memory_actual_kib);
+      st.memory_complete = true;
+    }
+    std::unique_lock lock(hang_mu_);
+    for (const auto& vm : hung_) {
+      if (!out.count(vm)) continue;
+      if (stuck_.count(vm)) {
+        MemoryStats skipped;  // its job is held: only what needs no job
+        skipped.actual_kib = out[vm].memory.actual_kib;
+        out[vm].memory = skipped;
+        out[vm].memory_complete = false;
+      } else {
+        block(lock, vm);  // takes its job and waits on its QEMU
+      }
+    }
+    return out;
   }
-  CpuStats cpu_stats(const std::string&) override { return {}; }
+  ControlInfo control_info(const std::string& name) override {
+    check();
+    std::lock_guard lock(hang_mu_);
+    auto it = stuck_.find(name);
+    if (it == stuck_.end()) return {};
+    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - it->second);
+    return {ControlState::Occupied, static_cast<std::uint64_t>(ms.count())};
+  }
+  void hang(const std::string& vm) {
+    std::lock_guard lock(hang_mu_);
+    hung_.insert(vm);
+  }
+  void release(const std::string& vm) {
+    {
+      std::lock_guard lock(hang_mu_);
+      hung_.erase(vm);
+    }
+    hang_cv_.notify_all();
+  }
+  // Waits (up to 5 s) until no call is blocked in `vm` any more.
+  bool wait_unstuck(const std::string& vm) {
+    std::unique_lock lock(hang_mu_);
+    return hang_cv_.wait_for(lock, std::chrono::seconds(5), [&] { return !stuck_.count(vm); });
+  }
+  int blocked_calls() {
+    std::lock_guard lock(hang_mu_);
+    return static_cast<int>(stuck_.size());
+  }
   void set_lifecycle_callback(LifecycleCallback cb) override { callback = std::move(cb); }
   bool alive() override { return !down; }
   void ensure_connected() override { check(); }
@@ -87,8 +146,20 @@ class FakeHypervisor : public Hypervisor {
   void check() const {
     if (down) throw HypervisorError(HypervisorError::Kind::Connection, "connect", "libvirtd is gone", "start it");
   }
+  // Blocks while vm hangs; then throws, as a call that failed late (the caller stopped waiting).
+  void block(std::unique_lock<std::mutex>& lock, const std::string& vm) {
+    stuck_.emplace(vm, std::chrono::steady_clock::now());
+    hang_cv_.wait(lock, [&] { return !hung_.count(vm); });
+    stuck_.erase(vm);
+    hang_cv_.notify_all();
+    throw HypervisorError(HypervisorError::Kind::Other, "call on " + vm, "QEMU answered late", "");
+  }
   void lever(const std::string& name, std::string call) {
     check();
+    {
+      std::unique_lock lock(hang_mu_);
+      if (hung_.count(name)) block(lock, name);
+    }
     if (fail_on.count(name))
       throw HypervisorError(HypervisorError::Kind::Other, call, "injected failure", "");
     calls.push_back(std::move(call));

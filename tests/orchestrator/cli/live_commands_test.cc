@@ -78,8 +78,8 @@ class FakeHypervisor : public orch::Hypervisor {
   void set_vcpus(const std::string&, int) override {}
   void set_memory_mib(const std::string&, std::uint64_t) override {}
   void set_metadata(const std::string&, const orch::VmFacts&) override {}
-  orch::MemoryStats memory_stats(const std::string&) override { return {}; }
-  orch::CpuStats cpu_stats(const std::string&) override { return {}; }
+  std::map<std::string, orch::DomainStats> domain_stats() override { return {}; }
+  orch::ControlInfo control_info(const std::string&) override { return {}; }
   void set_lifecycle_callback(orch::LifecycleCallback) override {}
   bool alive() override { return true; }
   void ensure_connected() override {}

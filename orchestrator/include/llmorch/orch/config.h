@@ -21,6 +21,9 @@ struct HostConfig {
   std::set<policy::CpuId> shared_cpus;     // pool `shared` VMs float over; empty: unreserved CPUs of the node
   double alpha = 0.8;                      // weighting: priority vs equal split
   int interval_ms = 1000;                  // daemon tick
+  // How long llmorchd waits for one libvirt call before it goes on without it (a VM whose call did not
+  // return is marked unresponsive and skipped until it answers).
+  int libvirt_timeout_ms = 500;
   std::uint64_t memory_reserve_mib = 512;  // per node, memory VMs may not take
   std::string domain_type = "kvm";         // default for templates that do not set one
   std::optional<std::uint64_t> host_memory_limit_mib;  // Σ VM memory the balloon keeps to; none: no limit

@@ -6,11 +6,20 @@
 // within kStaleStatsPeriods stats periods) and the nodes' free memory, and plans memory with the CPU
 // plan. A VM whose balloon is left alone is logged once when that starts (and when its reason
 // changes), and once when it is managed again.
+// Bounded libvirt calls: every hypervisor call of the loop runs through BoundedCalls with the config's
+// libvirt_timeout_ms. Statistics are one bulk call per tick that never waits for a busy domain's job.
+// A VM whose call does not return in time, or whose QEMU libvirt has been waiting on for longer than
+// that (control info, asked when its statistics came back incomplete), is marked unresponsive (status
+// problem "unresponsive", with since when) and skipped: none of its levers is called, its CPUs and
+// memory still count for everyone else's plan. It rejoins by itself once its calls have returned and
+// its control interface is idle. A host-level call that does not return (listing, reconnecting) pauses
+// changes for the tick, like a lost connection.
 // Latency: for each report that changes the plan, the time from reading its bytes to the return of the
 // last libvirt call of the tick that applies it (kLatencySamples kept; status.json
 // daemon.report_to_apply_ms). A tick that applies nothing (dry run, dwell, failure) drops the sample.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <functional>
@@ -22,6 +31,7 @@
 #include <vector>
 
 #include "llmorch/orch/agent_channel.h"
+#include "llmorch/orch/bounded_calls.h"
 #include "llmorch/orch/clock.h"
 #include "llmorch/orch/config.h"
 #include "llmorch/orch/hypervisor.h"
@@ -46,6 +56,7 @@ struct DaemonOptions {
 };
 
 inline constexpr int kStaleStatsPeriods = 3;
+inline constexpr std::chrono::milliseconds kHostCallTimeout{5000};
 inline constexpr std::size_t kLatencySamples = 256;
 // A VM whose agent has not reported since llmorchd began watching it keeps its balloon this long:
 // its floor may be above the template's, and a restarted daemon must not squeeze it before it knows.
@@ -78,11 +89,26 @@ class Daemon {
   bool reconcile_due() const { return reconcile_due_; }
   std::uint64_t reconciles() const { return reconciles_; }
   AgentChannels& channels() { return channels_; }
+  // Waits up to `grace` for libvirt calls still running (stuck in a QEMU) to return; returns how many
+  // still run. The Hypervisor must outlive them: a caller that gets non-zero must not destroy it.
+  std::size_t drain_calls(std::chrono::milliseconds grace) { return calls_.drain(grace); }
 
  private:
   bool refresh_connection();
   std::optional<std::vector<ManagedDomain>> list_domains();
-  BalloonSample sample_balloon(const ManagedDomain& d, const AgentState& agent, Clock::TimePoint now);
+  BoundedCalls::Result bounded(const std::string& key, std::chrono::milliseconds deadline, std::function<void()> fn);
+  // Calls that can wait on a VM's QEMU (levers, statistics, control info) get libvirt_timeout_ms;
+  // host-level calls that never do (listing, free memory, reconnecting) get at least kHostCallTimeout,
+  // so that a merely busy libvirtd does not look like an outage.
+  std::chrono::milliseconds call_timeout() const { return std::chrono::milliseconds(options_.config.libvirt_timeout_ms); }
+  std::chrono::milliseconds host_call_timeout() const { return std::max(call_timeout(), kHostCallTimeout); }
+  std::optional<std::map<std::string, DomainStats>> read_stats();
+  void check_responsive(const std::vector<ManagedDomain>& domains,
+                        const std::optional<std::map<std::string, DomainStats>>& stats);
+  void mark_unresponsive(const std::string& vm, const std::string& detail, std::chrono::system_clock::time_point since);
+  bool skipped(const std::string& vm) const { return unresponsive_.count(vm) != 0 || calls_.busy(vm); }
+  BalloonSample sample_balloon(const ManagedDomain& d, const AgentState& agent, const DomainStats* stats,
+                               Clock::TimePoint now);
   HostMemory host_memory();
   void report_left_alone(const MemoryPlan& memory);
   void apply(const std::vector<Action>& actions, std::vector<Action>& applied);
@@ -117,6 +143,14 @@ class Daemon {
   };
   std::map<std::string, BalloonHistory> balloons_;
   std::map<std::string, std::string> left_alone_;  // VMs whose balloon is left alone, and why
+
+  BoundedCalls calls_;  // keys: a VM's name, or "connect", "list", "stats", "stats.2", "free-memory"
+  struct Unresponsive {
+    std::chrono::system_clock::time_point since;
+    std::string detail;
+  };
+  std::map<std::string, Unresponsive> unresponsive_;  // VMs skipped until libvirt answers for them
+  std::string host_call_stuck_;  // the host-level call that did not return, while it has not (logged once)
 
   int wake_fd_ = -1;
   std::atomic<bool> stop_{false};

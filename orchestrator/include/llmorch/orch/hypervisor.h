@@ -80,6 +80,22 @@ struct CpuStats {
   std::vector<std::uint64_t> vcpu_ns;  // per present vCPU
 };
 
+// One running domain's statistics from the bulk read.
+struct DomainStats {
+  CpuStats cpu;
+  MemoryStats memory;  // actual_kib always; the guest's figures (unused, usable, rss, last update...)
+                       // only when memory_complete
+  bool memory_complete = false;  // false: libvirt skipped what needs the domain's job (it is busy)
+};
+
+// libvirt's control interface to a domain's QEMU (virDomainGetControlInfo), which never waits on QEMU:
+// Occupied for a long time means QEMU has not answered a monitor command (stopped, hung, swapping).
+enum class ControlState { Ok, Job, Occupied, Error };
+struct ControlInfo {
+  ControlState state = ControlState::Ok;
+  std::uint64_t for_ms = 0;  // how long it has been in that state (0 for Ok)
+};
+
 enum class LifecycleEvent { Defined, Undefined, Started, Suspended, Resumed, Stopped, Shutdown, PmSuspended, Crashed };
 inline std::string_view to_string(LifecycleEvent e) {
   switch (e) {
@@ -95,6 +111,16 @@ inline std::string_view to_string(LifecycleEvent e) {
   }
   return "unknown";
 }
+inline std::string_view to_string(ControlState s) {
+  switch (s) {
+    case ControlState::Ok: return "ok";
+    case ControlState::Job: return "busy with a job";
+    case ControlState::Occupied: return "waiting for QEMU to answer";
+    case ControlState::Error: return "monitor error";
+  }
+  return "unknown";
+}
+
 // Called on the hypervisor's event thread: keep it short and thread-safe (e.g. push to a queue).
 using LifecycleCallback = std::function<void(const std::string& domain, LifecycleEvent event)>;
 
@@ -129,9 +155,13 @@ class Hypervisor {
   virtual void set_memory_mib(const std::string& name, std::uint64_t mib) = 0;  // balloon target
   virtual void set_metadata(const std::string& name, const VmFacts& facts) = 0;
 
-  // Statistics of a running domain.
-  virtual MemoryStats memory_stats(const std::string& name) = 0;
-  virtual CpuStats cpu_stats(const std::string& name) = 0;
+  // Statistics of every running domain in one call that never waits for a busy domain's job
+  // (virConnectGetAllDomainStats, NOWAIT): a domain whose job is held, e.g. by a call stuck in its
+  // QEMU monitor, gets only what needs no job (memory_complete false). It still starts a job on an
+  // idle domain, so a QEMU that stopped answering blocks it once: call it through BoundedCalls.
+  virtual std::map<std::string, DomainStats> domain_stats() = 0;
+  // Whether libvirt is waiting on the domain's QEMU, and since when. Never waits on QEMU.
+  virtual ControlInfo control_info(const std::string& name) = 0;
 
   // Replaces the lifecycle callback (empty function: none). Events arrive on an internal thread.
   virtual void set_lifecycle_callback(LifecycleCallback cb) = 0;
