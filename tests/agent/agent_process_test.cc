@@ -198,8 +198,9 @@ TEST_F(AgentProcess, SleepsWhileTheHostIsAwayAndReportsSoonAfterItIsBack) {
   ASSERT_NO_FATAL_FAILURE(new_host_end());
   const auto back = std::chrono::steady_clock::now();
   ASSERT_TRUE(wait_for([](const Report&) { return true; }));
-  // The probes back off to 2 s at most; the report then goes out at once.
-  EXPECT_LT(std::chrono::steady_clock::now() - back, std::chrono::milliseconds(2500));
+  // A pty raises no SIGIO for the new end, so a probe finds it: they back off to 2 s at most, and the
+  // report goes out at once (1.5 s of slack for a loaded machine).
+  EXPECT_LT(std::chrono::steady_clock::now() - back, std::chrono::milliseconds(3500));
 }
 
 TEST(AgentBinary, OncePrintsOneValidReport) {
