@@ -6,6 +6,7 @@
 #include <string>
 
 #include "control.h"
+#include "host_link.h"
 #include "llm_metrics.h"
 #include "llmorch/protocol/frame_decoder.h"
 #include "llmorch/protocol/messages.h"
@@ -30,10 +31,14 @@ struct AgentOptions {
 class Agent {
  public:
   explicit Agent(AgentOptions options);
+  ~Agent();
+  Agent(const Agent&) = delete;
+  Agent& operator=(const Agent&) = delete;
 
   // One report, CPU utilisation measured over `window_ms`, written to stdout. Exit status.
   int run_once(int window_ms);
-  // Runs until killed. Exit status (only on a setup failure).
+  // Runs until killed. Exit status (only on a setup failure). Waits in poll() between reports; while no
+  // host process listens on the channel it reports nothing and probes with backoff (host_link.h).
   int run();
 
   // Visible for tests.
@@ -44,8 +49,12 @@ class Agent {
 
  private:
   void handle_command(const protocol::HostCommand& command);
-  void report_tick();
-  void poll_once(std::int64_t until_ms, bool watch_port);
+  void report(std::int64_t now_ms);
+  void probe(std::int64_t now_ms);
+  void wait(std::int64_t now_ms);
+  void read_port();
+  void host_gone(std::int64_t now_ms, const char* why);
+  void prime_cpu();
 
   AgentOptions options_;
   ProcSampler sampler_;
@@ -55,11 +64,16 @@ class Agent {
   std::uint64_t interval_ms_ = 1000;
   std::uint64_t seq_ = 0;
   std::optional<CpuTimes> last_cpu_;
+  std::int64_t last_cpu_ms_ = 0;
   std::int64_t started_ms_;
   Port port_;
   ControlServer control_;
   protocol::FrameDecoder decoder_;
-  bool host_listening_ = true;  // false after POLLHUP: stop polling the port until the next tick
+  HostLink link_;
+  int wake_fd_ = -1;  // signalfd for SIGIO: the port's host end opened or closed
+  bool reported_before_ = false;  // the host has listened before (for the log)
+  bool said_waiting_ = false;     // logged that no host listens yet
+  bool signalled_ = false;        // SIGIO since the last probe (for the log)
 };
 
 }  // namespace llmorch::agent

@@ -37,7 +37,11 @@ bool Port::ensure_open() {
     path_ = *path;
     return false;
   }
-  log("reporting on %s", path->c_str());
+  if (signal_ && (::fcntl(fd_, F_SETOWN, ::getpid()) < 0 ||
+                  ::fcntl(fd_, F_SETFL, ::fcntl(fd_, F_GETFL) | O_ASYNC) < 0))
+    log("cannot get SIGIO from %s (%s); will notice a host connecting by probing only", path->c_str(),
+        std::strerror(errno));
+  log("opened %s", path->c_str());
   path_ = *path;
   warned_missing_ = false;
   resync_ = true;  // whatever a previous agent left half-written, end it
@@ -49,6 +53,7 @@ Port::Sent Port::send(std::string_view frame, int timeout_ms) {
   std::string data = resync_ ? "\n" + std::string(frame) : std::string(frame);
   std::string_view rest = data;
   std::int64_t deadline = monotonic_ms() + timeout_ms;
+  bool no_host = false;
   while (!rest.empty()) {
     ssize_t n = ::write(fd_, rest.data(), rest.size());
     if (n > 0) {
@@ -64,14 +69,23 @@ Port::Sent Port::send(std::string_view frame, int timeout_ms) {
     // Full, or no host connected (then poll reports POLLHUP at once: drop without waiting).
     std::int64_t left = deadline - monotonic_ms();
     pollfd p{fd_, POLLOUT, 0};
-    if (left <= 0 || ::poll(&p, 1, static_cast<int>(left)) <= 0 || (p.revents & POLLOUT) == 0) break;
+    int ready = left <= 0 ? 0 : ::poll(&p, 1, static_cast<int>(left));
+    no_host = ready > 0 && (p.revents & POLLHUP);
+    if (ready <= 0 || (p.revents & POLLOUT) == 0) break;
   }
   // Only a frame cut in the middle needs a resync; one never started leaves the stream clean.
   if (rest.empty())
     resync_ = false;
   else if (rest.size() != data.size())
     resync_ = true;
-  return rest.empty() ? Sent::Yes : Sent::Dropped;
+  if (rest.empty()) return Sent::Yes;
+  return no_host ? Sent::NoHost : Sent::Dropped;
+}
+
+short Port::poll_now() const {
+  if (fd_ < 0) return POLLNVAL;
+  pollfd p{fd_, POLLIN | POLLOUT, 0};
+  return ::poll(&p, 1, 0) < 0 ? 0 : p.revents;
 }
 
 bool Port::receive(std::string* out) {

@@ -10,7 +10,10 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <fstream>
 #include <functional>
+#include <sstream>
+#include <string>
 
 #include "control.h"
 #include "fake_root.h"
@@ -34,9 +37,16 @@ class AgentProcess : public ::testing::Test {
     root.write("sys/devices/system/cpu/online", "0\n");
     root.write("sys/class/virtio-ports/vport0p1/name", "org.llmorch.agent.0\n");
     root.mkdirs("dev");
-
+    ASSERT_NO_FATAL_FAILURE(new_host_end());
+  }
+  // A new pseudo-terminal as the port: the test holds its master (the host end), dev/vport0p1 points
+  // at its slave.
+  void new_host_end() {
+    if (master >= 0) ::close(master);
     master = ::posix_openpt(O_RDWR | O_NOCTTY);
     ASSERT_GE(master, 0);
+    // Not inherited by the agent: closing it here must hang up the agent's end.
+    ASSERT_EQ(::fcntl(master, F_SETFD, FD_CLOEXEC), 0);
     ASSERT_EQ(::grantpt(master), 0);
     ASSERT_EQ(::unlockpt(master), 0);
     std::string slave = ::ptsname(master);
@@ -46,6 +56,7 @@ class AgentProcess : public ::testing::Test {
     ::cfmakeraw(&t);
     ::tcsetattr(s, TCSANOW, &t);
     ::close(s);
+    ::unlink((root / "dev/vport0p1").c_str());
     ASSERT_EQ(::symlink(slave.c_str(), (root / "dev/vport0p1").c_str()), 0);
   }
   void TearDown() override {
@@ -150,6 +161,46 @@ TEST_F(AgentProcess, FindsAPortThatAppearsLater) {
   ::usleep(300'000);
   root.write("sys/class/virtio-ports/vport0p1/name", name + "\n");
   EXPECT_TRUE(wait_for([](const Report&) { return true; }));
+}
+
+// User + system CPU time of a process in clock ticks (/proc/PID/stat fields 14 and 15), -1 if unreadable.
+long cpu_ticks(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat;
+  std::getline(in, stat);
+  std::size_t paren = stat.rfind(')');
+  if (paren == std::string::npos) return -1;
+  std::istringstream fields(stat.substr(paren + 2));  // from field 3, the state
+  std::string skip;
+  for (int i = 3; i < 14; ++i) fields >> skip;
+  long utime = -1, stime = -1;
+  fields >> utime >> stime;
+  return utime < 0 || stime < 0 ? -1 : utime + stime;
+}
+
+// The host end closes (the pty's master: the agent sees a hang-up, as it sees POLLHUP on a virtio port
+// nobody holds), stays away, then a new one appears: the agent must sleep meanwhile and report at once
+// when it can.
+TEST_F(AgentProcess, SleepsWhileTheHostIsAwayAndReportsSoonAfterItIsBack) {
+  start();
+  ASSERT_TRUE(wait_for([](const Report&) { return true; }));
+  ::close(master);
+  master = -1;
+  ::usleep(300'000);
+  const long before = cpu_ticks(pid);
+  ::usleep(1'500'000);
+  const long after = cpu_ticks(pid);
+  ASSERT_GE(before, 0);
+  const long hz = ::sysconf(_SC_CLK_TCK);
+  EXPECT_LE(after - before, hz / 10) << "the agent used " << after - before << " ticks (of " << hz
+                                     << " a second) in 1.5 s with no host: it spins";
+
+  ASSERT_NO_FATAL_FAILURE(new_host_end());
+  const auto back = std::chrono::steady_clock::now();
+  ASSERT_TRUE(wait_for([](const Report&) { return true; }));
+  // A pty raises no SIGIO for the new end, so a probe finds it: they back off to 2 s at most, and the
+  // report goes out at once (1.5 s of slack for a loaded machine).
+  EXPECT_LT(std::chrono::steady_clock::now() - back, std::chrono::milliseconds(3500));
 }
 
 TEST(AgentBinary, OncePrintsOneValidReport) {

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
 #include <fstream>
 #include <sstream>
@@ -162,9 +163,24 @@ std::string libvirt_problem() {
          "); start it with tools/libvirtd-up";
 }
 
+std::string guest_dir() {
+  const char* dir = std::getenv("LLMORCH_GUEST_DIR");
+  return dir && *dir ? dir : "/var/lib/libvirt/images/llmorch";
+}
+
+std::vector<std::string> guest_image_overrides() {
+  const std::string dir = guest_dir();
+  return {"kernel=" + dir + "/vmlinuz", "initrd=" + dir + "/initrd.gz"};
+}
+
 std::string guest_problem() {
-  for (const char* f : {"/var/lib/libvirt/images/llmorch/vmlinuz", "/var/lib/libvirt/images/llmorch/initrd.gz"})
-    if (!fs::exists(f)) return std::string(f) + " is missing; build the test guest with tools/build-test-guest";
+  const std::string dir = guest_dir();
+  for (const std::string& f : {dir + "/vmlinuz", dir + "/initrd.gz"}) {
+    if (fs::exists(f)) continue;
+    const bool custom = std::getenv("LLMORCH_GUEST_DIR") && *std::getenv("LLMORCH_GUEST_DIR");
+    return f + " is missing; build the test guest with " +
+           (custom ? "LLMORCH_GUEST_DIR=" + dir + " " : std::string()) + "tools/build-test-guest";
+  }
   return {};
 }
 
@@ -208,7 +224,10 @@ CommandResult Guests::place(const std::string& name, const std::vector<std::stri
                                    "--config",   config_.string(), "--state-dir", state_dir_.string(),
                                    "--template", std::string(LLMORCH_TEMPLATES_DIR) + "/tiny-test.conf",
                                    "--name",     name};
-  for (const auto& o : overrides) {
+  // The image first: a test's own kernel= or initrd= comes later and wins.
+  std::vector<std::string> all = guest_image_overrides();
+  all.insert(all.end(), overrides.begin(), overrides.end());
+  for (const auto& o : all) {
     argv.push_back("--set");
     argv.push_back(o);
   }

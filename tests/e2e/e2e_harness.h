@@ -39,7 +39,17 @@ CommandResult run_command(const std::vector<std::string>& argv,
 
 // Empty when `virsh -c qemu:///system version` answers; else what is wrong and how to fix it.
 std::string libvirt_problem();
-// Empty when the test guest's kernel and initrd exist; else how to build them.
+// The test guest's directory: $LLMORCH_GUEST_DIR when set and not empty, else
+// /var/lib/libvirt/images/llmorch (tools/build-test-guest reads the same variable, with the same default).
+// Guests::place boots DIR/vmlinuz and DIR/initrd.gz from it, whatever tiny-test.conf says, so a developer
+// can test a changed agent or init against an image of their own without replacing the shared one:
+//   LLMORCH_GUEST_DIR=/var/lib/libvirt/images/llmorch-mine tools/build-test-guest
+//   LLMORCH_GUEST_DIR=/var/lib/libvirt/images/llmorch-mine ctest --test-dir build -L e2e
+// The directory must be readable by libvirt-qemu (keep it under /var/lib/libvirt/images).
+std::string guest_dir();
+// `--set` overrides that boot the test guest from guest_dir(): {"kernel=DIR/vmlinuz", "initrd=DIR/initrd.gz"}.
+std::vector<std::string> guest_image_overrides();
+// Empty when the test guest's kernel and initrd exist in guest_dir(); else how to build them.
 std::string guest_problem();
 
 // A directory under /tmp removed (recursively) on destruction.
@@ -68,8 +78,8 @@ std::filesystem::path write_host_config(const std::filesystem::path& dir, const 
 // "llmorch-e2e-" + stem + "-" + pid: unique per process, recognisable by the suite teardown.
 std::string domain_name(const std::string& stem);
 
-// Places VMs with `llmorch place --template templates/tiny-test.conf` and destroys + undefines every
-// domain it placed when it goes out of scope.
+// Places VMs with `llmorch place --template templates/tiny-test.conf`, booting the image in guest_dir(),
+// and destroys + undefines every domain it placed when it goes out of scope.
 class Guests {
  public:
   Guests(std::filesystem::path host_config, std::filesystem::path state_dir);
