@@ -87,7 +87,7 @@ T bounded_read(orch::BoundedCalls& calls, const std::string& what, std::function
 }  // namespace
 
 orch::HostSnapshot read_host(const std::shared_ptr<orch::Hypervisor>& hv, std::ostream& warn) {
-  orch::BoundedCalls calls;
+  orch::BoundedCalls calls([hv](const std::string&) { hv->abandon_connection(); });
   orch::HostSnapshot host;
   host.topology = orch::parse_capabilities(
       bounded_read<std::string>(calls, "the host capabilities", [hv] { return hv->capabilities_xml(); }));

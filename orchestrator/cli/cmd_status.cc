@@ -1,5 +1,6 @@
 // llmorch status: every VM llmorch manages, with libvirt's live values and what llmorchd last decided.
 #include <nlohmann/json.hpp>
+#include <cctype>
 #include <ostream>
 #include <string>
 #include <vector>
@@ -34,9 +35,12 @@ output says so; reported priority, load and report age are then unknown.
                        "priority", "weight", "weight_source" ("daemon"|"computed"|null), "vcpus",
                        "max_vcpus", "memory_actual_mib", "memory_max_mib", "memory_floor_mib",
                        "priority_template", "priority_reported", "priority_source", "load",
-                       "report_age_s", "hostile", "reason"}],
+                       "report_age_s", "hostile", "problems", "reason"}],
                       "daemon": {"running": bool, "why_not": str|null, "pid", "last_tick_age_s",
-                       "alpha", "dry_run"}}
+                       "alpha", "dry_run", "health"}}
+                     problems: what llmorchd works around for that VM, [{"kind", "detail", "since"}]
+                     (kinds: unresponsive, flapping, bad_metadata, plan_error, ...); health: "ok",
+                     "degraded" (some VM has a problem) or "disconnected" (libvirt unreachable).
                      Unknown values are null; a VM that is not running has weight null.
   -c, --connect URI  libvirt URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system)
   --config FILE      host config; its alpha is used when the daemon is not running
@@ -97,6 +101,11 @@ ordered_json vm_json(const orch::ManagedDomain& d, const DaemonView& daemon, con
   j["load"] = load_of(dv);
   j["report_age_s"] = field(dv, "report_age_s");
   j["hostile"] = dv && field(dv, "hostile").is_boolean() ? field(dv, "hostile").get<bool>() : false;
+  j["problems"] = ordered_json::array();
+  if (daemon.running && daemon.status.contains("problems") && daemon.status["problems"].is_array())
+    for (const auto& p : daemon.status["problems"])
+      if (p.value("vm", "") == d.name)
+        j["problems"].push_back({{"kind", p.value("kind", "")}, {"detail", p.value("detail", "")}, {"since", p.value("since", "")}});
   j["reason"] = field(dv, "reason");
   j["balloon"] = field(dv, "balloon");  // llmorchd's balloon view (status_file.h), null without it
   return j;
@@ -111,6 +120,7 @@ ordered_json daemon_json(const DaemonView& daemon) {
   j["last_tick_age_s"] = daemon.age_s >= 0 ? ordered_json(daemon.age_s) : ordered_json(nullptr);
   j["alpha"] = field(s, "alpha");
   j["dry_run"] = field(s, "dry_run");
+  j["health"] = daemon.running ? field(s, "health") : ordered_json(nullptr);
   return j;
 }
 
@@ -119,6 +129,24 @@ std::string text_of(const ordered_json& v, int decimals = -1) {
   if (v.is_number_float() && decimals >= 0) return fixed(v.get<double>(), decimals);
   if (v.is_string()) return v.get<std::string>();
   return v.dump();
+}
+
+std::string upper(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  return s;
+}
+
+// What llmorchd works around, one line per VM problem.
+void print_problems(std::ostream& out, const ordered_json& doc) {
+  bool header = false;
+  for (const auto& v : doc["vms"]) {
+    for (const auto& p : v["problems"]) {
+      if (!header) out << "\nProblems (llmorchd works around them; every other VM is managed as usual):\n";
+      header = true;
+      out << "  " << v["name"].get<std::string>() << ": " << p.value("kind", "") << " since " << p.value("since", "")
+          << ": " << p.value("detail", "") << "\n";
+    }
+  }
 }
 
 // One line per VM the daemon balloons: actual, target, floor and max, and why it last changed.
@@ -144,7 +172,7 @@ void print_text(std::ostream& out, const ordered_json& doc) {
   const auto& daemon = doc["daemon"];
   if (daemon["running"].get<bool>()) {
     out << "llmorchd: running (pid " << text_of(daemon["pid"]) << ", last tick " << text_of(daemon["last_tick_age_s"], 1)
-        << " s ago, alpha " << text_of(daemon["alpha"]) << ")\n\n";
+        << " s ago, alpha " << text_of(daemon["alpha"]) << ", health " << text_of(daemon["health"]) << ")\n\n";
   } else {
     out << "llmorchd: not running: " << daemon["why_not"].get<std::string>()
         << ".\nWeights below are computed here from template priorities; no agent reports are known.\n\n";
@@ -159,6 +187,7 @@ void print_text(std::ostream& out, const ordered_json& doc) {
     std::string weight = text_of(v["weight"], 4);
     if (v["weight_source"] == "computed") weight += " (computed)";
     if (v["hostile"].get<bool>()) weight += " HOSTILE";
+    for (const auto& p : v["problems"]) weight += " " + upper(p.value("kind", ""));
     t.row({v["name"], v["state"], cpu_list(nodes), cpu_list(cpus) + (v["policy"] == "shared" ? " (shared)" : ""),
            text_of(v["vcpus"]) + "/" + text_of(v["max_vcpus"]), text_of(v["cpu_shares"]),
            text_of(v["memory_actual_mib"]) + "/" + text_of(v["memory_max_mib"]) + "/" + text_of(v["memory_floor_mib"]),
@@ -167,6 +196,7 @@ void print_text(std::ostream& out, const ordered_json& doc) {
   }
   t.print(out);
   if (doc["vms"].empty()) out << "(no VM managed by llmorch)\n";
+  print_problems(out, doc);
   print_balloons(out, doc);
 }
 

@@ -389,6 +389,12 @@ class LibvirtHypervisor final : public Hypervisor {
     events_->callback = std::move(cb);
   }
 
+  void abandon_connection() override {
+    std::lock_guard lock(mu_);
+    if (conn_) abandoned_ = true;
+    conn_.reset();
+  }
+
   bool alive() override {
     std::shared_ptr<Connection> c;
     {
@@ -404,6 +410,7 @@ class LibvirtHypervisor final : public Hypervisor {
     {
       std::lock_guard lock(mu_);
       conn_.reset();  // ours; a call still running on another thread keeps its own reference
+      abandoned_ = false;
     }
     const auto deadline = std::chrono::steady_clock::now() + options_.reconnect_timeout;
     auto backoff = options_.initial_backoff;
@@ -428,6 +435,10 @@ class LibvirtHypervisor final : public Hypervisor {
   // answering): none holds a lock while it is in libvirt, only its reference to the connection.
   std::shared_ptr<Connection> conn() {
     std::lock_guard lock(mu_);
+    if (!conn_ && abandoned_) {
+      conn_ = open();  // throws when libvirtd is gone; the caller's error then says so
+      abandoned_ = false;
+    }
     if (!conn_)
       throw HypervisorError(Kind::Connection, "not connected to " + uri_, "the last reconnect failed", kConnectHint);
     return conn_;
@@ -602,6 +613,7 @@ class LibvirtHypervisor final : public Hypervisor {
   std::mutex mu_;              // guards conn_ (the pointer, not the calls)
   std::mutex reconnect_mu_;    // one ensure_connected() at a time
   std::shared_ptr<Connection> conn_;
+  bool abandoned_ = false;  // conn_ was dropped under a stuck call: the next call opens a fresh one
   std::shared_ptr<EventState> events_ = std::make_shared<EventState>();
 };
 

@@ -12,7 +12,8 @@ struct Call {
 };
 }  // namespace
 
-BoundedCalls::BoundedCalls() : shared_(std::make_shared<Shared>()) {}
+BoundedCalls::BoundedCalls(std::function<void(const std::string&)> on_timeout)
+    : shared_(std::make_shared<Shared>()), on_timeout_(std::move(on_timeout)) {}
 BoundedCalls::~BoundedCalls() = default;
 
 BoundedCalls::Result BoundedCalls::run(const std::string& key, std::chrono::milliseconds deadline,
@@ -39,10 +40,13 @@ BoundedCalls::Result BoundedCalls::run(const std::string& key, std::chrono::mill
     }
     shared->cv.notify_all();
   }).detach();
-  std::unique_lock lock(shared_->mu);
-  if (!shared_->cv.wait_for(lock, deadline, [&] { return call->done; })) return {Status::TimedOut, nullptr};
-  if (call->error) return {Status::Error, call->error};
-  return {Status::Ok, nullptr};
+  {
+    std::unique_lock lock(shared_->mu);
+    if (shared_->cv.wait_for(lock, deadline, [&] { return call->done; }))
+      return call->error ? Result{Status::Error, call->error} : Result{Status::Ok, nullptr};
+  }
+  if (on_timeout_) on_timeout_(key);
+  return {Status::TimedOut, nullptr};
 }
 
 bool BoundedCalls::busy(const std::string& key) const {

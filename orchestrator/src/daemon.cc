@@ -25,7 +25,11 @@ double demand_step(double demand) { return demand < 0 ? -1.0 : std::ceil(demand)
 }  // namespace
 
 Daemon::Daemon(Hypervisor& hv, const Clock& clock, DaemonOptions options)
-    : hv_(hv), clock_(clock), options_(std::move(options)), reconciler_(options_.reconciler) {
+    : hv_(hv), clock_(clock), options_(std::move(options)), reconciler_(options_.reconciler),
+      calls_([this](const std::string& key) {
+        spdlog::debug("libvirt call '{}' still waiting; later calls use a fresh connection", key);
+        hv_.abandon_connection();
+      }) {
   wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (wake_fd_ < 0) throw std::runtime_error("cannot create an eventfd for the daemon loop");
   status_.pid = static_cast<int>(::getpid());
@@ -74,19 +78,24 @@ BoundedCalls::Result Daemon::bounded(const std::string& key, std::chrono::millis
   return r;
 }
 
+// connected_ (status.json "connected") is false while libvirt cannot be reached or a host-level call
+// did not return; connection_lost_ only while the connection itself is down (what the log speaks of).
 bool Daemon::refresh_connection() {
   try {
     if (!bounded("connect", host_call_timeout(), [this] { hv_.ensure_connected(); }).ok()) {
-      if (connected_)
+      if (!connection_lost_)
         spdlog::warn("libvirt is not answering (no reply within {} ms); reconnecting in the background, "
                      "changes pause until it answers", host_call_timeout().count());
+      connection_lost_ = true;
       connected_ = false;
       return false;
     }
-    if (!connected_) spdlog::info("libvirt connection restored");
+    if (connection_lost_) spdlog::info("libvirt connection restored");
+    connection_lost_ = false;
     connected_ = true;
   } catch (const HypervisorError& e) {
-    if (connected_) spdlog::warn("libvirt connection lost; retrying ({})", e.what());
+    if (!connection_lost_) spdlog::warn("libvirt connection lost; retrying ({})", e.what());
+    connection_lost_ = true;
     connected_ = false;
   }
   return connected_;

@@ -36,7 +36,9 @@ class BoundedCalls {
     bool ok() const { return status == Status::Ok; }
   };
 
-  BoundedCalls();
+  // on_timeout(key) runs on the caller's thread each time a call misses its deadline (the daemon and
+  // the CLI give the hypervisor a fresh connection then: see Hypervisor::abandon_connection).
+  explicit BoundedCalls(std::function<void(const std::string& key)> on_timeout = {});
   ~BoundedCalls();  // does not wait: calls still running finish on their own threads
   BoundedCalls(const BoundedCalls&) = delete;
   BoundedCalls& operator=(const BoundedCalls&) = delete;
@@ -67,6 +69,7 @@ class BoundedCalls {
     std::map<std::string, std::chrono::steady_clock::time_point> running;  // key -> started
   };
   std::shared_ptr<Shared> shared_;
+  std::function<void(const std::string&)> on_timeout_;
 };
 
 }  // namespace llmorch::orch

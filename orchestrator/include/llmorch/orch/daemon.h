@@ -127,6 +127,7 @@ class Daemon {
   Plan plan_;
   DaemonStatus status_;
   bool connected_ = true;
+  bool connection_lost_ = false;
   bool reconcile_due_ = false;
   Clock::TimePoint last_reconcile_{};
   std::atomic<std::uint64_t> reconciles_{0};  // read by other threads (tests, while run() loops)

@@ -166,6 +166,12 @@ class Hypervisor {
   // Replaces the lifecycle callback (empty function: none). Events arrive on an internal thread.
   virtual void set_lifecycle_callback(LifecycleCallback cb) = 0;
 
+  // A call on the current connection has not returned (it waits on a QEMU that does not answer).
+  // libvirt's client serialises a connection's traffic behind such a call (measured: other calls on it
+  // took 5-15 s), so later calls must not share it: the libvirt backend drops it and opens a fresh one
+  // at the next call; the stuck call keeps the old one, which closes when that call returns.
+  virtual void abandon_connection() {}
+
   // Connection. alive(): cheap check. ensure_connected(): reconnects with backoff when the connection
   // died (libvirtd restarted); throws HypervisorError(Kind::Connection) when it gives up.
   virtual bool alive() = 0;
