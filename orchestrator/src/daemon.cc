@@ -307,8 +307,9 @@ void Daemon::handle_events() {
 void Daemon::poll_once(std::chrono::milliseconds max_wait) {
   std::vector<pollfd> fds{{wake_fd_, POLLIN, 0}};
   std::vector<std::string> names{""};
+  const auto polled_at = clock_.now();
   for (auto& [name, ch] : channels_.all()) {
-    if (!ch->connected()) continue;
+    if (!ch->wants_read(polled_at)) continue;  // not connected, or its read budget is spent for now
     fds.push_back({ch->fd(), static_cast<short>(POLLIN | (ch->wants_write() ? POLLOUT : 0)), 0});
     names.push_back(name);
   }
