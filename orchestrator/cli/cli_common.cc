@@ -75,6 +75,8 @@ orch::HostSnapshot read_host(orch::Hypervisor& hypervisor) {
   orch::HostSnapshot host;
   host.topology = orch::parse_capabilities(hypervisor.capabilities_xml());
   host.domains = hypervisor.list_managed();
+  // A VM whose llmorch metadata is bad says nothing usable about what it holds (llmorchd reports it).
+  std::erase_if(host.domains, [](const orch::ManagedDomain& d) { return d.metadata_error.has_value(); });
   host.free_mib = hypervisor.free_memory_mib();
   for (const auto& d : host.domains) {
     if (!d.active()) continue;

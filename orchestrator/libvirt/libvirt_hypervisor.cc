@@ -509,16 +509,20 @@ class LibvirtHypervisor final : public Hypervisor {
   std::optional<ManagedDomain> describe(virDomainPtr d) {
     CString xml(virDomainGetXMLDesc(d, 0));
     if (!xml) throw last_error(std::string("cannot read the XML of domain '") + virDomainGetName(d) + "'");
-    auto facts = parse_metadata(xml.get());
-    if (!facts) return std::nullopt;
+    auto metadata = read_metadata(xml.get());
+    if (!metadata) return std::nullopt;
     ManagedDomain m;
     m.name = virDomainGetName(d);
-    m.facts = std::move(*facts);
     char uuid[VIR_UUID_STRING_BUFLEN];
     if (virDomainGetUUIDString(d, uuid) == 0) m.uuid = uuid;
     virDomainInfo info;
     if (virDomainGetInfo(d, &info) < 0) throw last_error("cannot read the state of domain '" + m.name + "'");
     m.state = map_state(info.state);
+    if (!metadata->facts) {  // llmorch's, but unusable: name, uuid and state only (hypervisor.h)
+      m.metadata_error = metadata->error;
+      return m;
+    }
+    m.facts = std::move(*metadata->facts);
     m.memory_actual_kib = info.memory;
     m.memory_max_kib = info.maxMem;
     LiveDomainXml live = parse_live_domain_xml(xml.get());

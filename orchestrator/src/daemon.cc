@@ -88,6 +88,15 @@ bool Daemon::tick() {
     return false;
   }
   std::vector<ManagedDomain>& domains = *listed;
+  // VMs whose llmorch metadata is bad are left alone (not planned, no agent channel) and reported.
+  std::map<std::string, std::string> bad_metadata;
+  for (const ManagedDomain& d : domains)
+    if (d.metadata_error) bad_metadata[d.name] = *d.metadata_error;
+  std::erase_if(domains, [](const ManagedDomain& d) { return d.metadata_error.has_value(); });
+  const ProblemChanges bad = set_problems(status_, "bad_metadata", bad_metadata, clock_.wall());
+  for (const auto& [vm, why] : bad.raised)
+    spdlog::error("vm {}: {}; left alone until its metadata is fixed (or 'llmorch remove {}')", vm, why, vm);
+  for (const std::string& vm : bad.cleared) spdlog::info("vm {}: metadata usable again (or the VM is gone)", vm);
   channels_.sync(domains, now);
   Snapshot snap{.vms = {}, .alpha = options_.config.alpha, .memory = host_memory()};
   std::map<std::string, BalloonHistory> seen;

@@ -56,6 +56,10 @@ struct ManagedDomain {
   std::string name;
   std::string uuid;
   DomainState state = DomainState::NoState;
+  // Set when its llmorch metadata is malformed or out of range ("bad metadata: ..."; read_metadata in
+  // domain_xml.h). Then facts are defaults and nothing else but name, uuid and state is filled in:
+  // leave the VM alone (do not plan it) and report it. `llmorch remove` still removes it.
+  std::optional<std::string> metadata_error;
   VmFacts facts;
   int vcpus_current = 0;
   int vcpus_max = 0;
