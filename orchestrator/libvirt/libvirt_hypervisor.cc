@@ -233,11 +233,15 @@ class LibvirtHypervisor final : public Hypervisor {
     Domain d(virDomainDefineXMLFlags(conn_, xml.c_str(), VIR_DOMAIN_DEFINE_VALIDATE));
     if (!d) throw last_error("libvirt rejected the definition of domain '" + name + "'");
     if (virDomainCreate(d.get()) < 0) {
-      HypervisorError err = last_error("cannot start domain '" + name + "'",
-                                       "its definition was removed again; QEMU's log is /var/log/libvirt/qemu/" +
-                                           name + ".log");
-      undefine(d.get());
-      throw err;
+      const std::string log = "QEMU's log is /var/log/libvirt/qemu/" + name + ".log";
+      HypervisorError err = last_error("cannot start domain '" + name + "'", "its definition was removed again; " + log);
+      if (undefine(d.get()) || virGetLastErrorCode() == VIR_ERR_NO_DOMAIN) throw err;
+      // Say so when the roll-back failed too: the domain is still defined, and the caller must know.
+      const std::string undefine_message = virGetLastErrorMessage();
+      throw HypervisorError(err.kind(), "cannot start domain '" + name + "'", err.libvirt_message(),
+                            "removing its definition again failed too (" + undefine_message +
+                                "), so it is still defined, shut off: remove it with 'llmorch remove " + name +
+                                "' or 'virsh undefine " + name + "'; " + log);
     }
   }
 
@@ -248,12 +252,22 @@ class LibvirtHypervisor final : public Hypervisor {
       if (virGetLastErrorCode() == VIR_ERR_NO_DOMAIN) return false;
       throw last_error("cannot look up domain '" + name + "'");
     }
-    // A domain that stopped on its own meanwhile makes destroy fail with "not running": fine.
-    if (virDomainIsActive(d.get()) == 1 && virDomainDestroy(d.get()) < 0 &&
-        virGetLastErrorCode() != VIR_ERR_OPERATION_INVALID)
-      throw last_error("cannot stop domain '" + name + "'");
-    if (virDomainIsPersistent(d.get()) == 1 && !undefine(d.get()) && virGetLastErrorCode() != VIR_ERR_NO_DOMAIN)
-      throw last_error("cannot undefine domain '" + name + "'");
+    destroy_and_undefine_locked(d.get(), "domain '" + name + "'");
+    return true;
+  }
+
+  bool destroy_and_undefine_uuid(const std::string& uuid) override {
+    std::lock_guard lock(mu_);
+    Domain d(virDomainLookupByUUIDString(conn_, uuid.c_str()));
+    if (!d) {
+      const int code = virGetLastErrorCode();
+      if (code == VIR_ERR_NO_DOMAIN) return false;
+      if (code == VIR_ERR_INVALID_ARG)
+        throw HypervisorError(Kind::InvalidArgument, "cannot look up domain " + uuid, "not a UUID",
+                              "pass the uuid that list_managed/find_managed reported");
+      throw last_error("cannot look up domain " + uuid);
+    }
+    destroy_and_undefine_locked(d.get(), std::string("domain '") + virDomainGetName(d.get()) + "' (" + uuid + ")");
     return true;
   }
 
@@ -438,6 +452,15 @@ class LibvirtHypervisor final : public Hypervisor {
     Domain d(virDomainLookupByName(conn_, name.c_str()));
     if (!d) throw last_error("cannot find domain '" + name + "'", "check the name with `llmorch list`");
     return d;
+  }
+
+  // Stops the domain if it runs and removes its definition. `what` names it in errors.
+  static void destroy_and_undefine_locked(virDomainPtr d, const std::string& what) {
+    // A domain that stopped on its own meanwhile makes destroy fail with "not running": fine.
+    if (virDomainIsActive(d) == 1 && virDomainDestroy(d) < 0 && virGetLastErrorCode() != VIR_ERR_OPERATION_INVALID)
+      throw last_error("cannot stop " + what);
+    if (virDomainIsPersistent(d) == 1 && !undefine(d) && virGetLastErrorCode() != VIR_ERR_NO_DOMAIN)
+      throw last_error("cannot undefine " + what);
   }
 
   // Removes the definition with everything attached to it. Drivers that know fewer of these flags
