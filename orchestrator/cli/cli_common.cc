@@ -92,6 +92,8 @@ orch::HostSnapshot read_host(const std::shared_ptr<orch::Hypervisor>& hv, std::o
   host.topology = orch::parse_capabilities(
       bounded_read<std::string>(calls, "the host capabilities", [hv] { return hv->capabilities_xml(); }));
   host.domains = bounded_read<std::vector<orch::ManagedDomain>>(calls, "the domain list", [hv] { return hv->list_managed(); });
+  // A VM whose llmorch metadata is bad says nothing usable about what it holds (llmorchd reports it).
+  std::erase_if(host.domains, [](const orch::ManagedDomain& d) { return d.metadata_error.has_value(); });
   host.free_mib = bounded_read<std::map<policy::NodeId, std::uint64_t>>(calls, "the free memory per node",
                                                                         [hv] { return hv->free_memory_mib(); });
   orch::BoundedCalls::Result r;

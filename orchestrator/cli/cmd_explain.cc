@@ -125,6 +125,11 @@ int cmd_explain(const std::vector<std::string>& args, Io io) {
       return kExitFailure;
     }
     const orch::ManagedDomain& d = *it;
+    if (d.metadata_error) {
+      io.err << "llmorch explain: vm '" << name << "': " << *d.metadata_error
+             << "; llmorchd leaves it alone until that is fixed ('llmorch remove " << name << "' removes it)\n";
+      return kExitFailure;
+    }
     const DaemonView daemon = read_daemon_view(common.state_dir, now_unix_seconds());
     const nlohmann::json* dv = daemon.running ? daemon.vm(name) : nullptr;
     std::ostream& out = io.out;

@@ -48,13 +48,20 @@ int cmd_list(const std::vector<std::string>& args, Io io) {
     const auto domains = connect(common)->list_managed();
     Table table;
     table.row({"NAME", "STATE", "POLICY", "NODES", "CPUS", "VCPUS", "MEMORY"});
+    std::vector<std::string> bad;
     for (const auto& d : domains) {
+      if (d.metadata_error) {
+        table.row({d.name, std::string(orch::to_string(d.state)), "?", "?", "?", "?", "?"});
+        bad.push_back("vm " + d.name + ": " + *d.metadata_error + " (llmorchd leaves it alone)");
+        continue;
+      }
       const auto& p = d.facts.placement;
       table.row({d.name, std::string(orch::to_string(d.state)), policy_name(p.cpu_policy), cpu_list(p.nodes),
                  cpu_list(p.cpus), std::to_string(d.vcpus_current) + "/" + std::to_string(d.vcpus_max),
                  std::to_string(d.memory_actual_kib / 1024) + "/" + std::to_string(d.memory_max_kib / 1024) + " MiB"});
     }
     table.print(io.out);
+    for (const auto& line : bad) io.out << line << "\n";
     if (domains.empty()) io.out << "(no VM managed by llmorch)\n";
     return kExitOk;
   });

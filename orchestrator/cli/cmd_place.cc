@@ -17,6 +17,7 @@
 #include "commands.h"
 #include "llmorch/orch/domain_xml.h"
 #include "llmorch/orch/host_state.h"
+#include "llmorch/orch/status_file.h"
 #include "llmorch/orch/template.h"
 #include "llmorch/policy/weighting.h"
 
@@ -97,16 +98,23 @@ Options parse(const std::vector<std::string>& args) {
   return o;
 }
 
-// Holds an exclusive flock on DIR/place.lock for its lifetime.
+// Holds an exclusive flock on DIR/place.lock for its lifetime. DIR is checked as llmorchd's state
+// directory is (orch::open_state_dir: created 0755, refused when others may write to it), and the lock
+// file is never opened through a symlink.
 class PlaceLock {
  public:
   explicit PlaceLock(const std::string& dir) {
-    std::error_code ec;
-    std::filesystem::create_directories(dir, ec);
-    if (ec) throw EnvironmentError("cannot create " + dir + " for the place lock: " + ec.message());
+    int dir_fd = -1;
+    try {
+      dir_fd = orch::open_state_dir(dir);
+    } catch (const std::runtime_error& e) {
+      throw EnvironmentError(std::string("cannot take the place lock: ") + e.what());
+    }
     const std::string path = dir + "/place.lock";
-    fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (fd_ < 0) throw EnvironmentError("cannot open the lock file " + path + ": " + std::strerror(errno));
+    fd_ = ::openat(dir_fd, "place.lock", O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
+    const int open_errno = errno;
+    ::close(dir_fd);
+    if (fd_ < 0) throw EnvironmentError("cannot open the lock file " + path + ": " + std::strerror(open_errno));
     if (::flock(fd_, LOCK_EX) != 0) {
       const int err = errno;
       ::close(fd_);

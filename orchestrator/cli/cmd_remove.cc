@@ -14,13 +14,15 @@ constexpr const char* kHelp = R"(usage: llmorch remove NAME [-c URI] [--config F
 
 Stops the VM NAME (at once, like pulling the plug: 'virsh destroy') and removes its libvirt definition,
 so its dedicated CPUs and its memory reservation are free for new VMs. Only VMs llmorch manages (with
-llmorch metadata) are removed; any other domain is refused and left alone.
+llmorch metadata, also metadata llmorchd reports as bad) are removed; any other domain is refused
+and left alone. NAME is looked up once: the domain removed is the one with the UUID found then, never a
+new domain given the same name meanwhile.
 
   -c, --connect URI  libvirt URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system)
   --config FILE      accepted for symmetry with the other commands
 
-Exit status: 0 removed; 1 no such VM, a domain not managed by llmorch, or libvirt failed; 2 bad
-arguments.
+Exit status: 0 removed; 1 no such VM, a domain not managed by llmorch, the VM removed meanwhile by
+someone else, or libvirt failed; 2 bad arguments.
 )";
 
 }  // namespace
@@ -45,7 +47,20 @@ int cmd_remove(const std::vector<std::string>& args, Io io) {
       }
       return kExitFailure;
     }
-    hypervisor->destroy_and_undefine(name);
+    // The name is resolved once: from here on the domain is its UUID, so a domain of the same name
+    // defined meanwhile (another remove and place) is never the one destroyed.
+    if (vm->uuid.empty())
+      throw EnvironmentError("libvirt gave no UUID for domain '" + name + "'; nothing removed, retry");
+    if (!hypervisor->destroy_and_undefine_uuid(vm->uuid)) {
+      io.err << "llmorch remove: vm '" << name << "' (uuid " << vm->uuid
+             << ") was removed meanwhile, by someone else; nothing done. 'llmorch list' shows what is there now\n";
+      return kExitFailure;
+    }
+    if (vm->metadata_error) {
+      io.out << "removed vm " << name << " (was " << orch::to_string(vm->state) << "; its llmorch metadata was bad, "
+             << "so what it held is not known)\n";
+      return kExitOk;
+    }
     const auto& p = vm->facts.placement;
     std::uint64_t mib = 0;
     for (const auto& [node, m] : p.memory_mib_per_node) mib += m;

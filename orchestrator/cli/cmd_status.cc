@@ -213,7 +213,8 @@ int cmd_status(const std::vector<std::string>& args, Io io) {
       return kExitOk;
     }
     const orch::HostConfig config = load_host_config(common);
-    const auto domains = connect(common)->list_managed();
+    auto domains = connect(common)->list_managed();
+    std::erase_if(domains, [](const orch::ManagedDomain& d) { return d.metadata_error.has_value(); });  // see list
     if (!name.empty() && std::none_of(domains.begin(), domains.end(), [&](const auto& d) { return d.name == name; })) {
       io.err << "llmorch status: no VM named '" << name << "' is managed by llmorch; 'llmorch list' shows them\n";
       return kExitFailure;

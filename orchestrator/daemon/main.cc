@@ -1,5 +1,6 @@
 // llmorchd: options, wiring (libvirt backend, system clock, signals), run. The loop is in daemon.cc.
 #include <signal.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <iostream>
@@ -13,6 +14,7 @@
 #include "llmorch/orch/daemon.h"
 #include "llmorch/orch/libvirt_hypervisor.h"
 #include "llmorch/orch/po_error.h"
+#include "llmorch/orch/status_file.h"
 
 namespace po = boost::program_options;
 using namespace llmorch::orch;
@@ -91,6 +93,14 @@ int main(int argc, char** argv) {
     return 2;
   }
   options.dry_run = vm.count("dry-run") > 0;
+  if (!state_dir.empty()) {  // an unsafe state directory stops the daemon now, not a warning every tick
+    try {
+      ::close(open_state_dir(state_dir));
+    } catch (const std::runtime_error& e) {
+      spdlog::error("{}", e.what());
+      return 1;
+    }
+  }
   options.state_dir = state_dir;
   options.domain_prefix = prefix;
   options.reload = load;

@@ -249,11 +249,15 @@ class LibvirtHypervisor final : public Hypervisor {
     Domain d(virDomainDefineXMLFlags(c->ptr, xml.c_str(), VIR_DOMAIN_DEFINE_VALIDATE));
     if (!d) throw last_error("libvirt rejected the definition of domain '" + name + "'");
     if (virDomainCreate(d.get()) < 0) {
-      HypervisorError err = last_error("cannot start domain '" + name + "'",
-                                       "its definition was removed again; QEMU's log is /var/log/libvirt/qemu/" +
-                                           name + ".log");
-      undefine(d.get());
-      throw err;
+      const std::string log = "QEMU's log is /var/log/libvirt/qemu/" + name + ".log";
+      HypervisorError err = last_error("cannot start domain '" + name + "'", "its definition was removed again; " + log);
+      if (undefine(d.get()) || virGetLastErrorCode() == VIR_ERR_NO_DOMAIN) throw err;
+      // Say so when the roll-back failed too: the domain is still defined, and the caller must know.
+      const std::string undefine_message = virGetLastErrorMessage();
+      throw HypervisorError(err.kind(), "cannot start domain '" + name + "'", err.libvirt_message(),
+                            "removing its definition again failed too (" + undefine_message +
+                                "), so it is still defined, shut off: remove it with 'llmorch remove " + name +
+                                "' or 'virsh undefine " + name + "'; " + log);
     }
   }
 
@@ -264,12 +268,22 @@ class LibvirtHypervisor final : public Hypervisor {
       if (virGetLastErrorCode() == VIR_ERR_NO_DOMAIN) return false;
       throw last_error("cannot look up domain '" + name + "'");
     }
-    // A domain that stopped on its own meanwhile makes destroy fail with "not running": fine.
-    if (virDomainIsActive(d.get()) == 1 && virDomainDestroy(d.get()) < 0 &&
-        virGetLastErrorCode() != VIR_ERR_OPERATION_INVALID)
-      throw last_error("cannot stop domain '" + name + "'");
-    if (virDomainIsPersistent(d.get()) == 1 && !undefine(d.get()) && virGetLastErrorCode() != VIR_ERR_NO_DOMAIN)
-      throw last_error("cannot undefine domain '" + name + "'");
+    destroy_and_undefine_domain(d.get(), "domain '" + name + "'");
+    return true;
+  }
+
+  bool destroy_and_undefine_uuid(const std::string& uuid) override {
+    const auto c = conn();
+    Domain d(virDomainLookupByUUIDString(c->ptr, uuid.c_str()));
+    if (!d) {
+      const int code = virGetLastErrorCode();
+      if (code == VIR_ERR_NO_DOMAIN) return false;
+      if (code == VIR_ERR_INVALID_ARG)
+        throw HypervisorError(Kind::InvalidArgument, "cannot look up domain " + uuid, "not a UUID",
+                              "pass the uuid that list_managed/find_managed reported");
+      throw last_error("cannot look up domain " + uuid);
+    }
+    destroy_and_undefine_domain(d.get(), std::string("domain '") + virDomainGetName(d.get()) + "' (" + uuid + ")");
     return true;
   }
 
@@ -478,6 +492,15 @@ class LibvirtHypervisor final : public Hypervisor {
     return d;
   }
 
+  // Stops the domain if it runs and removes its definition. `what` names it in errors.
+  static void destroy_and_undefine_domain(virDomainPtr d, const std::string& what) {
+    // A domain that stopped on its own meanwhile makes destroy fail with "not running": fine.
+    if (virDomainIsActive(d) == 1 && virDomainDestroy(d) < 0 && virGetLastErrorCode() != VIR_ERR_OPERATION_INVALID)
+      throw last_error("cannot stop " + what);
+    if (virDomainIsPersistent(d) == 1 && !undefine(d) && virGetLastErrorCode() != VIR_ERR_NO_DOMAIN)
+      throw last_error("cannot undefine " + what);
+  }
+
   // Removes the definition with everything attached to it. Drivers that know fewer of these flags
   // (the test driver) reject them as invalid; retry with the ones every driver has.
   static bool undefine(virDomainPtr d) {
@@ -547,16 +570,20 @@ class LibvirtHypervisor final : public Hypervisor {
   static std::optional<ManagedDomain> describe(virConnectPtr conn, virDomainPtr d) {
     CString xml(virDomainGetXMLDesc(d, 0));
     if (!xml) throw last_error(std::string("cannot read the XML of domain '") + virDomainGetName(d) + "'");
-    auto facts = parse_metadata(xml.get());
-    if (!facts) return std::nullopt;
+    auto metadata = read_metadata(xml.get());
+    if (!metadata) return std::nullopt;
     ManagedDomain m;
     m.name = virDomainGetName(d);
-    m.facts = std::move(*facts);
     char uuid[VIR_UUID_STRING_BUFLEN];
     if (virDomainGetUUIDString(d, uuid) == 0) m.uuid = uuid;
     virDomainInfo info;
     if (virDomainGetInfo(d, &info) < 0) throw last_error("cannot read the state of domain '" + m.name + "'");
     m.state = map_state(info.state);
+    if (!metadata->facts) {  // llmorch's, but unusable: name, uuid and state only (hypervisor.h)
+      m.metadata_error = metadata->error;
+      return m;
+    }
+    m.facts = std::move(*metadata->facts);
     m.memory_actual_kib = info.memory;
     m.memory_max_kib = info.maxMem;
     LiveDomainXml live = parse_live_domain_xml(xml.get());

@@ -5,6 +5,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <memory>
@@ -18,12 +19,12 @@ AgentSessionLimits limits_for(const VmFacts& facts) {
   AgentSessionLimits l;
   l.priority_min = facts.priority_min;
   l.priority_max = facts.priority_max;
-  l.floor_max_mib = facts.max_memory_mib;
+  l.floor_max_mib = floor_claim_cap(facts);
   return l;
 }
 
 AgentChannel::AgentChannel(std::string path, AgentSessionLimits limits, TimePoint now)
-    : path_(std::move(path)), limits_(limits), session_(limits, now) {}
+    : path_(std::move(path)), limits_(limits), session_(limits, now), budget_at_(now) {}
 
 AgentChannel::~AgentChannel() { close_socket(); }
 
@@ -49,10 +50,20 @@ bool AgentChannel::connect() {
   return true;
 }
 
+double AgentChannel::budget(TimePoint now) const {
+  const double elapsed_s = std::max(0.0, std::chrono::duration<double>(now - budget_at_).count());
+  return std::min<double>(kReadBurstBytes, read_budget_ + elapsed_s * kReadBytesPerSecond);
+}
+
+bool AgentChannel::wants_read(TimePoint now) const { return fd_ >= 0 && budget(now) >= kMinReadBytes; }
+
 std::vector<protocol::Report> AgentChannel::read_available(TimePoint now, std::size_t max_bytes) {
   std::vector<protocol::Report> reports;
   char buf[4096];
   std::size_t total = 0;
+  read_budget_ = budget(now);
+  budget_at_ = std::max(budget_at_, now);
+  max_bytes = std::min(max_bytes, static_cast<std::size_t>(read_budget_));
   while (fd_ >= 0 && total < max_bytes) {
     const ssize_t n = ::recv(fd_, buf, std::min(sizeof buf, max_bytes - total), MSG_DONTWAIT);
     if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
@@ -64,6 +75,8 @@ std::vector<protocol::Report> AgentChannel::read_available(TimePoint now, std::s
       break;
     }
     total += static_cast<std::size_t>(n);
+    read_budget_ -= static_cast<double>(n);
+    bytes_read_ += static_cast<std::uint64_t>(n);
     for (auto& r : session_.feed(std::string_view(buf, static_cast<std::size_t>(n)), now)) {
       last_report_ = r;
       last_report_at_ = now;

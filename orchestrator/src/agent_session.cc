@@ -13,13 +13,15 @@ using std::chrono::milliseconds;
 
 AgentSession::AgentSession(AgentSessionLimits limits, TimePoint now)
     : limits_(limits), tokens_(limits.burst), refilled_at_(now) {
-  assert(limits_.priority_min > 0 && limits_.priority_min <= limits_.priority_max);
   assert(limits_.rate_per_s > 0 && limits_.burst >= 1 && limits_.hostile_errors >= 1);
 }
 
 std::vector<protocol::Report> AgentSession::feed(std::string_view bytes, TimePoint now) {
   std::vector<protocol::Report> reports;
-  for (protocol::Frame& frame : decoder_.feed(bytes)) {
+  const std::uint64_t empty_before = decoder_.empty_lines();
+  std::vector<protocol::Frame> frames = decoder_.feed(bytes);
+  charge_empty_lines(static_cast<std::size_t>(decoder_.empty_lines() - empty_before), now);
+  for (protocol::Frame& frame : frames) {
     if (!take_token(now)) {
       ++counters_.rate_limited;
       record_error(now, "guest sends more than the rate limit allows; frames dropped");
@@ -66,10 +68,21 @@ bool AgentSession::take_token(TimePoint now) {
   return true;
 }
 
-void AgentSession::record_error(TimePoint now, std::string message) {
+// Empty lines share the frames' token bucket; those beyond it are rate-limited errors, counted in one go
+// (a read of 64 KiB of "\n" must not cost 64 Ki error records).
+void AgentSession::charge_empty_lines(std::size_t count, TimePoint now) {
+  while (count > 0 && take_token(now)) --count;  // stops at the first missing token
+  if (count == 0) return;
+  counters_.rate_limited += count;
+  record_error(now, "guest sends empty lines beyond the rate limit (" + std::to_string(count) + " in one read)",
+               count);
+}
+
+void AgentSession::record_error(TimePoint now, std::string message, std::size_t count) {
   last_error_ = std::move(message);
-  recent_errors_.push_back(now);
-  if (recent_errors_.size() > static_cast<std::size_t>(limits_.hostile_errors)) recent_errors_.pop_front();
+  const auto keep = static_cast<std::size_t>(limits_.hostile_errors);
+  for (std::size_t i = 0; i < std::min(count, keep); ++i) recent_errors_.push_back(now);
+  while (recent_errors_.size() > keep) recent_errors_.pop_front();
   if (recent_errors_.size() == static_cast<std::size_t>(limits_.hostile_errors) &&
       now - recent_errors_.front() <= limits_.hostile_window)
     hostile_until_ = now + limits_.hostile_window;
@@ -78,9 +91,15 @@ void AgentSession::record_error(TimePoint now, std::string message) {
 protocol::Report AgentSession::sanitise(protocol::Report r) {
   bool clamped = false;
   if (r.priority) {
-    double p = std::clamp(*r.priority, limits_.priority_min, limits_.priority_max);
-    clamped |= p != *r.priority;
-    r.priority = p;
+    const double lo = limits_.priority_min, hi = limits_.priority_max;
+    if (std::isfinite(lo) && std::isfinite(hi) && lo <= hi) {  // std::clamp is undefined otherwise
+      const double p = std::clamp(*r.priority, lo, hi);
+      clamped |= p != *r.priority;
+      r.priority = p;
+    } else {
+      r.priority.reset();  // no range the operator allows: the template's priority stands
+      clamped = true;
+    }
   }
   // Cap at the VM's maximum memory, not at the guest's MemTotal: MemTotal shrinks with the balloon (and
   // sits below the balloon size), so capping by it would lower the floor with every squeeze.

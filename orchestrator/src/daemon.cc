@@ -113,6 +113,15 @@ bool Daemon::tick() {
     return false;
   }
   std::vector<ManagedDomain>& domains = *listed;
+  // VMs whose llmorch metadata is bad are left alone (not planned, no agent channel) and reported.
+  std::map<std::string, std::string> bad_metadata;
+  for (const ManagedDomain& d : domains)
+    if (d.metadata_error) bad_metadata[d.name] = *d.metadata_error;
+  std::erase_if(domains, [](const ManagedDomain& d) { return d.metadata_error.has_value(); });
+  const ProblemChanges bad = set_problems(status_, "bad_metadata", bad_metadata, clock_.wall());
+  for (const auto& [vm, why] : bad.raised)
+    spdlog::error("vm {}: {}; left alone until its metadata is fixed (or 'llmorch remove {}')", vm, why, vm);
+  for (const std::string& vm : bad.cleared) spdlog::info("vm {}: metadata usable again (or the VM is gone)", vm);
   const auto stats = read_stats();
   check_responsive(domains, stats);
   channels_.sync(domains, now);
@@ -390,8 +399,12 @@ void Daemon::write_status() {
   status_.interval_ms = options_.config.interval_ms;
   status_.connected = connected_;
   status_.plan = plan_;
-  status_.problems.clear();
+  // Unresponsive VMs carry their own since (when libvirt began waiting on them): replaced here, other
+  // kinds are kept up to date by set_problems where they are found.
+  for (auto& [vm, problems] : status_.problems)
+    std::erase_if(problems, [](const VmProblem& p) { return p.kind == "unresponsive"; });
   for (const auto& [vm, u] : unresponsive_) status_.problems[vm].push_back({"unresponsive", u.detail, u.since});
+  std::erase_if(status_.problems, [](const auto& kv) { return kv.second.empty(); });
   if (options_.state_dir.empty()) return;
   try {
     write_status_file(options_.state_dir, status_);
@@ -443,8 +456,9 @@ void Daemon::handle_events() {
 void Daemon::poll_once(std::chrono::milliseconds max_wait) {
   std::vector<pollfd> fds{{wake_fd_, POLLIN, 0}};
   std::vector<std::string> names{""};
+  const auto polled_at = clock_.now();
   for (auto& [name, ch] : channels_.all()) {
-    if (!ch->connected()) continue;
+    if (!ch->wants_read(polled_at)) continue;  // not connected, or its read budget is spent for now
     fds.push_back({ch->fd(), static_cast<short>(POLLIN | (ch->wants_write() ? POLLOUT : 0)), 0});
     names.push_back(name);
   }

@@ -143,6 +143,7 @@ void render_metadata_into(pugi::xml_node parent, const VmFacts& f, bool with_nam
   attr(mem, "current_mib", std::to_string(f.memory_mib));
   attr(mem, "max_mib", std::to_string(f.max_memory_mib));
   attr(mem, "floor_mib", std::to_string(f.memory_floor_mib));
+  attr(mem, "floor_max_mib", std::to_string(f.memory_floor_max_mib));
   attr(el(vm, "cpu"), "policy", policy_name(f.cpu_policy));
   attr(el(vm, "hugepages"), "size_kib", std::to_string(f.hugepage_kib));
 
@@ -316,12 +317,14 @@ pugi::xml_node find_llmorch_root(const pugi::xml_document& doc) {
 // Required attribute parsed as T; throws std::invalid_argument when missing or malformed.
 template <typename T>
 T get(pugi::xml_node n, const char* name) {
+  const std::string where = "attribute '" + std::string(name) + "' of <" + std::string(local_name(n.name())) + ">";
   auto a = n.attribute(name);
-  if (!a) throw std::invalid_argument(std::string("missing attribute ") + name);
+  if (!a) throw std::invalid_argument(where + " is missing");
   std::string_view s = a.value();
   T v{};
   auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  if (ec != std::errc() || p != s.data() + s.size()) throw std::invalid_argument(std::string("bad ") + name);
+  if (ec != std::errc() || p != s.data() + s.size())
+    throw std::invalid_argument(where + " ('" + std::string(s.substr(0, 32)) + "') is not a number");
   return v;
 }
 
@@ -339,6 +342,7 @@ VmFacts parse_facts(pugi::xml_node vm) {
   f.memory_mib = get<std::uint64_t>(mem, "current_mib");
   f.max_memory_mib = get<std::uint64_t>(mem, "max_mib");
   f.memory_floor_mib = get<std::uint64_t>(mem, "floor_mib");
+  f.memory_floor_max_mib = mem.attribute("floor_max_mib") ? get<std::uint64_t>(mem, "floor_max_mib") : f.memory_mib;
   f.cpu_policy = parse_policy(child_local(vm, "cpu").attribute("policy").value());
   f.hugepage_kib = get<std::uint64_t>(child_local(vm, "hugepages"), "size_kib");
 
@@ -364,6 +368,13 @@ VmFacts parse_facts(pugi::xml_node vm) {
 
 }  // namespace
 
+std::uint64_t floor_claim_cap(const VmFacts& f) {
+  if (f.memory_floor_max_mib) return f.memory_floor_max_mib;
+  return f.memory_mib ? f.memory_mib : f.max_memory_mib;
+}
+
+std::string facts_problem(const VmFacts& f) { return priority_problem(f.priority, f.priority_min, f.priority_max); }
+
 VmFacts make_facts(const std::string& template_path, const VmTemplate& t, const policy::Placement& p) {
   VmFacts f;
   f.template_path = template_path;
@@ -375,6 +386,7 @@ VmFacts make_facts(const std::string& template_path, const VmTemplate& t, const 
   f.memory_mib = t.memory_mib;
   f.max_memory_mib = t.max_memory_mib;
   f.memory_floor_mib = t.memory_floor_mib;
+  f.memory_floor_max_mib = t.memory_floor_max_mib ? t.memory_floor_max_mib : t.memory_mib;  // unset: memory_mib
   f.cpu_policy = t.cpu_policy;
   f.hugepage_kib = t.hugepage_kib;
   f.placement = p;
@@ -452,16 +464,29 @@ std::string render_metadata_body(const VmFacts& facts) {
   return to_string(doc);
 }
 
-std::optional<VmFacts> parse_metadata(std::string_view xml) {
+std::optional<MetadataRead> read_metadata(std::string_view xml) {
   pugi::xml_document doc;
   if (!doc.load_buffer(xml.data(), xml.size())) return std::nullopt;
   auto root = find_llmorch_root(doc);
   if (!root) return std::nullopt;
+  MetadataRead out;
   try {
-    return parse_facts(root);
-  } catch (const std::invalid_argument&) {
-    return std::nullopt;  // malformed metadata counts as none: the VM is not one llmorch can manage
+    VmFacts facts = parse_facts(root);
+    if (std::string problem = facts_problem(facts); !problem.empty()) {
+      out.error = "bad metadata: " + problem;
+    } else {
+      out.facts = std::move(facts);
+    }
+  } catch (const std::invalid_argument& e) {
+    out.error = std::string("bad metadata: ") + e.what();
   }
+  return out;
+}
+
+std::optional<VmFacts> parse_metadata(std::string_view xml) {
+  auto read = read_metadata(xml);
+  if (!read) return std::nullopt;
+  return std::move(read->facts);  // malformed metadata counts as none here
 }
 
 LiveDomainXml parse_live_domain_xml(std::string_view xml) {

@@ -33,6 +33,8 @@ const VmMemoryPlan* MemoryPlan::find(std::string_view name) const {
   return nullptr;
 }
 
+bool agent_distrusted(const AgentState& agent) { return agent.hostile; }
+
 double effective_priority(const VmFacts& facts, const AgentState& agent, PrioritySource* source) {
   PrioritySource s = PrioritySource::Template;
   double p = facts.priority;
@@ -87,9 +89,10 @@ policy::BalloonStats balloon_stats(const MemoryStats& m) {
           .major_faults = m.major_faults};
 }
 
-// The agent's memory figures, from a fresh report only (PROTOCOL.md: KiB, floor in MiB).
+// The agent's memory figures, from a fresh report of an agent that is believed only (PROTOCOL.md: KiB,
+// floor in MiB).
 std::optional<policy::AgentMemory> agent_memory(const AgentState& agent) {
-  if (!agent.fresh || !agent.last_report) return std::nullopt;
+  if (agent_distrusted(agent) || !agent.fresh || !agent.last_report) return std::nullopt;
   const protocol::Report& r = *agent.last_report;
   return policy::AgentMemory{.mem_total_mib = r.mem_total_kib / 1024, .mem_available_mib = r.mem_avail_kib / 1024,
                              .psi_some10 = r.psi_mem_some10, .floor_mib = r.floor_mib};
@@ -111,9 +114,11 @@ policy::BalloonVm balloon_vm(const VmSnapshot& vm, double weight, const HostMemo
   if (vm.balloon.previous) b.previous = balloon_stats(*vm.balloon.previous);
   b.stats_fresh = vm.balloon.fresh;
   b.agent = agent_memory(vm.agent);
+  // A claimed floor goes no higher than the operator allows (memory_floor_max_mib), and expires with its
+  // report: a stale or distrusted agent leaves the template's floor only.
+  if (const std::uint64_t cap = floor_claim_cap(d.facts); b.agent && cap > 0)
+    b.agent->floor_mib = std::min(b.agent->floor_mib, cap);
   b.template_floor_mib = d.facts.memory_floor_mib;
-  if (!b.agent && vm.agent.last_report)  // stale: its floor still stands
-    b.template_floor_mib = std::max(b.template_floor_mib, vm.agent.last_report->floor_mib);
   if (!balloon_hold(vm).empty()) b.stats_fresh = false;  // the rule leaves it alone but counts its memory
   b.max_memory_mib = d.facts.max_memory_mib ? d.facts.max_memory_mib : d.memory_max_kib / 1024;
   b.weight = std::clamp(weight, 0.0, 1.0);

@@ -1,6 +1,8 @@
 #include "llmorch/orch/status_file.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -8,7 +10,9 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <stdexcept>
+#include <utility>
 
 #include <fmt/chrono.h>
 #include <fmt/format.h>
@@ -130,23 +134,118 @@ nlohmann::json status_to_json(const DaemonStatus& s) {
   return j;
 }
 
+ProblemChanges set_problems(DaemonStatus& status, const std::string& kind,
+                            const std::map<std::string, std::string>& current,
+                            std::chrono::system_clock::time_point now) {
+  ProblemChanges changes;
+  for (auto it = status.problems.begin(); it != status.problems.end();) {
+    auto& list = it->second;
+    auto now_there = current.find(it->first);
+    const auto gone = std::remove_if(list.begin(), list.end(), [&](const VmProblem& p) {
+      return p.kind == kind && (now_there == current.end() || now_there->second != p.detail);
+    });
+    if (gone != list.end() && now_there == current.end()) changes.cleared.push_back(it->first);
+    list.erase(gone, list.end());
+    it = list.empty() ? status.problems.erase(it) : std::next(it);
+  }
+  for (const auto& [vm, detail] : current) {
+    auto& list = status.problems[vm];
+    const bool known = std::any_of(list.begin(), list.end(), [&](const VmProblem& p) { return p.kind == kind; });
+    if (known) continue;
+    list.push_back({kind, detail, now});
+    changes.raised.emplace_back(vm, detail);
+  }
+  return changes;
+}
+
+namespace {
+
+// Closes a descriptor when it goes out of scope.
+class Fd {
+ public:
+  explicit Fd(int fd) : fd_(fd) {}
+  ~Fd() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  int get() const { return fd_; }
+  int release() { return std::exchange(fd_, -1); }
+  // Closes now; returns close()'s result (0, or -1 with errno set).
+  int close() {
+    const int rc = ::close(fd_);
+    fd_ = -1;
+    return rc;
+  }
+
+ private:
+  int fd_;
+};
+
+std::string os_error(const std::string& what, int err) { return what + ": " + std::strerror(err); }
+
+std::string octal_mode(mode_t mode) { return fmt::format("{:04o}", mode & 07777); }
+
+}  // namespace
+
+int open_state_dir(const std::string& dir) {
+  if (dir.empty()) throw std::runtime_error("the state directory is empty; pass an absolute --state-dir");
+  if (::mkdir(dir.c_str(), 0755) == 0) {
+    ::chmod(dir.c_str(), 0755);  // exactly 0755, whatever the umask took away
+  } else if (errno == ENOENT) {
+    std::error_code ec;
+    fs::create_directories(fs::path(dir).parent_path(), ec);
+    if (ec) throw std::runtime_error("cannot create the parents of the state directory " + dir + ": " + ec.message());
+    if (::mkdir(dir.c_str(), 0755) == 0) {
+      ::chmod(dir.c_str(), 0755);
+    } else if (errno != EEXIST) {
+      throw std::runtime_error(os_error("cannot create the state directory " + dir, errno));
+    }
+  } else if (errno != EEXIST) {
+    throw std::runtime_error(os_error("cannot create the state directory " + dir, errno));
+  }
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) {
+    throw std::runtime_error(os_error("cannot open the state directory " + dir +
+                                      " (it must be a directory; pick another --state-dir otherwise)", errno));
+  }
+  Fd guard(fd);
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) throw std::runtime_error(os_error("cannot stat the state directory " + dir, errno));
+  if (st.st_uid != ::geteuid()) {
+    throw std::runtime_error("the state directory " + dir + " is owned by uid " + std::to_string(st.st_uid) +
+                             ", not by uid " + std::to_string(::geteuid()) + " that llmorch runs as; refusing it. " +
+                             "Run 'chown " + std::to_string(::geteuid()) + " " + dir + "' or pick another --state-dir");
+  }
+  if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+    throw std::runtime_error("the state directory " + dir + " is writable by group or others (mode " +
+                             octal_mode(st.st_mode) + "); refusing it, since others could plant files there. " +
+                             "Run 'chmod go-w " + dir + "' or pick another --state-dir");
+  }
+  return guard.release();
+}
+
 void write_status_file(const std::string& dir, const DaemonStatus& status) {
-  std::error_code ec;
-  if (!fs::exists(dir)) {
-    fs::create_directories(dir, ec);
-    if (ec) throw std::runtime_error("cannot create the state directory " + dir + ": " + ec.message());
-    ::chmod(dir.c_str(), 0755);
-  }
+  const std::string text = status_to_json(status).dump(2) + "\n";
+  Fd dir_fd(open_state_dir(dir));
   const std::string path = dir + "/status.json";
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    out << status_to_json(status).dump(2) << '\n';
-    if (!out) throw std::runtime_error("cannot write " + tmp + ": " + std::strerror(errno));
+  std::string tmp = dir + "/.status.json.XXXXXX";
+  Fd fd(::mkstemp(tmp.data()));  // O_CREAT | O_EXCL, mode 0600: never an existing file or a symlink
+  if (fd.get() < 0) throw std::runtime_error(os_error("cannot create a temporary file in " + dir, errno));
+  auto fail = [&](const std::string& what, int err) {
+    ::unlink(tmp.c_str());
+    throw std::runtime_error(os_error(what, err));
+  };
+  if (::fchmod(fd.get(), 0644) != 0) fail("cannot make " + tmp + " readable", errno);
+  for (std::size_t done = 0; done < text.size();) {
+    const ssize_t n = ::write(fd.get(), text.data() + done, text.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) fail("cannot write " + tmp + " (status.json is left as it was)", n < 0 ? errno : EIO);
+    done += static_cast<std::size_t>(n);
   }
-  ::chmod(tmp.c_str(), 0644);
-  if (std::rename(tmp.c_str(), path.c_str()) != 0)
-    throw std::runtime_error("cannot replace " + path + ": " + std::strerror(errno));
+  if (::fsync(fd.get()) != 0) fail("cannot flush " + tmp + " to disk (status.json is left as it was)", errno);
+  if (fd.close() != 0) fail("cannot close " + tmp + " (status.json is left as it was)", errno);
+  if (::rename(tmp.c_str(), path.c_str()) != 0) fail("cannot replace " + path, errno);
 }
 
 nlohmann::json read_status_file(const std::string& dir) {

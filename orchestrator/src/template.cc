@@ -1,6 +1,7 @@
 // VM templates (templates/*.conf; templates/README.md documents every key). To add a key: a field
 // in VmTemplate, one line in keys(), a check in validate() if it interacts with others, a README line.
 #include <charconv>
+#include <cmath>
 #include <limits>
 
 #include "ini_keys.h"
@@ -14,11 +15,7 @@ using Key = ini::Key<VmTemplate>;
 constexpr int kMaxVcpus = 4096;
 constexpr std::uint64_t kMinMemoryMib = 64;  // below this a Linux guest does not boot
 
-double positive(const std::string& text) {
-  const double v = ini::number(text, 0.0, std::numeric_limits<double>::max());
-  if (v <= 0) ini::reject();
-  return v;
-}
+double priority_value(const std::string& text) { return ini::number(text, kMinPriority, kMaxPriority); }
 
 std::uint64_t hugepage_kib(const std::string& text) {
   static constexpr std::uint64_t sizes[] = {0, 2048, 1048576};
@@ -37,15 +34,17 @@ const std::vector<Key>& keys() {
        [](const S& v, T& t) { t.max_memory_mib = ini::whole(v, kMinMemoryMib); }},
       {"memory_floor_mib", "a whole number of MiB >= 0",
        [](const S& v, T& t) { t.memory_floor_mib = ini::whole<std::uint64_t>(v, 0); }},
+      {"memory_floor_max_mib", "a whole number of MiB >= 0",
+       [](const S& v, T& t) { t.memory_floor_max_mib = ini::whole<std::uint64_t>(v, 0); }},
       {"cpu_policy", "dedicated or shared",
        [](const S& v, T& t) {
          t.cpu_policy = ini::choice(v, {"dedicated", "shared"}) == 0 ? policy::CpuPolicy::Dedicated
                                                                       : policy::CpuPolicy::Shared;
        }},
       {"hugepages", "none, 2M or 1G", [](const S& v, T& t) { t.hugepage_kib = hugepage_kib(v); }},
-      {"priority", "a number > 0", [](const S& v, T& t) { t.priority = positive(v); }},
-      {"priority_min", "a number > 0", [](const S& v, T& t) { t.priority_min = positive(v); }},
-      {"priority_max", "a number > 0", [](const S& v, T& t) { t.priority_max = positive(v); }},
+      {"priority", "a number in [0.001, 1000000]", [](const S& v, T& t) { t.priority = priority_value(v); }},
+      {"priority_min", "a number in [0.001, 1000000]", [](const S& v, T& t) { t.priority_min = priority_value(v); }},
+      {"priority_max", "a number in [0.001, 1000000]", [](const S& v, T& t) { t.priority_max = priority_value(v); }},
       {"domain_type", "kvm or qemu (or empty: the host config's domain_type)",
        [](const S& v, T& t) { if (!v.empty()) ini::choice(v, {"kvm", "qemu"}); t.domain_type = v; }},
       {"kernel", "an absolute path", [](const S& v, T& t) { t.kernel = ini::absolute_path(v); }},
@@ -70,6 +69,7 @@ void validate(VmTemplate& t, const std::set<std::string>& set, const std::string
   if (!set.count("memory_mib")) fail("key 'memory_mib' is missing; set it to the VM's memory at start in MiB (>= 64)");
   if (!set.count("max_vcpus")) t.max_vcpus = t.vcpus;
   if (!set.count("max_memory_mib")) t.max_memory_mib = t.memory_mib;
+  if (!set.count("memory_floor_max_mib")) t.memory_floor_max_mib = t.memory_mib;
 
   if (t.max_vcpus < t.vcpus) {
     fail("max_vcpus (" + std::to_string(t.max_vcpus) + ") is less than vcpus (" + std::to_string(t.vcpus) +
@@ -83,6 +83,14 @@ void validate(VmTemplate& t, const std::set<std::string>& set, const std::string
     fail("memory_floor_mib (" + num(t.memory_floor_mib) + ") is above memory_mib (" + num(t.memory_mib) +
          "); the floor must be <= memory_mib");
   }
+  if (t.memory_floor_max_mib < t.memory_floor_mib) {
+    fail("memory_floor_max_mib (" + num(t.memory_floor_max_mib) + ") is below memory_floor_mib (" +
+         num(t.memory_floor_mib) + "); an agent may claim at least the template's floor, raise it");
+  }
+  if (t.memory_floor_max_mib > t.max_memory_mib) {
+    fail("memory_floor_max_mib (" + num(t.memory_floor_max_mib) + ") is above max_memory_mib (" +
+         num(t.max_memory_mib) + "); the VM never has more memory than that, lower it");
+  }
   if (const std::uint64_t page_mib = t.hugepage_kib / 1024; page_mib > 1) {
     for (const auto& [name, mib] : {std::pair{"memory_mib", t.memory_mib}, {"max_memory_mib", t.max_memory_mib}}) {
       if (mib % page_mib != 0) {
@@ -91,14 +99,8 @@ void validate(VmTemplate& t, const std::set<std::string>& set, const std::string
       }
     }
   }
-  if (t.priority_max < t.priority_min) {
-    fail("priority_max (" + num(t.priority_max) + ") is less than priority_min (" + num(t.priority_min) +
-         "); priority_max must be >= priority_min");
-  }
-  if (t.priority < t.priority_min || t.priority > t.priority_max) {
-    fail("priority (" + num(t.priority) + ") is outside [priority_min, priority_max] = [" + num(t.priority_min) +
-         ", " + num(t.priority_max) + "]; set a priority inside that range");
-  }
+  if (const std::string problem = priority_problem(t.priority, t.priority_min, t.priority_max); !problem.empty())
+    fail(problem);
   if (!t.kernel.empty() && !t.disk.empty()) {
     fail("both kernel and disk are set; a VM boots from one of them, remove the other");
   }
@@ -112,6 +114,23 @@ void validate(VmTemplate& t, const std::set<std::string>& set, const std::string
 }
 
 }  // namespace
+
+std::string priority_problem(double priority, double priority_min, double priority_max) {
+  for (const auto& [name, v] : {std::pair{"priority", priority}, {"priority_min", priority_min},
+                                {"priority_max", priority_max}}) {
+    if (!std::isfinite(v) || v < kMinPriority || v > kMaxPriority)
+      return std::string(name) + " (" + num(v) + ") is not a number in [0.001, 1000000]; set one in that range";
+  }
+  if (priority_max < priority_min) {
+    return "priority_max (" + num(priority_max) + ") is less than priority_min (" + num(priority_min) +
+           "); priority_max must be >= priority_min";
+  }
+  if (priority < priority_min || priority > priority_max) {
+    return "priority (" + num(priority) + ") is outside [priority_min, priority_max] = [" + num(priority_min) +
+           ", " + num(priority_max) + "]; set a priority inside that range";
+  }
+  return {};
+}
 
 std::vector<std::string> template_keys() {
   std::vector<std::string> names;

@@ -4,7 +4,12 @@
 // rebalancing the well-behaved guest, and never lets the hostile one's input set its priority.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
 #include <thread>
 
 #include "e2e_harness.h"
@@ -42,6 +47,23 @@ const json* find_cli_vm(const json& status, const std::string& name) {
   for (const auto& vm : status["vms"])
     if (vm.value("name", "") == name) return &vm;
   return nullptr;
+}
+
+// CPU time (user + system) llmorchd has used so far, in seconds, from /proc/PID/stat; nullopt when
+// the process is gone.
+std::optional<double> process_cpu_s(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat;
+  if (!std::getline(in, stat)) return std::nullopt;
+  // Field 2 (comm) may contain spaces; the fields after its closing ')' start with field 3 (state).
+  std::istringstream rest(stat.substr(stat.rfind(')') + 2));
+  std::string field;
+  unsigned long long utime = 0, stime = 0;
+  for (int i = 3; i <= 15 && rest >> field; ++i) {
+    if (i == 14) utime = std::stoull(field);
+    if (i == 15) stime = std::stoull(field);
+  }
+  return static_cast<double>(utime + stime) / static_cast<double>(::sysconf(_SC_CLK_TCK));
 }
 
 // What the test observed of the daemon while the guests ran.
@@ -97,9 +119,18 @@ TEST_P(HostileE2e, DaemonStaysOnTimeAndHostileGuestGetsNoSay) {
   std::this_thread::sleep_for(4s);  // the hostile guest gets going; the daemon's buffers settle
   const auto rss_before = daemon.rss_kib();
   ASSERT_TRUE(rss_before);
+  const auto cpu_before = process_cpu_s(daemon.pid());
+  ASSERT_TRUE(cpu_before);
 
+  const auto window_start = std::chrono::steady_clock::now();
   const Observation o = observe(daemon, hostile, 15s);
+  const double window_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - window_start).count();
   const auto rss_after = daemon.rss_kib();
+  const auto cpu_after = process_cpu_s(daemon.pid());
+  ASSERT_TRUE(cpu_after);
+  // llmorchd's CPU over the window: one hostile guest (plus one normal guest and the ticks).
+  std::printf("FIGURE hostile_%s_llmorchd_cpu_s=%.2f over_s=%.1f\n", mode.c_str(), *cpu_after - *cpu_before,
+              window_s);
   ASSERT_TRUE(daemon.running()) << "llmorchd died:\n" << daemon.log();
   ASSERT_TRUE(rss_after);
 

@@ -23,6 +23,8 @@ void check_template(const llmorch::orch::VmTemplate& t) {
   check(t.memory_floor_mib <= t.memory_mib);
   check(t.hugepage_kib == 0 || t.hugepage_kib == 2048 || t.hugepage_kib == 1048576);
   check(t.priority_min > 0 && t.priority_min <= t.priority && t.priority <= t.priority_max);
+  check(t.priority_min >= llmorch::orch::kMinPriority && t.priority_max <= llmorch::orch::kMaxPriority);
+  check(t.memory_floor_mib <= t.memory_floor_max_mib && t.memory_floor_max_mib <= t.max_memory_mib);
   check(t.kernel.empty() != t.disk.empty());
   check(t.domain_type.empty() || t.domain_type == "kvm" || t.domain_type == "qemu");
 }

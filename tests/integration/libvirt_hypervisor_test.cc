@@ -314,6 +314,52 @@ TEST_F(LibvirtIntegration, DestroyUndefineCleansUpAndEventsArrive) {
   }
 }
 
+// Issue 11, finding 7: `llmorch remove` resolves the name once, to a UUID, and destroys by UUID: a domain
+// of the same name defined since (another remove and place) is left alone.
+TEST_F(LibvirtIntegration, DestroyByUuidLeavesANewDomainOfTheSameNameAlone) {
+  DomainSpec spec = small_spec(unique_name("byuuid"));
+  DomainGuard guard{*hv_, spec.name};
+  hv_->define_and_start(render_domain_xml(spec));
+  const std::string old_uuid = must_find(spec.name).uuid;
+  ASSERT_TRUE(hv_->destroy_and_undefine(spec.name));
+  hv_->define_and_start(render_domain_xml(spec));  // the same name again: libvirt gives a new UUID
+  const std::string new_uuid = must_find(spec.name).uuid;
+  ASSERT_NE(new_uuid, old_uuid);
+
+  EXPECT_FALSE(hv_->destroy_and_undefine_uuid(old_uuid));
+  const ManagedDomain m = must_find(spec.name);
+  EXPECT_EQ(m.uuid, new_uuid);
+  EXPECT_EQ(m.state, DomainState::Running);
+
+  EXPECT_TRUE(hv_->destroy_and_undefine_uuid(new_uuid));
+  EXPECT_FALSE(hv_->find_managed(spec.name).has_value());
+  EXPECT_NE(virsh("domstate " + spec.name).find("failed to get domain"), std::string::npos);
+  EXPECT_FALSE(hv_->destroy_and_undefine_uuid(new_uuid));
+  EXPECT_THROW(hv_->destroy_and_undefine_uuid("not-a-uuid"), HypervisorError);
+}
+
+// Issue 11, finding 4: llmorch metadata with a priority that is not one is listed as bad metadata (name,
+// uuid and state known; facts not) instead of as a VM to plan, or as no VM at all.
+TEST_F(LibvirtIntegration, BadMetadataIsListedAsSuchAndCanBeRemoved) {
+  DomainSpec spec = small_spec(unique_name("badmeta"));
+  DomainGuard guard{*hv_, spec.name};
+  std::string xml = render_domain_xml(spec);
+  const auto pos = xml.find("value=\"3\"");
+  ASSERT_NE(pos, std::string::npos) << xml;
+  xml.replace(pos, 9, "value=\"nan\"");
+  hv_->define_and_start(xml);
+  const ManagedDomain m = must_find(spec.name);
+  ASSERT_TRUE(m.metadata_error.has_value());
+  EXPECT_NE(m.metadata_error->find("bad metadata: priority (nan)"), std::string::npos) << *m.metadata_error;
+  EXPECT_EQ(m.state, DomainState::Running);
+  EXPECT_EQ(m.uuid.size(), 36u);
+  bool listed = false;
+  for (const auto& d : hv_->list_managed()) listed |= d.name == spec.name && d.metadata_error.has_value();
+  EXPECT_TRUE(listed);
+  EXPECT_TRUE(hv_->destroy_and_undefine_uuid(m.uuid));
+  EXPECT_FALSE(hv_->find_managed(spec.name).has_value());
+}
+
 // libvirtd dropping the connection (as on a daemon restart), simulated with virt-admin so that other
 // test processes keep theirs: alive() notices, ensure_connected() reconnects.
 std::vector<std::string> clients_of_this_process() {

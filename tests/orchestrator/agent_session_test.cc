@@ -2,7 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <string>
+#include <utility>
 
 #include "llmorch/protocol/codec.h"
 
@@ -122,7 +124,7 @@ TEST(AgentSession, RateLimitsWithTokenBucket) {
 TEST(AgentSession, CountsOversizedAndMalformedAndTurnsHostile) {
   AgentSession s(limits(), t0);
   s.feed(std::string(5000, 'A') + "\n", t0);
-  EXPECT_EQ(s.counters().oversized, 1u);
+  EXPECT_EQ(s.counters().oversized, 4u);  // one per 1025 bytes
   EXPECT_FALSE(s.hostile(t0));
   for (int i = 0; i < 19; ++i) s.feed("garbage\n", t0 + i * 100ms);
   EXPECT_EQ(s.counters().malformed, 19u);
@@ -147,6 +149,48 @@ TEST(AgentSession, SessionsAreIndependent) {
   EXPECT_EQ(good.feed(protocol::encode(report(2)), t0).size(), 1u);
   EXPECT_FALSE(good.hostile(t0));
   EXPECT_EQ(good.counters().malformed, 0u);
+}
+
+// Issue 11, finding 6: empty lines were free, so a guest could keep llmorchd reading "\n" forever.
+TEST(AgentSession, AFloodOfEmptyLinesIsRateLimitedAndTurnsHostile) {
+  AgentSession s(limits(), t0);  // 20/s, burst 40
+  EXPECT_TRUE(s.feed(std::string(64 * 1024, '\n'), t0).empty());
+  EXPECT_EQ(s.counters().rate_limited, 64u * 1024 - 40);
+  EXPECT_TRUE(s.hostile(t0));
+  EXPECT_NE(s.last_error().find("empty lines"), std::string::npos) << s.last_error();
+  // The bucket is empty: a report right after is dropped like any frame beyond the limit.
+  EXPECT_TRUE(s.feed(protocol::encode(report(2)), t0).empty());
+}
+
+TEST(AgentSession, AResynchronisingNewlineBeforeEachReportCostsNothingVisible) {
+  AgentSession s(limits(), t0);
+  for (int i = 0; i < 100; ++i) EXPECT_EQ(s.feed("\n" + protocol::encode(report(2)), t0 + i * 1s).size(), 1u);
+  EXPECT_EQ(s.counters().rate_limited, 0u);
+  EXPECT_FALSE(s.hostile(t0 + 100s));
+}
+
+// Issue 11, finding 6: one endless line counted as one error however long it went on.
+TEST(AgentSession, AnEndlessLineKeepsCountingAndTurnsHostile) {
+  AgentSession s(limits(), t0);
+  for (int i = 0; i < 4; ++i) s.feed(std::string(16 * 1024, 'A'), t0 + i * 10ms);  // no newline, ever
+  // 63 units of 1025 bytes; those beyond the token bucket count as rate-limited instead.
+  EXPECT_EQ(s.counters().oversized + s.counters().rate_limited, 64u * 1024 / 1025);
+  EXPECT_GE(s.counters().oversized, 40u);
+  EXPECT_TRUE(s.hostile(t0 + 40ms));
+}
+
+// Issue 11, finding 4: std::clamp with min > max is undefined; such a range drops reported priorities.
+TEST(AgentSession, APriorityRangeThatIsNoneDropsReportedPriorities) {
+  for (auto [lo, hi] : {std::pair{5.0, 1.0}, {std::nan(""), 10.0}, {1.0, std::nan("")}}) {
+    AgentSessionLimits l = limits();
+    l.priority_min = lo;
+    l.priority_max = hi;
+    AgentSession s(l, t0);
+    const auto out = s.feed(protocol::encode(report(3)), t0);
+    ASSERT_EQ(out.size(), 1u);
+    EXPECT_FALSE(out[0].priority.has_value()) << lo << " " << hi << ": " << *out[0].priority;
+    EXPECT_EQ(s.counters().clamped, 1u);
+  }
 }
 
 TEST(AgentSession, CountsUnknownKeys) {

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <thread>
@@ -64,6 +65,16 @@ class GuestEnd {
       ssize_t n = ::write(fd_, bytes.data() + off, bytes.size() - off);
       if (n <= 0) return;
       off += static_cast<std::size_t>(n);
+    }
+  }
+  // Writes `c` without blocking until the socket takes no more; returns how many bytes it took.
+  std::size_t fill(char c) {
+    const std::string chunk(4096, c);
+    std::size_t total = 0;
+    for (;;) {
+      const ssize_t n = ::send(fd_, chunk.data(), chunk.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (n <= 0) return total;
+      total += static_cast<std::size_t>(n);
     }
   }
   std::string receive() {
@@ -205,6 +216,41 @@ TEST_F(DaemonTest, UnresponsiveVmIsSkippedAndRejoins) {
   EXPECT_NE(hv.dom("b").cpu_shares, 1024u);
 }
 
+// Issue 11, finding 4: a VM whose metadata made compute_weights throw stopped planning for the whole
+// host. Now such a VM is skipped and reported; every other VM is managed as usual.
+TEST_F(DaemonTest, AVmWithBadMetadataIsLeftAloneAndReportedWhileTheOthersGoOn) {
+  ManagedDomain bad = make_domain("c", 1, {0});
+  bad.facts.priority = std::nan("");  // what its facts would have been without the check
+  bad.metadata_error = "bad metadata: priority (nan) is not a number in [0.001, 1000000]; set one in that range";
+  bad.channel_path = (dir / "c.sock").string();
+  hv.domains.push_back(bad);
+  Daemon d(hv, clock, options);
+  ASSERT_TRUE(d.tick());
+  EXPECT_EQ(hv.calls, (std::vector<std::string>{"set_cpu_shares a 1455", "set_cpu_shares b 593"}));
+  EXPECT_EQ(d.plan().find("c"), nullptr);
+  EXPECT_EQ(d.channels().find("c"), nullptr);  // not even its agent is listened to
+  auto j = read_status_file(options.state_dir);
+  EXPECT_EQ(j["health"], "degraded");
+  ASSERT_EQ(j["problems"].size(), 1u);
+  EXPECT_EQ(j["problems"][0]["vm"], "c");
+  EXPECT_EQ(j["problems"][0]["kind"], "bad_metadata");
+  EXPECT_EQ(j["problems"][0]["detail"], *bad.metadata_error);
+  const auto since = j["problems"][0]["since"];
+  clock.t += 1s;
+  ASSERT_TRUE(d.tick());
+  EXPECT_EQ(read_status_file(options.state_dir)["problems"][0]["since"], since);  // the same problem goes on
+
+  // Fixed (e.g. the metadata rewritten): planned again, the problem is gone.
+  hv.dom("c").metadata_error.reset();
+  hv.dom("c").facts.priority = 1;
+  hv.calls.clear();
+  ASSERT_TRUE(d.tick());
+  ASSERT_NE(d.plan().find("c"), nullptr);
+  j = read_status_file(options.state_dir);
+  EXPECT_EQ(j["health"], "ok");
+  EXPECT_TRUE(j["problems"].empty());
+}
+
 TEST_F(DaemonTest, LibvirtOutageIsReportedAndSurvived) {
   Daemon d(hv, clock, options);
   hv.down = true;
@@ -304,27 +350,65 @@ TEST_F(DaemonTest, GarbageFromOneGuestIsCountedAndHarmless) {
   Daemon d(hv, clock, options);
   ASSERT_TRUE(d.tick());
   ASSERT_TRUE(guest.accept());
-  // 200 KB without a newline (one oversized line), a malformed frame, then a valid report. The writer
-  // runs in a thread: the socket buffer may not take it all at once.
+  // 200 KB without a newline (an oversized line: one oversized frame per 1025 bytes), a malformed
+  // frame, then a valid report. The writer runs in a thread: the socket buffer may not take it all at
+  // once. The daemon reads at most its byte budget (16 KiB/s after a 64 KiB burst): a second a poll.
+  const std::string garbage = std::string(200'000, 'x') + "\nLLMO1 report seq=oops\n";
+  const std::string valid = protocol::encode(report(1));
   std::thread writer([&] {
-    guest.send_raw(std::string(200'000, 'x') + "\nLLMO1 report seq=oops\n");
+    guest.send_raw(garbage);
     guest.send(report(1));
   });
+  AgentChannel* ch = d.channels().find("b");
+  ASSERT_NE(ch, nullptr);
   int polls = 0;
-  while (!d.reconcile_due() && polls < 100) {
+  while (ch->bytes_read() < garbage.size() + valid.size() && polls < 100) {
     d.poll_once(100ms);
+    clock.t += 1s;
     ++polls;
   }
   writer.join();
-  EXPECT_GE(polls, 4);  // bounded reads: 64 KiB per wakeup
-  ASSERT_TRUE(d.reconcile_due());
+  EXPECT_GE(polls, 9);  // (200 KB - 64 KiB) / 16 KiB/s
+  ASSERT_EQ(ch->bytes_read(), garbage.size() + valid.size());
   ASSERT_TRUE(d.tick());
   const auto j = read_status_file(options.state_dir)["vms"][1];
-  EXPECT_EQ(j["agent"]["oversized"], 1);
+  // Too many oversized frames: hostile, so its valid report is not believed (template priority 3).
+  EXPECT_EQ(j["agent"]["oversized"].get<int>() + j["agent"]["rate_limited"].get<int>(), 200'000 / 1025);
   EXPECT_EQ(j["agent"]["malformed"], 1);
   EXPECT_EQ(j["agent"]["ok"], 1);
-  EXPECT_EQ(j["effective_priority"], 1.0);
+  EXPECT_TRUE(j["hostile"].get<bool>());
+  EXPECT_EQ(j["effective_priority"], 3.0);
+  EXPECT_EQ(hv.dom("a").cpu_shares, 1455u);
+  // Quiet for the hostile window: its next report counts again.
+  clock.t += 11s;
+  guest.send(report(1));
+  d.poll_once(1000ms);
+  EXPECT_TRUE(d.reconcile_due());
+  ASSERT_TRUE(d.tick());
+  EXPECT_EQ(read_status_file(options.state_dir)["vms"][1]["effective_priority"], 1.0);
   EXPECT_EQ(hv.dom("a").cpu_shares, 1024u);
+}
+
+// Issue 11, finding 6: a guest that floods its channel kept llmorchd reading 64 KiB per wakeup, without
+// end. Now each channel has a byte budget (kReadBurstBytes, then kReadBytesPerSecond) and is not even
+// polled while it is spent.
+TEST_F(DaemonTest, AFloodingGuestCostsAtMostItsByteBudget) {
+  GuestEnd guest((dir / "b.sock").string());
+  hv.dom("b").channel_path = (dir / "b.sock").string();
+  Daemon d(hv, clock, options);
+  ASSERT_TRUE(d.tick());
+  ASSERT_TRUE(guest.accept());
+  const std::size_t queued = guest.fill('\n');  // as much as the socket takes, ~200 KiB here
+  ASSERT_GT(queued, kReadBurstBytes + kReadBytesPerSecond);
+  AgentChannel* ch = d.channels().find("b");
+  ASSERT_NE(ch, nullptr);
+  for (int i = 0; i < 20; ++i) d.poll_once(10ms);  // the fake clock stands still
+  EXPECT_EQ(ch->bytes_read(), kReadBurstBytes);
+  EXPECT_FALSE(ch->wants_read(clock.t));
+  clock.t += 1s;
+  for (int i = 0; i < 20; ++i) d.poll_once(10ms);
+  EXPECT_EQ(ch->bytes_read(), kReadBurstBytes + kReadBytesPerSecond);
+  EXPECT_TRUE(ch->state(clock.t).hostile);  // and a flood of empty lines is a flood
 }
 
 TEST_F(DaemonTest, RunLoopAppliesAReportWithinMilliseconds) {
@@ -469,19 +553,37 @@ TEST_F(BalloonDaemonTest, OverTheLimitTheLowWeightVmGivesFirstAndStatusSaysWhy) 
   for (const auto& c : hv.calls) EXPECT_EQ(c.find("set_memory_mib"), std::string::npos) << c;
 }
 
-TEST_F(BalloonDaemonTest, AStaleReportsFloorStillStands) {
+// Issue 11, finding 3: a guest's floor is what the operator lets it claim, and only while its agent is
+// fresh and believed. One huge claim and then silence (or a hostile agent) must not pin the VM at its
+// maximum. b: template floor 96, may claim up to 150; the host limit (50 MiB) squeezes it to its floor.
+TEST_F(BalloonDaemonTest, AGuestsFloorIsCappedAndExpiresWithItsReportAndIsIgnoredWhenHostile) {
   protocol::Report r = report(3);
   r.mem_total_kib = 220 * 1024;
   r.mem_avail_kib = 180 * 1024;
   r.floor_mib = 200;
-  AgentState stale;
-  stale.last_report = r;  // not fresh: expired
-  Snapshot snap{.vms = {{hv.dom("b"), stale, {.stats = hv.memory["b"], .previous = std::nullopt, .fresh = true, .hold = {}}}},
-                .alpha = 0.8,
-                .memory = {.free_mib = {{0, 8192}}, .reserve_mib = 512, .limit_mib = 100, .config = {}}};
-  const Plan plan = make_plan(snap);
-  EXPECT_EQ(plan.memory.find("b")->floor_mib, 200u);
-  EXPECT_EQ(plan.memory.find("b")->target_mib, std::optional<std::uint64_t>(200));
+  hv.dom("b").facts.memory_floor_max_mib = 150;
+  auto floor_with = [&](const AgentState& agent) {
+    Snapshot snap{.vms = {{hv.dom("b"), agent, {.stats = hv.memory["b"], .previous = std::nullopt, .fresh = true, .hold = {}}}},
+                  .alpha = 0.8,
+                  .memory = {.free_mib = {{0, 8192}}, .reserve_mib = 512, .limit_mib = 50, .config = {}}};
+    const Plan plan = make_plan(snap);
+    const VmMemoryPlan* m = plan.memory.find("b");
+    if (!m) throw std::runtime_error("b has no memory plan");
+    EXPECT_EQ(m->target_mib, std::optional<std::uint64_t>(m->floor_mib));  // squeezed to the floor
+    return m->floor_mib;
+  };
+  AgentState fresh;
+  fresh.last_report = r;
+  fresh.fresh = true;
+  EXPECT_EQ(floor_with(fresh), 150u);  // claimed 200, capped at memory_floor_max_mib
+  AgentState stale = fresh;
+  stale.fresh = false;  // the report expired: the claim with it
+  EXPECT_EQ(floor_with(stale), 96u);
+  AgentState hostile = fresh;
+  hostile.hostile = true;
+  EXPECT_EQ(floor_with(hostile), 96u);
+  EXPECT_TRUE(agent_distrusted(hostile));
+  EXPECT_FALSE(agent_distrusted(fresh));
 }
 
 TEST_F(BalloonDaemonTest, DryRunOnlyLogsTheBalloon) {

@@ -131,6 +131,7 @@ void expect_same_facts(const VmFacts& a, const VmFacts& b) {
   EXPECT_EQ(a.memory_mib, b.memory_mib);
   EXPECT_EQ(a.max_memory_mib, b.max_memory_mib);
   EXPECT_EQ(a.memory_floor_mib, b.memory_floor_mib);
+  EXPECT_EQ(a.memory_floor_max_mib, b.memory_floor_max_mib);
   EXPECT_EQ(a.cpu_policy, b.cpu_policy);
   EXPECT_EQ(a.hugepage_kib, b.hugepage_kib);
   const auto& p = a.placement;
@@ -163,7 +164,8 @@ TEST_P(MetadataRoundTrip, FromWholeDomainXml) {
 TEST_P(MetadataRoundTrip, FromFragment) {
   DomainSpec s = GetParam()();
   VmFacts f = make_facts(s.template_path, s.tmpl, s.placement);
-  f.priority = 0.125;
+  f.priority_min = 0.1;
+  f.priority = 0.125;  // within [priority_min, priority_max], or it is bad metadata
   auto back = parse_metadata(render_metadata(f));
   ASSERT_TRUE(back.has_value());
   expect_same_facts(*back, f);
@@ -219,6 +221,56 @@ TEST(Metadata, RejectsForeignNamespaceAndMalformedFacts) {
   ASSERT_NE(pos, std::string::npos);
   frag.replace(pos, 14, "max_mib=\"lots\"");
   EXPECT_FALSE(parse_metadata(frag).has_value());
+}
+
+TEST(Metadata, WithoutFloorMaxMibItIsMemoryMib) {
+  VmTemplate t = base_template();
+  t.memory_floor_max_mib = 900;
+  std::string frag = render_metadata(make_facts("t", t, shared_vm().placement));
+  ASSERT_EQ(parse_metadata(frag)->memory_floor_max_mib, 900u);
+  const auto pos = frag.find(" floor_max_mib=\"900\"");
+  ASSERT_NE(pos, std::string::npos) << frag;
+  frag.erase(pos, std::string(" floor_max_mib=\"900\"").size());  // as older llmorch wrote it
+  auto back = parse_metadata(frag);
+  ASSERT_TRUE(back.has_value());
+  EXPECT_EQ(back->memory_floor_max_mib, t.memory_mib);
+  EXPECT_EQ(floor_claim_cap(*back), t.memory_mib);
+}
+
+// Issue 11, finding 4: priorities nan, inf, 0, denormal or min > max were accepted from metadata and
+// made compute_weights throw for the whole host. Now they are "bad metadata", told apart from none.
+TEST(Metadata, OutOfRangeOrMalformedNumbersAreBadMetadataNotNone) {
+  const std::string frag = render_metadata(make_facts("t", base_template(), shared_vm().placement));
+  auto with = [&](const std::string& from, const std::string& to) {
+    std::string f = frag;
+    const auto pos = f.find(from);
+    EXPECT_NE(pos, std::string::npos) << from << " not in " << frag;
+    if (pos != std::string::npos) f.replace(pos, from.size(), to);
+    return f;
+  };
+  const std::string value = "value=\"" + std::to_string(static_cast<int>(base_template().priority)) + "\"";
+  const std::pair<std::string, std::string> cases[] = {
+      {with(value, "value=\"nan\""), "priority (nan)"},
+      {with(value, "value=\"inf\""), "priority (inf)"},
+      {with(value, "value=\"0\""), "priority (0)"},
+      {with(value, "value=\"1e-320\""), "priority"},
+      {with(value, "value=\"-3\""), "priority (-3)"},
+      {with(" min=\"1\"", " min=\"50\""), "priority_max (10) is less than priority_min (50)"},
+      {with(" max=\"10\"", " max=\"1e300\""), "priority_max (1e+300)"},
+      {with("max_mib=\"1024\"", "max_mib=\"lots\""), "attribute 'max_mib' of <memory> ('lots') is not a number"},
+  };
+  for (const auto& [xml, why] : cases) {
+    EXPECT_FALSE(parse_metadata(xml).has_value()) << xml;
+    const auto read = read_metadata(xml);
+    ASSERT_TRUE(read.has_value()) << "bad llmorch metadata taken for none: " << xml;
+    EXPECT_FALSE(read->facts.has_value());
+    EXPECT_EQ(read->error.rfind("bad metadata: ", 0), 0u) << read->error;
+    EXPECT_NE(read->error.find(why), std::string::npos) << read->error;
+  }
+  EXPECT_FALSE(read_metadata("<domain><name>x</name></domain>").has_value());  // none: not ours
+  const auto good = read_metadata(frag);
+  ASSERT_TRUE(good && good->facts);
+  EXPECT_TRUE(good->error.empty());
 }
 
 TEST(DomainXml, ValidatesNames) {

@@ -57,6 +57,11 @@ class FakeHypervisor : public Hypervisor {
     calls.push_back("destroy_and_undefine " + name);
     return true;
   }
+  bool destroy_and_undefine_uuid(const std::string& uuid) override {
+    check();
+    calls.push_back("destroy_and_undefine_uuid " + uuid);
+    return std::erase_if(domains, [&](const ManagedDomain& d) { return d.uuid == uuid; }) > 0;
+  }
   void set_cpu_shares(const std::string& name, std::uint64_t shares) override {
     lever(name, "set_cpu_shares " + name + " " + std::to_string(shares));
     dom(name).cpu_shares = shares;

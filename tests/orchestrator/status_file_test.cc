@@ -1,9 +1,13 @@
 #include "llmorch/orch/status_file.h"
 
+#include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 
 #include <gtest/gtest.h>
 
@@ -111,6 +115,122 @@ TEST_F(StatusFile, MissingAndBrokenFilesSayWhatToDo) {
   fs::create_directories(dir);
   std::ofstream(dir / "status.json") << "{not json";
   EXPECT_THROW(read_status_file(dir.string()), std::runtime_error);
+}
+
+// ---- issue 11, finding 5: the status file and the state directory ---------------------------------
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+DaemonStatus small_status(int pid) {
+  DaemonStatus s;
+  s.pid = pid;
+  s.connected = true;
+  return s;
+}
+
+TEST_F(StatusFile, CreatesTheStateDirectory0755WhateverTheUmask) {
+  const mode_t old = ::umask(077);
+  write_status_file((dir / "a" / "state").string(), small_status(1));
+  ::umask(old);
+  EXPECT_EQ(fs::status(dir / "a" / "state").permissions(), static_cast<fs::perms>(0755));
+  EXPECT_EQ(fs::status(dir / "a" / "state" / "status.json").permissions(), static_cast<fs::perms>(0644));
+  EXPECT_EQ(read_status_file((dir / "a" / "state").string())["pid"], 1);
+}
+
+TEST_F(StatusFile, ASymlinkPlantedAtTheOldTemporaryNameIsNotFollowed) {
+  fs::create_directories(dir);
+  fs::permissions(dir, static_cast<fs::perms>(0755));
+  std::ofstream(dir / "victim") << "keep me\n";
+  fs::create_symlink(dir / "victim", dir / "status.json.tmp");
+  write_status_file(dir.string(), small_status(7));
+  EXPECT_EQ(slurp(dir / "victim"), "keep me\n");
+  EXPECT_TRUE(fs::is_symlink(dir / "status.json.tmp"));
+  EXPECT_FALSE(fs::is_symlink(dir / "status.json"));
+  EXPECT_EQ(read_status_file(dir.string())["pid"], 7);
+}
+
+TEST_F(StatusFile, AStateDirectoryOthersMayWriteToIsRefused) {
+  for (const auto mode : {0777, 0775, 01777}) {
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    ASSERT_EQ(::chmod(dir.c_str(), static_cast<mode_t>(mode)), 0);
+    try {
+      write_status_file(dir.string(), small_status(1));
+      ADD_FAILURE() << "state directory of mode " << std::oct << mode << " accepted";
+    } catch (const std::runtime_error& e) {
+      EXPECT_NE(std::string(e.what()).find("writable by group or others"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("chmod go-w " + dir.string()), std::string::npos) << e.what();
+    }
+    EXPECT_FALSE(fs::exists(dir / "status.json"));
+    EXPECT_THROW(close(open_state_dir(dir.string())), std::runtime_error);
+  }
+}
+
+TEST_F(StatusFile, AStateDirectoryOwnedBySomeoneElseIsRefused) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to give the directory away";
+  fs::create_directories(dir);
+  ASSERT_EQ(::chmod(dir.c_str(), 0755), 0);
+  ASSERT_EQ(::chown(dir.c_str(), 65534, 65534), 0);
+  try {
+    write_status_file(dir.string(), small_status(1));
+    ADD_FAILURE() << "a state directory owned by uid 65534 was accepted";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("owned by uid 65534"), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(StatusFile, AFailedWriteLeavesTheOldStatusFileInPlace) {
+  write_status_file(dir.string(), small_status(1));
+  const std::string before = slurp(dir / "status.json");
+  // Files may grow to 64 bytes only: the write of the new status file fails half way (EFBIG).
+  DaemonStatus big = small_status(2);
+  for (int i = 0; i < 50; ++i) big.last_change["vm" + std::to_string(i)] = {{}, std::string(100, 'x')};
+  rlimit old{};
+  ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &old), 0);
+  auto* const old_handler = ::signal(SIGXFSZ, SIG_IGN);
+  rlimit small = old;
+  small.rlim_cur = 64;
+  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &small), 0);
+  bool threw = false;
+  try {
+    write_status_file(dir.string(), big);
+  } catch (const std::runtime_error& e) {
+    threw = true;
+    EXPECT_NE(std::string(e.what()).find("left as it was"), std::string::npos) << e.what();
+  }
+  ::setrlimit(RLIMIT_FSIZE, &old);
+  ::signal(SIGXFSZ, old_handler);
+  EXPECT_TRUE(threw);
+  EXPECT_EQ(slurp(dir / "status.json"), before);
+  EXPECT_EQ(read_status_file(dir.string())["pid"], 1);
+  for (const auto& e : fs::directory_iterator(dir))  // and no temporary file is left behind
+    EXPECT_EQ(e.path().filename(), "status.json");
+}
+
+TEST_F(StatusFile, SetProblemsKeepsSinceReplacesOneKindAndSaysWhatChanged) {
+  DaemonStatus s;
+  const auto t1 = std::chrono::system_clock::time_point{} + std::chrono::seconds(100);
+  const auto t2 = t1 + std::chrono::seconds(1);
+  s.problems["a"].push_back({"unresponsive", "libvirt call did not return", t1});
+  ProblemChanges c = set_problems(s, "bad_metadata", {{"a", "bad metadata: x"}, {"b", "bad metadata: y"}}, t1);
+  EXPECT_EQ(c.raised.size(), 2u);
+  EXPECT_TRUE(c.cleared.empty());
+  EXPECT_EQ(s.problems["a"].size(), 2u);
+  c = set_problems(s, "bad_metadata", {{"b", "bad metadata: y"}}, t2);
+  EXPECT_TRUE(c.raised.empty());
+  EXPECT_EQ(c.cleared, std::vector<std::string>({"a"}));
+  ASSERT_EQ(s.problems["a"].size(), 1u);
+  EXPECT_EQ(s.problems["a"][0].kind, "unresponsive");  // another kind: untouched
+  ASSERT_EQ(s.problems["b"].size(), 1u);
+  EXPECT_EQ(s.problems["b"][0].since, t1);  // goes on since t1
+  c = set_problems(s, "bad_metadata", {}, t2);
+  EXPECT_EQ(c.cleared, std::vector<std::string>({"b"}));
+  EXPECT_FALSE(s.problems.count("b"));
+  s.connected = true;
+  EXPECT_EQ(health(s), "degraded");  // a's other problem
 }
 
 }  // namespace

@@ -67,6 +67,7 @@ TEST_F(TemplateTest, DefaultsForEveryOptionalKey) {
   EXPECT_EQ(t.memory_mib, 1024u);
   EXPECT_EQ(t.max_memory_mib, 1024u);  // = memory_mib
   EXPECT_EQ(t.memory_floor_mib, 0u);
+  EXPECT_EQ(t.memory_floor_max_mib, 1024u);  // = memory_mib
   EXPECT_EQ(t.cpu_policy, policy::CpuPolicy::Dedicated);
   EXPECT_EQ(t.hugepage_kib, 0u);
   EXPECT_DOUBLE_EQ(t.priority, 1.0);
@@ -82,6 +83,7 @@ TEST_F(TemplateTest, DefaultsForEveryOptionalKey) {
 TEST_F(TemplateTest, ReadsEveryKey) {
   const VmTemplate t = load_template(write(
       "vcpus = 4\nmax_vcpus = 6\nmemory_mib = 4096\nmax_memory_mib = 8192\nmemory_floor_mib = 1000\n"
+      "memory_floor_max_mib = 6000\n"
       "cpu_policy = shared\nhugepages = 2M\npriority = 3.5\npriority_min = 2\npriority_max = 9\n"
       "domain_type = qemu\nkernel = /k/vmlinuz\ninitrd = /k/initrd.gz\n"
       "kernel_args = console=ttyS0 llmorch.workload=busy:2\n"));
@@ -90,6 +92,7 @@ TEST_F(TemplateTest, ReadsEveryKey) {
   EXPECT_EQ(t.memory_mib, 4096u);
   EXPECT_EQ(t.max_memory_mib, 8192u);
   EXPECT_EQ(t.memory_floor_mib, 1000u);
+  EXPECT_EQ(t.memory_floor_max_mib, 6000u);
   EXPECT_EQ(t.cpu_policy, policy::CpuPolicy::Shared);
   EXPECT_EQ(t.hugepage_kib, 2048u);
   EXPECT_DOUBLE_EQ(t.priority, 3.5);
@@ -132,11 +135,17 @@ TEST_F(TemplateTest, RejectsEveryBadValue) {
       {"cpu_policy = pinned", "cpu_policy", "pinned", "dedicated or shared"},
       {"hugepages = 4K", "hugepages", "4K", "none, 2M or 1G"},
       {"hugepages = 2m", "hugepages", "2m", "none, 2M or 1G"},
-      {"priority = 0", "priority", "0", "a number > 0"},
-      {"priority = -2", "priority", "-2", "a number > 0"},
-      {"priority = inf", "priority", "inf", "a number > 0"},
-      {"priority_min = 0", "priority_min", "0", "a number > 0"},
-      {"priority_max = x", "priority_max", "x", "a number > 0"},
+      {"memory_floor_max_mib = lots", "memory_floor_max_mib", "lots", "a whole number of MiB >= 0"},
+      {"priority = 0", "priority", "0", "a number in [0.001, 1000000]"},
+      {"priority = -2", "priority", "-2", "a number in [0.001, 1000000]"},
+      {"priority = inf", "priority", "inf", "a number in [0.001, 1000000]"},
+      {"priority = nan", "priority", "nan", "a number in [0.001, 1000000]"},
+      // Issue 11, finding 4: a denormal priority has an infinite reciprocal.
+      {"priority = 1e-320", "priority", "1e-320", "a number in [0.001, 1000000]"},
+      {"priority_min = 0", "priority_min", "0", "a number in [0.001, 1000000]"},
+      {"priority_min = 0.0009", "priority_min", "0.0009", "a number in [0.001, 1000000]"},
+      {"priority_max = 1e7", "priority_max", "1e7", "a number in [0.001, 1000000]"},
+      {"priority_max = x", "priority_max", "x", "a number in [0.001, 1000000]"},
       {"domain_type = lxc", "domain_type", "lxc", "kvm or qemu (or empty: the host config's domain_type)"},
       {"kernel = boot/vmlinuz", "kernel", "boot/vmlinuz", "an absolute path"},
       {"initrd = initrd.gz", "initrd", "initrd.gz", "an absolute path"},
@@ -168,6 +177,10 @@ TEST_F(TemplateTest, ImpossibleCombinations) {
                "priority (101) is outside [priority_min, priority_max] = [1, 100]");
   expect_error(std::string(kMinimal) + "priority = 0.5\n",
                "priority (0.5) is outside [priority_min, priority_max] = [1, 100]");
+  expect_error(std::string(kMinimal) + "memory_floor_mib = 512\nmemory_floor_max_mib = 256\n",
+               "memory_floor_max_mib (256) is below memory_floor_mib (512)");
+  expect_error(std::string(kMinimal) + "memory_floor_max_mib = 2048\n",
+               "memory_floor_max_mib (2048) is above max_memory_mib (1024)");
   expect_error("memory_mib = 1000\nkernel = /k\nhugepages = 1G\n",
                "memory_mib (1000) is not a multiple of the hugepage size (1024 MiB)");
   expect_error("memory_mib = 1024\nmax_memory_mib = 1025\nkernel = /k\nhugepages = 2M\n",

@@ -12,16 +12,21 @@ std::vector<Frame> FrameDecoder::feed(std::string_view bytes) {
     bytes = nl == std::string_view::npos ? std::string_view() : bytes.substr(nl + 1);
     bool complete = nl != std::string_view::npos;
 
+    // Room for one '\r' beyond the limit, stripped below, so CRLF senders get the same limit.
+    const std::size_t unit = max_ + 1;
     if (!discarding_) {
-      // Room for one '\r' beyond the limit, stripped below, so CRLF senders get the same limit.
-      if (buffer_.size() + chunk.size() > max_ + 1) {
+      if (buffer_.size() + chunk.size() > unit) {
         discarding_ = true;
+        discarded_ = buffer_.size() + chunk.size() - unit;
         buffer_.clear();
         frames.push_back({true, {}});
       } else {
         buffer_.append(chunk);
       }
+    } else {
+      discarded_ += chunk.size();
     }
+    for (; discarding_ && discarded_ >= unit; discarded_ -= unit) frames.push_back({true, {}});
     if (!complete) break;
     if (!discarding_) {
       if (!buffer_.empty() && buffer_.back() == '\r') buffer_.pop_back();
@@ -29,10 +34,13 @@ std::vector<Frame> FrameDecoder::feed(std::string_view bytes) {
         frames.push_back({true, {}});
       } else if (!buffer_.empty()) {
         frames.push_back({false, std::move(buffer_)});
+      } else {
+        ++empty_lines_;  // "" or "\r"
       }
     }
     buffer_.clear();
     discarding_ = false;
+    discarded_ = 0;
   }
   return frames;
 }

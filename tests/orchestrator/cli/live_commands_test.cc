@@ -1,11 +1,13 @@
 // place, list, status, host, explain, remove through the CLI's entry point, on a fake hypervisor that
 // serves a host fixture's capabilities and keeps defined domains in memory.
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
 
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
@@ -35,8 +37,10 @@ struct FakeHost {
   std::vector<ManagedDomain> managed;
   std::set<std::string> unmanaged;     // domains without llmorch metadata
   std::vector<std::string> defined;    // XML passed to define_and_start
-  std::vector<std::string> removed;
+  std::vector<std::string> removed;    // names, of removals by name or by UUID
   std::string uri;                     // what connect() was given
+  std::function<void()> after_find;    // runs after each find_managed (e.g. another process's change)
+  int defines = 0;
 };
 
 class FakeHypervisor : public orch::Hypervisor {
@@ -46,9 +50,11 @@ class FakeHypervisor : public orch::Hypervisor {
   std::map<int, std::uint64_t> free_memory_mib() override { return h_.free_mib; }
   std::vector<ManagedDomain> list_managed() override { return h_.managed; }
   std::optional<ManagedDomain> find_managed(const std::string& name) override {
+    std::optional<ManagedDomain> found;
     for (const auto& d : h_.managed)
-      if (d.name == name) return d;
-    return std::nullopt;
+      if (d.name == name) found = d;
+    if (h_.after_find) h_.after_find();
+    return found;
   }
   bool domain_exists(const std::string& name) override { return find_managed(name) || h_.unmanaged.count(name); }
   void define_and_start(const std::string& xml) override {
@@ -58,6 +64,7 @@ class FakeHypervisor : public orch::Hypervisor {
     const auto live = orch::parse_live_domain_xml(xml);
     ManagedDomain d;
     d.name = facts->placement.name;
+    d.uuid = "00000000-0000-0000-0000-" + std::to_string(100000000000 + ++h_.defines);
     d.state = orch::DomainState::Running;
     d.facts = *facts;
     d.vcpus_current = live.vcpus_current;
@@ -71,6 +78,11 @@ class FakeHypervisor : public orch::Hypervisor {
     h_.removed.push_back(name);
     std::erase_if(h_.managed, [&](const auto& d) { return d.name == name; });
     return true;
+  }
+  bool destroy_and_undefine_uuid(const std::string& uuid) override {
+    for (const auto& d : h_.managed)
+      if (d.uuid == uuid) h_.removed.push_back(d.name);
+    return std::erase_if(h_.managed, [&](const auto& d) { return d.uuid == uuid; }) > 0;
   }
   void set_cpu_shares(const std::string&, std::uint64_t) override {}
   void pin_vcpu(const std::string&, int, const std::vector<int>&) override {}
@@ -149,6 +161,31 @@ TEST_F(LiveCommands, PlaceDefinesAPinnedDomainAndReportsIt) {
   EXPECT_EQ(live.cpu_shares, 1024u);  // alone
   EXPECT_EQ(host_.uri, "qemu:///system");
   EXPECT_TRUE(fs::exists(dir_ / "run" / "place.lock"));
+}
+
+// Issue 11, finding 5: the place lock's directory was created with the caller's umask and never
+// checked; a lock file planted as a symlink was followed.
+TEST_F(LiveCommands, PlaceRefusesAStateDirectoryOthersMayWriteTo) {
+  fs::create_directories(dir_ / "run");
+  fs::permissions(dir_ / "run", fs::perms::all);  // 0777
+  const Result r = place("a");
+  EXPECT_EQ(r.status, kExitFailure);
+  EXPECT_NE(r.err.find("writable by group or others"), std::string::npos) << r.err;
+  EXPECT_TRUE(host_.defined.empty());
+  EXPECT_FALSE(fs::exists(dir_ / "run" / "place.lock"));
+}
+
+TEST_F(LiveCommands, PlaceCreatesTheLockDirectory0755AndNeverFollowsALockSymlink) {
+  const mode_t old = ::umask(077);
+  ASSERT_EQ(place("a").status, kExitOk);
+  ::umask(old);
+  EXPECT_EQ(fs::status(dir_ / "run").permissions(), static_cast<fs::perms>(0755));
+  fs::remove(dir_ / "run" / "place.lock");
+  fs::create_symlink(dir_ / "elsewhere", dir_ / "run" / "place.lock");
+  const Result r = place("b");
+  EXPECT_EQ(r.status, kExitFailure);
+  EXPECT_NE(r.err.find("cannot open the lock file"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(dir_ / "elsewhere"));
 }
 
 TEST_F(LiveCommands, SecondVmAvoidsTheFirstsCpusAndGetsSharesByWeight) {
@@ -343,6 +380,37 @@ TEST_F(LiveCommands, ListAndRemove) {
   ASSERT_EQ(r.status, kExitOk) << r.err;
   EXPECT_EQ(host_.removed, std::vector<std::string>({"a"}));
   EXPECT_NE(r.out.find("2048 MiB, cpus 1,49"), std::string::npos) << r.out;
+}
+
+// Between remove's lookup and its removal another process removes "a" and places a new "a": remove
+// must not destroy the new one (it resolved the name once, to the old one's UUID).
+TEST_F(LiveCommands, RemoveDestroysTheDomainItLookedUpNotANewOneOfTheSameName) {
+  ASSERT_EQ(place("a").status, kExitOk);
+  const std::string old_uuid = host_.managed.at(0).uuid;
+  host_.after_find = [this] {
+    host_.after_find = nullptr;
+    host_.managed.clear();
+    ASSERT_EQ(place("a").status, kExitOk);
+  };
+  const Result r = cli({"remove", "a"});
+  EXPECT_EQ(r.status, kExitFailure);
+  EXPECT_NE(r.err.find("was removed meanwhile"), std::string::npos) << r.err;
+  ASSERT_EQ(host_.managed.size(), 1u);
+  EXPECT_NE(host_.managed[0].uuid, old_uuid);  // the new "a" is still there
+  EXPECT_TRUE(host_.removed.empty());
+}
+
+TEST_F(LiveCommands, RemoveTakesAVmWhoseMetadataIsBad) {
+  ManagedDomain bad;
+  bad.name = "broken";
+  bad.uuid = "11111111-2222-3333-4444-555555555555";
+  bad.state = orch::DomainState::Running;
+  bad.metadata_error = "bad metadata: priority (nan) is not a number in [0.001, 1000000]; set one in that range";
+  host_.managed.push_back(bad);
+  const Result r = cli({"remove", "broken"});
+  ASSERT_EQ(r.status, kExitOk) << r.err;
+  EXPECT_EQ(host_.removed, std::vector<std::string>({"broken"}));
+  EXPECT_NE(r.out.find("removed vm broken"), std::string::npos) << r.out;
 }
 
 }  // namespace

@@ -1,11 +1,12 @@
 // Host end of one guest's agent channel: the AF_UNIX socket libvirt binds for the virtio-serial port
 // (ManagedDomain::channel_path; QEMU accepts one client at a time). Non-blocking throughout, so one
-// guest can never stall the daemon or another guest: reads are bounded per wakeup, writes that do not fit
+// guest can never stall the daemon or another guest: reads are bounded per wakeup and per second, writes that do not fit
 // the socket buffer are dropped, and the AgentSession validates, clamps and rate-limits what arrives.
 #pragma once
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <optional>
@@ -21,6 +22,13 @@ namespace llmorch::orch {
 
 inline constexpr std::size_t kMaxReadPerWakeup = 64 * 1024;
 inline constexpr std::size_t kMaxPendingWrite = 4 * 1024;
+// Each channel's reads are bounded by a byte budget: kReadBytesPerSecond, up to kReadBurstBytes saved.
+// An agent sends ~250 bytes a second; a guest that floods its port costs llmorchd at most this much
+// parsing, and its socket is not even polled while less than kMinReadBytes of budget is left (the
+// guest's writes then wait in the virtio-serial queue, not in llmorchd).
+inline constexpr std::size_t kReadBytesPerSecond = 16 * 1024;
+inline constexpr std::size_t kReadBurstBytes = kMaxReadPerWakeup;
+inline constexpr std::size_t kMinReadBytes = 4 * 1024;
 
 AgentSessionLimits limits_for(const VmFacts& facts);
 
@@ -38,9 +46,12 @@ class AgentChannel {
   bool connected() const { return fd_ >= 0; }
   const std::string& path() const { return path_; }
 
-  // Reads what is available, at most max_bytes; returns the valid reports it completed. Closes the
-  // socket on end of file or error (the next connect() reconnects).
+  // Reads what is available, at most max_bytes and at most the byte budget left; returns the valid
+  // reports it completed. Closes the socket on end of file or error (the next connect() reconnects).
   std::vector<protocol::Report> read_available(TimePoint now, std::size_t max_bytes = kMaxReadPerWakeup);
+  // Connected, and at least kMinReadBytes of read budget: worth polling for input.
+  bool wants_read(TimePoint now) const;
+  std::uint64_t bytes_read() const { return bytes_read_; }
   // Queues a command and writes what the socket takes now. False when it was dropped (not connected, or
   // the pending buffer is full).
   bool send(const protocol::HostCommand& command);
@@ -54,6 +65,7 @@ class AgentChannel {
 
  private:
   void close_socket();
+  double budget(TimePoint now) const;
 
   std::string path_;
   AgentSessionLimits limits_;
@@ -63,6 +75,9 @@ class AgentChannel {
   std::optional<protocol::Report> last_report_;
   TimePoint last_report_at_{};
   std::uint64_t dropped_writes_ = 0;
+  double read_budget_ = kReadBurstBytes;  // bytes, as of budget_at_
+  TimePoint budget_at_{};
+  std::uint64_t bytes_read_ = 0;
 };
 
 // One channel per active managed VM, kept in step with the domain list.

@@ -18,9 +18,9 @@
 namespace llmorch::orch {
 
 struct AgentSessionLimits {
-  double priority_min = 1.0;            // the template's range: reported priorities are clamped into it
-  double priority_max = 100.0;
-  std::uint64_t floor_max_mib = 0;      // reported floors are clamped to this (template max memory); 0: none
+  double priority_min = 1.0;            // the template's range: reported priorities are clamped into it;
+  double priority_max = 100.0;          // a range that is not one (min > max, not finite) drops them
+  std::uint64_t floor_max_mib = 0;      // reported floors are clamped to this (memory_floor_max_mib); 0: none
   double rate_per_s = 20.0;             // token bucket for frames of any kind
   double burst = 40.0;
   std::chrono::milliseconds min_ttl{3000};  // a report lives max(min_ttl, ttl_intervals * its interval)
@@ -42,28 +42,35 @@ class AgentSession {
  public:
   using TimePoint = std::chrono::steady_clock::time_point;
 
-  // Asserts priority_min <= priority_max, both positive, and a positive rate and burst.
+  // Asserts a positive rate and burst. A priority range that is not one (it comes from metadata, which
+  // llmorchd checks before it gets here) is not asserted: reported priorities are then dropped.
   AgentSession(AgentSessionLimits limits, TimePoint now);
 
   // Consumes bytes from the channel; returns the reports they completed, validated and clamped:
-  //  - priority absent stays absent (use the template's); otherwise clamped to [priority_min, priority_max];
-  //  - floor_mib clamped to floor_max_mib (the VM's maximum memory), or to the guest's own mem_total
-  //    when no maximum is set. Not to mem_total otherwise: it shrinks with the balloon, so each squeeze
-  //    would lower the floor. A floor above the current size makes the host grow the guest back.
+  //  - priority absent stays absent (use the template's); otherwise clamped to [priority_min, priority_max]
+  //    (dropped when that is not a range);
+  //  - floor_mib clamped to floor_max_mib (the operator's memory_floor_max_mib), or to the guest's own
+  //    mem_total when no maximum is set. Not to mem_total otherwise: it shrinks with the balloon, so each
+  //    squeeze would lower the floor. A floor above the current size makes the host grow the guest back.
+  // Every frame costs a token of the rate limit, and so does every empty line ("\n" resynchronises a
+  // sender once; a flood of them is a flood). An oversized line counts as one oversized frame per
+  // kMaxFrameBytes + 1 bytes, so an endless line keeps counting.
   std::vector<protocol::Report> feed(std::string_view bytes, TimePoint now);
 
   // The newest report, or nothing once it is older than its TTL.
   std::optional<protocol::Report> latest(TimePoint now) const;
 
   const AgentSessionCounters& counters() const { return counters_; }
-  // True while errors (malformed, oversized, rate-limited) exceeded the threshold within the last window.
+  // True while errors (malformed, oversized, rate-limited, empty lines beyond the rate limit) exceeded
+  // the threshold within the last window.
   bool hostile(TimePoint now) const;
   // The most recent error, for status output; empty if none.
   const std::string& last_error() const { return last_error_; }
 
  private:
   bool take_token(TimePoint now);
-  void record_error(TimePoint now, std::string message);
+  void charge_empty_lines(std::size_t count, TimePoint now);
+  void record_error(TimePoint now, std::string message, std::size_t count = 1);
   protocol::Report sanitise(protocol::Report report);
 
   AgentSessionLimits limits_;

@@ -35,10 +35,19 @@ struct VmFacts {
   std::uint64_t memory_mib = 0;
   std::uint64_t max_memory_mib = 0;
   std::uint64_t memory_floor_mib = 0;
+  std::uint64_t memory_floor_max_mib = 0;  // most an agent may claim as its floor; 0: memory_mib
   policy::CpuPolicy cpu_policy = policy::CpuPolicy::Dedicated;
   std::uint64_t hugepage_kib = 0;
   policy::Placement placement;
 };
+
+// The most an agent may claim as the VM's floor: memory_floor_max_mib, else memory_mib, else
+// max_memory_mib (0 when none is known).
+std::uint64_t floor_claim_cap(const VmFacts& facts);
+
+// Empty when the facts are usable: priorities as priority_problem() (template.h) wants them. Otherwise
+// a sentence saying what is wrong.
+std::string facts_problem(const VmFacts& facts);
 
 VmFacts make_facts(const std::string& template_path, const VmTemplate& tmpl,
                    const policy::Placement& placement);
@@ -80,10 +89,20 @@ std::string render_metadata(const VmFacts& facts);
 // root itself, and refuses a fragment that already declares the prefix).
 std::string render_metadata_body(const VmFacts& facts);
 
+// What a domain's XML says about llmorch.
+struct MetadataRead {
+  std::optional<VmFacts> facts;  // the llmorch metadata is well-formed and passes facts_problem()
+  std::string error;             // otherwise: "bad metadata: <why>"
+};
+// Like parse_metadata, but tells malformed or out-of-range llmorch metadata ("bad metadata: ...") from
+// none at all (nullopt). A memory element without floor_max_mib (metadata of older llmorch) means
+// memory_mib.
+std::optional<MetadataRead> read_metadata(std::string_view xml);
+
 // Accepts a whole domain XML (live or inactive) or a metadata fragment that declares the llmorch
 // namespace (render_metadata; prefixed or default namespace). Not virDomainGetMetadata's output: libvirt
 // returns that without any namespace, so read the domain XML instead. nullopt when there is no llmorch
-// metadata or it is malformed.
+// metadata or it is malformed or out of range (read_metadata tells these apart).
 std::optional<VmFacts> parse_metadata(std::string_view xml);
 
 // Values read back from a (live) domain XML.

@@ -56,6 +56,10 @@ struct ManagedDomain {
   std::string name;
   std::string uuid;
   DomainState state = DomainState::NoState;
+  // Set when its llmorch metadata is malformed or out of range ("bad metadata: ..."; read_metadata in
+  // domain_xml.h). Then facts are defaults and nothing else but name, uuid and state is filled in:
+  // leave the VM alone (do not plan it) and report it. `llmorch remove` still removes it.
+  std::optional<std::string> metadata_error;
   VmFacts facts;
   int vcpus_current = 0;
   int vcpus_max = 0;
@@ -145,6 +149,9 @@ class Hypervisor {
   // Stops the domain if running and removes its definition, managed save and snapshot metadata.
   // Returns false when there was no such domain.
   virtual bool destroy_and_undefine(const std::string& name) = 0;
+  // The same for the domain with this UUID (ManagedDomain::uuid) and no other: a domain of the same
+  // name defined since the caller looked is left alone. False when no domain has that UUID.
+  virtual bool destroy_and_undefine_uuid(const std::string& uuid) = 0;
 
   // Live levers. Changes apply to the running domain and to its persistent definition (where libvirt
   // allows: set_memory_mib is live only, the definition keeps its start size).

@@ -31,9 +31,10 @@
 //
 // Memory plan: policy::plan_balloon over the active VMs (balloon.h has the rule). Inputs per VM: its
 // balloon statistics (KiB -> MiB) and the previous tick's, whether they are fresh, the agent's memory
-// figures from a fresh report only (but the floor from the newest report, fresh or not: a floor is a
-// standing need, and forgetting it when a report is late would let the balloon squeeze the model out),
-// the template floor and max memory (VmFacts), the weight from the
+// figures and floor from a fresh report of an agent that is not distrusted (agent_distrusted) only, the
+// floor capped at memory_floor_max_mib (floor_claim_cap): a floor expires with its report, so one huge
+// claim followed by silence cannot hold the VM at its maximum; the template floor and max memory
+// (VmFacts), the weight from the
 // CPU plan and the placement's nodes; per node the free memory and the reserve; the host limit.
 // A VM whose nodes are not all in the free-memory map counts for the host limit only. Action:
 // set_memory when a decision has a target that differs from the balloon's actual size, unless that
@@ -139,6 +140,9 @@ struct Plan {
   const VmPlan* find(std::string_view name) const;
 };
 
+// Whether what this VM's agent claims is disbelieved: it is flagged hostile (one place to add other
+// flags, such as flapping). Its memory claims (floor and figures) are then ignored for the template's.
+bool agent_distrusted(const AgentState& agent);
 double effective_priority(const VmFacts& facts, const AgentState& agent, PrioritySource* source);
 double demand_cpus(const AgentState& agent);
 

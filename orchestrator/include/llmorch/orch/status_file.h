@@ -1,5 +1,5 @@
 // llmorchd's status file: DIR/status.json (DIR: --state-dir, default /run/llmorch), rewritten atomically
-// (temporary file + rename) after every tick. `llmorch status` / `llmorch explain` read it with
+// (a new temporary file + rename) after every tick. `llmorch status` / `llmorch explain` read it with
 // read_status_file().
 //
 // Schema (version 1). Times: "..._at" are ISO 8601 UTC strings ("2026-11-25T10:00:00.123Z"), ages and
@@ -62,6 +62,7 @@
 #include <chrono>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -106,12 +107,32 @@ struct DaemonStatus {
 // "ok", "degraded" or "disconnected", as documented above.
 std::string health(const DaemonStatus& status);
 
+// What set_problems changed, for the log: problems new (or with a new detail), and VMs rid of one.
+struct ProblemChanges {
+  std::vector<std::pair<std::string, std::string>> raised;  // VM, detail
+  std::vector<std::string> cleared;                         // VM
+};
+// Makes `current` (VM -> detail) the problems of this kind: adds the new ones (since `now`), keeps
+// `since` of those that go on, drops those no longer there. Problems of other kinds are untouched.
+ProblemChanges set_problems(DaemonStatus& status, const std::string& kind,
+                            const std::map<std::string, std::string>& current,
+                            std::chrono::system_clock::time_point now);
+
 std::string iso8601(std::chrono::system_clock::time_point t);
 nlohmann::json report_to_json(const protocol::Report& r);
 nlohmann::json status_to_json(const DaemonStatus& status);
 
-// Creates dir (mode 0755) if needed and replaces dir/status.json (mode 0644) atomically.
-// Throws std::runtime_error naming the path when it cannot.
+// llmorchd's state directory (status.json) is also the place lock's (llmorch place). Creates it when
+// missing (mode 0755 exactly, whatever the umask; parents as needed), then refuses it unless it is a
+// directory owned by the effective user and writable by nobody else: whoever can write there could
+// plant files llmorch writes through or reads. Returns an open O_DIRECTORY descriptor (the caller
+// closes it). Throws std::runtime_error naming the directory and what to do.
+int open_state_dir(const std::string& dir);
+
+// Replaces dir/status.json (mode 0644) atomically: a new file of its own in dir (mkstemp: created
+// exclusively, never through a symlink), written in full, fsync'ed and closed without error, then
+// renamed over status.json. On any failure the old status.json stays and the new file is removed.
+// Checks dir as open_state_dir does. Throws std::runtime_error naming the path when it cannot.
 void write_status_file(const std::string& dir, const DaemonStatus& status);
 
 // Reads dir/status.json. Throws std::runtime_error with a hint ("is llmorchd running?") when the file

@@ -13,12 +13,22 @@
 
 namespace llmorch::orch {
 
+// Priorities (template priority, priority_min, priority_max; the same in the VM's metadata) lie in
+// [kMinPriority, kMaxPriority]: finite, and far enough from 0 that 1/priority is a normal number.
+inline constexpr double kMinPriority = 1e-3;
+inline constexpr double kMaxPriority = 1e6;
+
+// Empty when priority_min <= priority <= priority_max, all three finite and within [kMinPriority,
+// kMaxPriority]; otherwise a sentence naming the first value that breaks this (key names as in templates).
+std::string priority_problem(double priority, double priority_min, double priority_max);
+
 struct VmTemplate {
   int vcpus = 1;                       // vCPUs online at start
   int max_vcpus = 0;                   // vCPUs the domain can hot-add up to; unset in the file: = vcpus
   std::uint64_t memory_mib = 0;        // memory at start (balloon current); required
   std::uint64_t max_memory_mib = 0;    // domain maximum; what placement reserves. unset: = memory_mib
   std::uint64_t memory_floor_mib = 0;  // never balloon below this
+  std::uint64_t memory_floor_max_mib = 0;  // most an agent may claim as its floor; unset: = memory_mib
   policy::CpuPolicy cpu_policy = policy::CpuPolicy::Dedicated;
   std::uint64_t hugepage_kib = 0;      // 0, 2048 or 1048576
   double priority = 1.0;               // used until the agent reports

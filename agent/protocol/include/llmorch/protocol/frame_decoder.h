@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -20,17 +21,22 @@ class FrameDecoder {
   explicit FrameDecoder(std::size_t max_frame_bytes = kMaxFrameBytes);
 
   // Returns the frames completed by `bytes`, in order. Empty lines are skipped (a sender may emit
-  // "\n" to resynchronise). An oversized line yields one oversized Frame as soon as it crosses the
-  // limit, however long it goes on. Memory use never exceeds max_frame_bytes.
+  // "\n" to resynchronise) and counted (empty_lines()). An oversized line yields an oversized Frame as
+  // soon as it crosses the limit, and one more for every further max_frame_bytes + 1 bytes it goes on,
+  // so an endless line keeps counting as it costs. Memory use never exceeds max_frame_bytes + 1.
   std::vector<Frame> feed(std::string_view bytes);
 
   // Bytes of the unfinished frame held so far.
   std::size_t pending() const { return buffer_.size(); }
+  // Empty lines skipped since construction.
+  std::uint64_t empty_lines() const { return empty_lines_; }
 
  private:
   std::size_t max_;
   std::string buffer_;
   bool discarding_ = false;
+  std::size_t discarded_ = 0;  // bytes of the oversized line not yet counted in an oversized Frame
+  std::uint64_t empty_lines_ = 0;
 };
 
 }  // namespace llmorch::protocol
