@@ -21,6 +21,7 @@ struct HostConfig {
   std::set<policy::CpuId> shared_cpus;     // pool `shared` VMs float over; empty: unreserved CPUs of the node
   double alpha = 0.8;                      // weighting: priority vs equal split
   int interval_ms = 1000;                  // daemon tick
+  int priority_dwell_ms = 3000;            // a VM's priority changes the plan at most once per this; 0: off
   std::uint64_t memory_reserve_mib = 512;  // per node, memory VMs may not take
   std::string domain_type = "kvm";         // default for templates that do not set one
   std::optional<std::uint64_t> host_memory_limit_mib;  // Σ VM memory the balloon keeps to; none: no limit

@@ -84,6 +84,7 @@ class Daemon {
   std::optional<std::vector<ManagedDomain>> list_domains();
   BalloonSample sample_balloon(const ManagedDomain& d, const AgentState& agent, Clock::TimePoint now);
   HostMemory host_memory();
+  policy::CpuHost cpu_host();
   void report_left_alone(const MemoryPlan& memory);
   void apply(const std::vector<Action>& actions, std::vector<Action>& applied);
   void apply_one(const Action& a);
@@ -117,6 +118,7 @@ class Daemon {
   };
   std::map<std::string, BalloonHistory> balloons_;
   std::map<std::string, std::string> left_alone_;  // VMs whose balloon is left alone, and why
+  std::optional<policy::HostTopology> topology_;   // read once, for the CPU plan
 
   int wake_fd_ = -1;
   std::atomic<bool> stop_{false};
