@@ -213,7 +213,8 @@ policy::CpuPlan offline_plan(const std::vector<orch::ManagedDomain>& domains, do
   for (const auto& d : domains) {
     if (!d.active()) continue;
     const auto& p = d.facts.placement;
-    inputs.push_back({d.name, p.cpu_policy, p.nodes, p.cpus, 1, std::max(1, d.facts.max_vcpus), d.facts.priority, -1.0});
+    inputs.push_back({d.name, p.cpu_policy, p.nodes, p.cpus, 1, std::max(1, d.facts.max_vcpus), d.facts.priority, -1.0,
+                      d.vcpu_pins});
   }
   return policy::plan_cpus(inputs, alpha);
 }

@@ -13,6 +13,7 @@
 #include "cli_common.h"
 #include "commands.h"
 #include "llmorch/orch/config.h"
+#include "llmorch/orch/reconciler.h"
 #include "llmorch/orch/topology.h"
 #include "llmorch/policy/placement.h"
 
@@ -32,7 +33,10 @@ empty; the VMs are placed in the order given, each seeing the ones placed before
   --reserve-cpus LIST  host CPUs never given to VMs, e.g. 0-1,48-49
   --vm SPEC            a VM: name=NAME,vcpus=V,memory_mib=M[,cpu_policy=dedicated|shared][,hugepages=2M|1G]
                        dedicated (default): each vCPU pinned to its own host CPU, SMT siblings together;
-                       shared: the vCPUs float over the node's CPUs that are neither reserved nor dedicated
+                       shared: the vCPUs float over the node's CPUs that are neither reserved nor dedicated;
+                       the pool shown is the one after every VM is placed (llmorchd re-pins shared VMs, vCPUs
+                       and emulator threads, whenever a dedicated VM on their node is placed, re-divided
+                       or removed, so a dedicated VM's CPUs stay exclusive)
   --json               print exactly one JSON object instead of a table
 
 Rules: a VM that fits one node gets one node, the one it fills best (fewest CPUs, then least memory
@@ -41,7 +45,8 @@ distances), with one guest NUMA cell per host node; vCPUs and memory are split i
 each node has free. Hugepage VMs also need free hugepages of that size on their nodes.
 
 JSON output:
-  {"placed": [{"name": N, "nodes": [ids], "cpus": [host CPU ids; vCPU i runs on cpus[i] when dedicated],
+  {"placed": [{"name": N, "nodes": [ids], "cpus": [host CPU ids; vCPU i runs on cpus[i] when dedicated;
+               shared: the pool once every VM is placed],
                "memory_mib_per_node": {"ID": MiB, ...}, "cpu_policy": "dedicated"|"shared",
                "hugepages": "2M"|"1G"|null, "cells": [{"node": ID, "vcpus": [i, ...], "memory_mib": M}]}],
    "rejected": [{"name": N, "reason": "why, node by node"}]}
@@ -240,6 +245,16 @@ int cmd_plan(const std::vector<std::string>& args, Io io) {
     } else {
       rejected.push_back(std::get<policy::Rejection>(std::move(result)));
     }
+  }
+  // Shared VMs float over what the dedicated VMs placed after them left: the pool llmorchd pins them to,
+  // computed by the same rule (policy::shared_pool).
+  std::set<policy::CpuId> dedicated;
+  for (const auto& p : usage.placed)
+    if (p.cpu_policy == CpuPolicy::Dedicated) dedicated.insert(p.cpus.begin(), p.cpus.end());
+  const policy::CpuHost cpus = orch::cpu_host(host, o.reserved, {});
+  for (auto& p : usage.placed) {
+    if (p.cpu_policy != CpuPolicy::Shared) continue;
+    if (auto pool = policy::shared_pool(cpus, p.nodes, dedicated); !pool.empty()) p.cpus = std::move(pool);
   }
   if (o.json) {
     print_json(io.out, usage.placed, rejected);

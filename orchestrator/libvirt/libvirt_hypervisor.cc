@@ -591,6 +591,7 @@ class LibvirtHypervisor final : public Hypervisor {
     m.vcpus_max = live.vcpus_max;
     m.channel_path = m.active() ? live.channel_path : "";
     m.vcpu_pins = vcpu_pins(conn, d, m.vcpus_max);
+    m.emulator_pins = live.emulator_pins;
     m.cpu_shares = cpu_shares(d);
     return m;
   }

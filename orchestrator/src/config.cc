@@ -30,6 +30,8 @@ const std::vector<Key>& keys() {
        [](const std::string& v, HostConfig& c) { c.interval_ms = ini::whole<int>(v, 50); }},
       {"libvirt_timeout_ms", "a whole number of milliseconds >= 10",
        [](const std::string& v, HostConfig& c) { c.libvirt_timeout_ms = ini::whole<int>(v, 10); }},
+      {"priority_dwell_ms", "a whole number of milliseconds in [0, 3600000]",
+       [](const std::string& v, HostConfig& c) { c.priority_dwell_ms = ini::whole<int>(v, 0, 3'600'000); }},
       {"memory_reserve_mib", "a whole number of MiB >= 0",
        [](const std::string& v, HostConfig& c) { c.memory_reserve_mib = ini::whole<std::uint64_t>(v, 0); }},
       {"domain_type", "kvm or qemu",

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <algorithm>
 #include <map>
 #include <set>
 #include <stdexcept>
@@ -12,6 +13,8 @@
 #include <fmt/format.h>
 
 #include <spdlog/spdlog.h>
+
+#include "llmorch/orch/topology.h"
 
 namespace llmorch::orch {
 
@@ -21,6 +24,35 @@ std::string_view prefix(bool dry_run) { return dry_run ? "dry run, not applied: 
 
 // Whole CPUs the policy would plan for a demand (-1: unknown).
 double demand_step(double demand) { return demand < 0 ? -1.0 : std::ceil(demand); }
+
+// Replaces the problems the plan reports (plan_error, repaired, flapping) with this tick's, keeping
+// when each was first seen and every other kind; logs each problem when it appears and when it clears.
+void record_plan_problems(const std::vector<PlanProblem>& found, std::chrono::system_clock::time_point now,
+                          std::map<std::string, std::vector<VmProblem>>& problems) {
+  static const std::set<std::string> kinds = {"plan_error", "repaired", "flapping"};
+  std::map<std::string, std::vector<VmProblem>> next;
+  for (const PlanProblem& p : found) {
+    auto since = now;
+    bool known = false;
+    for (const VmProblem& old : problems[p.vm])
+      if (old.kind == p.kind) since = old.since, known = true;
+    if (!known) spdlog::warn("vm {}: {}: {}", p.vm, p.kind, p.detail);
+    next[p.vm].push_back({p.kind, p.detail, since});
+  }
+  for (auto& [vm, list] : problems) {
+    for (VmProblem& old : list) {
+      if (!kinds.count(old.kind)) {
+        next[vm].push_back(std::move(old));
+        continue;
+      }
+      const auto& now_list = next[vm];
+      if (std::none_of(now_list.begin(), now_list.end(), [&](const VmProblem& p) { return p.kind == old.kind; }))
+        spdlog::info("vm {}: no longer {}", vm, old.kind == "repaired" ? "in need of repair" : old.kind);
+    }
+  }
+  std::erase_if(next, [](const auto& kv) { return kv.second.empty(); });
+  problems.swap(next);
+}
 
 }  // namespace
 
@@ -35,6 +67,7 @@ Daemon::Daemon(Hypervisor& hv, const Clock& clock, DaemonOptions options)
   status_.pid = static_cast<int>(::getpid());
   status_.started_at = clock_.wall();
   status_.dry_run = options_.dry_run;
+  reconciler_.set_priority_dwell(std::chrono::milliseconds(options_.config.priority_dwell_ms));
   try {
     hv_.set_lifecycle_callback([this](const std::string& vm, LifecycleEvent e) {
       {
@@ -125,7 +158,8 @@ bool Daemon::tick() {
   const auto stats = read_stats();
   check_responsive(domains, stats);
   channels_.sync(domains, now);
-  Snapshot snap{.vms = {}, .alpha = options_.config.alpha, .memory = host_memory()};
+  Snapshot snap{.vms = {}, .alpha = options_.config.alpha, .memory = host_memory(), .cpu_host = cpu_host(),
+                .priority_holds = {}};
   std::map<std::string, BalloonHistory> seen;
   for (auto& d : domains) {
     AgentState agent = channels_.state(d.name, now);
@@ -142,15 +176,17 @@ bool Daemon::tick() {
     snap.vms.push_back({std::move(d), std::move(agent), std::move(balloon)});
   }
   balloons_.swap(seen);  // forget VMs that stopped or went away
+  snap.priority_holds = reconciler_.hold_priorities(snap, now);
 
   Plan plan;
   try {
-    plan = make_plan(snap);
+    plan = make_plan(snap);  // one VM's fault is that VM's problem, not an exception
   } catch (const std::invalid_argument& e) {
     spdlog::error("cannot plan this tick: {}; check the VMs' llmorch metadata", e.what());
     write_status();
     return true;
   }
+  record_plan_problems(plan.problems, clock_.wall(), status_.problems);
   report_left_alone(plan.memory);
   const std::vector<Action> actions = reconciler_.diff(snap, plan, now);
   std::vector<Action> applied;
@@ -192,6 +228,20 @@ BalloonSample Daemon::sample_balloon(const ManagedDomain& d, const AgentState& a
     sample.hold = "waiting for the guest's first balloon statistics (its driver reports once the kernel is up)";
   sample.fresh = update != 0 && now - h.moved_at <= std::chrono::seconds(kStaleStatsPeriods * kBalloonStatsPeriodS);
   return sample;
+}
+
+// The host's CPUs for the plan (shared pools, repairs). The topology is read once; until it is, the
+// plan runs without it (shared VMs keep their CPUs).
+policy::CpuHost Daemon::cpu_host() {
+  if (!topology_) {
+    try {
+      topology_ = parse_capabilities(hv_.capabilities_xml());
+    } catch (const std::exception& e) {
+      spdlog::debug("host topology unknown this tick ({}); shared VMs keep their CPUs", e.what());
+      return {};
+    }
+  }
+  return orch::cpu_host(*topology_, options_.config.reserved_cpus, options_.config.shared_cpus);
 }
 
 HostMemory Daemon::host_memory() {
@@ -382,6 +432,7 @@ void Daemon::apply_one(const Action& a) {
     case Action::Kind::SetCpuShares: hv_.set_cpu_shares(a.vm, a.value); break;
     case Action::Kind::SetVcpus: hv_.set_vcpus(a.vm, static_cast<int>(a.value)); break;
     case Action::Kind::PinVcpu: hv_.pin_vcpu(a.vm, static_cast<int>(a.value), a.cpus); break;
+    case Action::Kind::PinEmulator: hv_.pin_emulator(a.vm, a.cpus); break;
     case Action::Kind::SetMetadata: hv_.set_metadata(a.vm, a.facts); break;
     case Action::Kind::SetMemory: hv_.set_memory_mib(a.vm, a.value); break;
     case Action::Kind::SendVcpusOnline: {
@@ -421,7 +472,8 @@ void Daemon::on_reports(const std::string& vm, Clock::TimePoint received) {
   const AgentState agent = channels_.state(vm, clock_.now());
   VmFacts facts;
   facts.priority = before->template_priority;
-  if (effective_priority(facts, agent, nullptr) != before->priority ||
+  // A priority held by the dwell (or a flapping guest) does not make llmorchd reconcile for it.
+  if (reconciler_.observe_priority(vm, effective_priority(facts, agent, nullptr), received) ||
       (before->rebalanced_node && demand_step(demand_cpus(agent)) != demand_step(before->demand_cpus))) {
     reconcile_due_ = true;
     pending_reports_.emplace_back(vm, received);
@@ -444,6 +496,7 @@ void Daemon::handle_events() {
   if (reload_.exchange(false) && options_.reload) {
     try {
       options_.config = options_.reload();
+      reconciler_.set_priority_dwell(std::chrono::milliseconds(options_.config.priority_dwell_ms));
       spdlog::info("configuration reloaded (alpha {}, interval {} ms)", options_.config.alpha,
                    options_.config.interval_ms);
       reconcile_due_ = true;

@@ -174,15 +174,38 @@ MemoryPlan make_memory_plan(const Snapshot& snapshot, const std::vector<VmPlan>&
 
 }  // namespace
 
+policy::CpuHost cpu_host(const policy::HostTopology& topology, const std::set<policy::CpuId>& reserved,
+                         const std::set<policy::CpuId>& shared) {
+  policy::CpuHost host;
+  for (const policy::NumaNode& n : topology.nodes) {
+    auto& cpus = host.node_cpus[n.id];
+    for (const policy::Cpu& c : n.cpus) cpus.push_back(c.id);
+  }
+  host.reserved = reserved;
+  host.shared = shared;
+  return host;
+}
+
 Plan make_plan(const Snapshot& snapshot) {
   std::vector<policy::VmCpuInput> inputs;
   Plan plan;
+  policy::CpuHost host = snapshot.cpu_host;
+  for (const VmSnapshot& vm : snapshot.vms) {
+    const ManagedDomain& d = vm.domain;
+    if (d.active() || d.facts.cpu_policy != policy::CpuPolicy::Dedicated) continue;
+    host.held.insert(d.facts.placement.cpus.begin(), d.facts.placement.cpus.end());  // a later start needs them
+  }
   for (const VmSnapshot& vm : snapshot.vms) {
     const ManagedDomain& d = vm.domain;
     if (!d.active()) continue;
     VmPlan out;
     out.name = d.name;
     out.priority = effective_priority(d.facts, vm.agent, &out.source);
+    if (auto hold = snapshot.priority_holds.find(d.name); hold != snapshot.priority_holds.end()) {
+      out.priority = hold->second.priority;
+      out.flapping = hold->second.flapping;
+      out.held = hold->second.reason;
+    }
     out.template_priority = d.facts.priority;
     if (vm.agent.last_report) out.reported_priority = vm.agent.last_report->priority;
     out.demand_cpus = demand_cpus(vm.agent);
@@ -193,18 +216,32 @@ Plan make_plan(const Snapshot& snapshot) {
     inputs.push_back({.name = d.name, .cpu_policy = d.facts.cpu_policy, .nodes = d.facts.placement.nodes,
                       .cpus = d.facts.placement.cpus, .min_vcpus = 1,
                       .max_vcpus = max_vcpus,
-                      .priority = plan.vms.back().priority, .demand_cpus = plan.vms.back().demand_cpus});
+                      .priority = plan.vms.back().priority, .demand_cpus = plan.vms.back().demand_cpus,
+                      .live_pins = d.vcpu_pins});
   }
-  const policy::CpuPlan cpu = policy::plan_cpus(inputs, snapshot.alpha);
+  const policy::CpuPlan cpu = policy::plan_cpus(inputs, snapshot.alpha, host);
+  std::size_t planned = 0;
+  for (const policy::VmCpuPlan& c : cpu.vms) planned += c.error.empty() || c.weight > 0 ? 1 : 0;
   for (std::size_t i = 0; i < plan.vms.size(); ++i) {
     VmPlan& out = plan.vms[i];
-    out.weight = cpu.vms[i].weight;
-    out.cpu_shares = cpu.vms[i].cpu_shares;
-    out.cpus = cpu.vms[i].cpus;
-    out.vcpus_online = cpu.vms[i].vcpus_online;
-    out.reason = fmt::format("{}, weight {:.3f} of {} VMs", priority_phrase(out.priority, out.source), out.weight,
-                             plan.vms.size());
+    const policy::VmCpuPlan& c = cpu.vms[i];
+    out.weight = c.weight;
+    out.cpu_shares = c.cpu_shares;
+    out.cpus = c.cpus;
+    out.vcpus_online = c.vcpus_online;
+    out.shared_pool = c.pool_planned;
+    out.error = c.error;
+    out.repaired = c.repaired;
+    const std::string priority = out.held.empty() ? priority_phrase(out.priority, out.source)
+                                                  : fmt::format("priority {:g} held: {}", out.priority, out.held);
+    out.reason = fmt::format("{}, weight {:.3f} of {} VMs", priority, out.weight, planned);
     if (out.rebalanced_node && out.demand_cpus >= 0) out.reason += fmt::format(", demand {:.2f} CPUs", out.demand_cpus);
+    if (!out.error.empty()) {
+      out.reason = "left as it is: " + out.error;
+      plan.problems.push_back({out.name, "plan_error", out.error});
+    }
+    if (!out.repaired.empty()) plan.problems.push_back({out.name, "repaired", out.repaired});
+    if (out.flapping) plan.problems.push_back({out.name, "flapping", out.held});
   }
   plan.memory = make_memory_plan(snapshot, plan.vms);
   return plan;
@@ -219,6 +256,8 @@ std::string describe(const Action& a) {
       return fmt::format("vm {}: vCPUs {} -> {} (hot-add; {})", a.vm, a.from, a.value, a.reason);
     case Action::Kind::PinVcpu:
       return fmt::format("vm {}: pin vCPU {} to {} ({})", a.vm, a.value, cpu_list(a.cpus), a.reason);
+    case Action::Kind::PinEmulator:
+      return fmt::format("vm {}: pin emulator threads to {} ({})", a.vm, cpu_list(a.cpus), a.reason);
     case Action::Kind::SendVcpusOnline:
       return fmt::format("vm {}: ask agent for {} online vCPUs ({})", a.vm, a.value, a.reason);
     case Action::Kind::SetMetadata:
@@ -229,15 +268,68 @@ std::string describe(const Action& a) {
   return {};
 }
 
-bool Reconciler::dwell_blocks(policy::NodeId node, const Plan& plan, TimePoint now) const {
+bool Reconciler::dwell_blocks(policy::NodeId node, TimePoint now) const {
   auto it = nodes_.find(node);
-  if (it == nodes_.end() || now - it->second.repinned_at >= config_.min_dwell) return false;
-  for (const VmPlan& vm : plan.vms) {
-    if (vm.rebalanced_node != node) continue;
-    auto p = it->second.priorities.find(vm.name);
-    if (p == it->second.priorities.end() || p->second != vm.priority) return false;  // priority moved
+  return it != nodes_.end() && now - it->second.repinned_at < config_.min_dwell;
+}
+
+void Reconciler::observe(PriorityTrack& t, double wanted, TimePoint now) const {
+  if (wanted != t.wanted) {
+    t.changes.push_back(now);
+    t.wanted = wanted;
   }
-  return true;
+  while (!t.changes.empty() && now - t.changes.front() >= config_.priority_dwell) t.changes.pop_front();
+  if (static_cast<int>(t.changes.size()) > config_.flap_changes) t.flapping = true;
+  else if (t.changes.empty()) t.flapping = false;  // steady for a whole dwell
+}
+
+bool Reconciler::may_apply(const PriorityTrack& t, TimePoint now) const {
+  return !t.flapping && (!t.applied_at || now - *t.applied_at >= config_.priority_dwell);
+}
+
+bool Reconciler::observe_priority(const std::string& vm, double wanted, TimePoint now) {
+  auto it = priorities_.find(vm);
+  if (it == priorities_.end()) return true;
+  observe(it->second, wanted, now);
+  return wanted != it->second.applied && may_apply(it->second, now);
+}
+
+std::map<std::string, PriorityHold> Reconciler::hold_priorities(const Snapshot& snapshot, TimePoint now) {
+  std::map<std::string, PriorityHold> holds;
+  std::map<std::string, PriorityTrack> seen;
+  const double dwell_s = std::chrono::duration<double>(config_.priority_dwell).count();
+  for (const VmSnapshot& vm : snapshot.vms) {
+    if (!vm.domain.active()) continue;
+    const double wanted = effective_priority(vm.domain.facts, vm.agent, nullptr);
+    auto it = priorities_.find(vm.domain.name);
+    if (it == priorities_.end()) {  // new: its priority applies at once
+      seen[vm.domain.name] = {.applied = wanted, .applied_at = std::nullopt, .wanted = wanted, .changes = {},
+                              .flapping = false};
+      continue;
+    }
+    PriorityTrack& t = seen[vm.domain.name] = std::move(it->second);
+    observe(t, wanted, now);
+    if (wanted != t.applied && may_apply(t, now)) {
+      t.applied = wanted;
+      t.applied_at = now;
+    }
+    if (t.applied == wanted && !t.flapping) continue;
+    PriorityHold& h = holds[vm.domain.name];
+    h.priority = t.applied;
+    h.flapping = t.flapping;
+    if (t.flapping) {
+      h.reason = fmt::format("its priority changed {} times within {:g} s (flapping; now it wants {:g}); held at {:g} "
+                             "until it is steady for {:g} s",
+                             t.changes.size(), dwell_s, wanted, t.applied, dwell_s);
+    } else {
+      const double left = dwell_s - std::chrono::duration<double>(now - *t.applied_at).count();
+      h.reason = fmt::format("it wants {:g}, but a VM's priority changes the plan at most once per {:g} s "
+                             "(priority_dwell_ms); {:.1f} s to go",
+                             wanted, dwell_s, std::max(0.0, left));
+    }
+  }
+  priorities_.swap(seen);
+  return holds;
 }
 
 namespace {
@@ -280,6 +372,24 @@ void pin_actions(const ManagedDomain& d, const std::vector<policy::CpuId>& set, 
   }
 }
 
+// A shared VM: every vCPU and the emulator threads on the whole pool; only those that differ.
+void pool_pin_actions(const ManagedDomain& d, const VmPlan& p, std::vector<Action>& out) {
+  const std::string reason = fmt::format("shared pool {}: the CPUs of its node(s) that are neither reserved nor "
+                                         "dedicated; {}",
+                                         cpu_list(p.cpus), p.reason);
+  const int total = std::max(d.vcpus_max, static_cast<int>(d.vcpu_pins.size()));
+  for (int i = 0; i < total; ++i) {
+    const bool same = i < static_cast<int>(d.vcpu_pins.size()) && d.vcpu_pins[static_cast<std::size_t>(i)] == p.cpus;
+    if (same) continue;
+    out.push_back(make_action(Action::Kind::PinVcpu, d.name, static_cast<std::uint64_t>(i), reason));
+    out.back().cpus = p.cpus;
+  }
+  if (d.emulator_pins != p.cpus) {
+    out.push_back(make_action(Action::Kind::PinEmulator, d.name, 0, reason));
+    out.back().cpus = p.cpus;
+  }
+}
+
 void memory_action(const VmMemoryPlan* m, const std::map<std::string, std::uint64_t>& requested,
                    std::vector<Action>& out) {
   if (!m || !m->target_mib || !m->actual_mib || *m->target_mib == *m->actual_mib) return;
@@ -296,14 +406,17 @@ std::vector<Action> Reconciler::diff(const Snapshot& snapshot, const Plan& plan,
   std::map<policy::NodeId, bool> blocked;
   for (const VmPlan& p : plan.vms)
     if (p.rebalanced_node && !blocked.count(*p.rebalanced_node))
-      blocked[*p.rebalanced_node] = dwell_blocks(*p.rebalanced_node, plan, now);
+      blocked[*p.rebalanced_node] = dwell_blocks(*p.rebalanced_node, now);
+  for (const VmPlan& p : plan.vms)  // a repair is applied at once: half of it would re-create the conflict
+    if (p.rebalanced_node && !p.repaired.empty()) blocked[*p.rebalanced_node] = false;
 
   for (const VmSnapshot& vm : snapshot.vms) {
     const ManagedDomain& d = vm.domain;
     const VmPlan* p = plan.find(d.name);
-    if (!p) continue;
+    if (!p || !p->error.empty()) continue;  // a VM the plan cannot handle is left as it is
     shares_action(d, *p, config_.share_tolerance_abs, config_.share_tolerance, out);
     memory_action(plan.memory.find(d.name), memory_requested_, out);
+    if (p->shared_pool) pool_pin_actions(d, *p, out);
     if (!p->rebalanced_node || !p->vcpus_online) continue;
 
     const int k = *p->vcpus_online;
@@ -314,7 +427,8 @@ std::vector<Action> Reconciler::diff(const Snapshot& snapshot, const Plan& plan,
       continue;
     }
     const std::string reason = moves ? fmt::format("CPUs {} -> {}: {}", cpu_list(d.facts.placement.cpus),
-                                                   cpu_list(p->cpus), p->reason)
+                                                   cpu_list(p->cpus),
+                                                   p->repaired.empty() ? p->reason : "repair: " + p->repaired)
                                      : "restore the recorded placement";
     if (k > d.vcpus_current) {
       out.push_back(make_action(Action::Kind::SetVcpus, d.name, static_cast<std::uint64_t>(k), p->reason));
@@ -350,11 +464,7 @@ void Reconciler::commit(const std::vector<Action>& applied, const Plan& plan, Ti
     if (a.kind != Action::Kind::SetMetadata) continue;
     const VmPlan* p = plan.find(a.vm);
     if (!p || !p->rebalanced_node) continue;
-    NodeHistory& h = nodes_[*p->rebalanced_node];
-    h.repinned_at = now;
-    h.priorities.clear();
-    for (const VmPlan& vm : plan.vms)
-      if (vm.rebalanced_node == p->rebalanced_node) h.priorities[vm.name] = vm.priority;
+    nodes_[*p->rebalanced_node].repinned_at = now;
   }
 }
 

@@ -65,6 +65,7 @@ nlohmann::json vm_to_json(const VmPlan& p, const AgentState& a, const LastChange
                 {"clamped", a.counters.clamped},   {"hostile", a.hostile},
                 {"last_error", a.last_error}};
   j["hostile"] = a.hostile;
+  j["flapping"] = p.flapping;
   j["demand_cpus"] = p.demand_cpus;
   j["weight"] = p.weight;
   j["cpu_shares"] = p.cpu_shares;

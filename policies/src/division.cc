@@ -297,16 +297,4 @@ Division divide(std::span<const VmDemand> vms, int total_cpus, double alpha) {
   return d;
 }
 
-bool significant_change(const Division& current, const Division& proposed,
-                        const HysteresisConfig& config) {
-  if (current.names != proposed.names) return true;
-  assert(current.cpus.size() == proposed.cpus.size());
-  assert(current.share_cpus.size() == proposed.share_cpus.size());
-  for (std::size_t i = 0; i < current.names.size(); ++i) {
-    if (std::abs(proposed.share_cpus[i] - current.share_cpus[i]) > config.share_threshold_cpus) return true;
-    if (std::abs(proposed.cpus[i] - current.cpus[i]) > config.cpu_threshold) return true;
-  }
-  return false;
-}
-
 }  // namespace llmorch::policy

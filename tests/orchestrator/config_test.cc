@@ -56,6 +56,7 @@ TEST_F(ConfigTest, EmptyFileGivesDefaults) {
   EXPECT_EQ(c.shared_cpus, d.shared_cpus);
   EXPECT_DOUBLE_EQ(c.alpha, 0.8);
   EXPECT_EQ(c.interval_ms, 1000);
+  EXPECT_EQ(c.priority_dwell_ms, 3000);
   EXPECT_EQ(c.memory_reserve_mib, 512u);
   EXPECT_EQ(c.domain_type, "kvm");
 }
@@ -66,6 +67,7 @@ TEST_F(ConfigTest, ReadsEveryKey) {
       "shared_cpus = 4-5\n"
       "alpha = 0.25\n"
       "interval_ms = 50\n"
+      "priority_dwell_ms = 0\n"
       "memory_reserve_mib = 2048\n"
       "# a comment\n"
       "domain_type = qemu   # trailing comment\n"));
@@ -73,6 +75,7 @@ TEST_F(ConfigTest, ReadsEveryKey) {
   EXPECT_EQ(c.shared_cpus, (std::set<policy::CpuId>{4, 5}));
   EXPECT_DOUBLE_EQ(c.alpha, 0.25);
   EXPECT_EQ(c.interval_ms, 50);
+  EXPECT_EQ(c.priority_dwell_ms, 0);
   EXPECT_EQ(c.memory_reserve_mib, 2048u);
   EXPECT_EQ(c.domain_type, "qemu");
 }
@@ -134,6 +137,8 @@ TEST_F(ConfigTest, RejectsEveryBadValue) {
       {"alpha =", "alpha", "", "a number in [0, 1]"},
       {"interval_ms = 49", "interval_ms", "49", "a whole number of milliseconds >= 50"},
       {"interval_ms = 100.5", "interval_ms", "100.5", "a whole number of milliseconds >= 50"},
+      {"priority_dwell_ms = -1", "priority_dwell_ms", "-1", "a whole number of milliseconds in [0, 3600000]"},
+      {"priority_dwell_ms = 3600001", "priority_dwell_ms", "3600001", "a whole number of milliseconds in [0, 3600000]"},
       {"interval_ms = 99999999999", "interval_ms", "99999999999", "a whole number of milliseconds >= 50"},
       {"memory_reserve_mib = -1", "memory_reserve_mib", "-1", "a whole number of MiB >= 0"},
       {"memory_reserve_mib = 1G", "memory_reserve_mib", "1G", "a whole number of MiB >= 0"},

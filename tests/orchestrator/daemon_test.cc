@@ -251,6 +251,83 @@ TEST_F(DaemonTest, AVmWithBadMetadataIsLeftAloneAndReportedWhileTheOthersGoOn) {
   EXPECT_TRUE(j["problems"].empty());
 }
 
+// Issue 11 A: a re-pin applied halfway (the fault injected: b's pin fails after a's calls succeeded)
+// leaves a and b claiming CPU 2. The next tick repairs b from libvirt's live pins, says so in
+// status.json ("repaired", health "degraded"), and keeps managing the shared neighbour; the tick
+// after that is healthy again.
+TEST_F(DaemonTest, AHalfAppliedRepinIsRepairedAtTheNextTickAndTheOthersStayManaged) {
+  hv.caps = "<capabilities><host><topology><cells num='1'><cell id='0'><memory unit='KiB'>4194304</memory>"
+            "<cpus num='4'><cpu id='0'/><cpu id='1'/><cpu id='2'/><cpu id='3'/></cpus></cell></cells>"
+            "</topology></host></capabilities>";
+  hv.domains = {make_domain("a", 1, {0, 2}, policy::CpuPolicy::Dedicated, 1, 2),
+                make_domain("b", 1, {1, 2}, policy::CpuPolicy::Dedicated, 2, 2),
+                make_domain("s", 3, {3})};
+  hv.dom("a").facts.placement.cpus = {0};  // a holds 0, b holds 1 and 2: a grows to {0, 2}, b shrinks
+  hv.dom("a").vcpu_pins = {{0}, {0}};
+  hv.fail_if = [](const std::string& call) { return call.rfind("pin_vcpu b", 0) == 0; };
+  Daemon d(hv, clock, options);
+  ASSERT_TRUE(d.tick());
+  ASSERT_EQ(hv.dom("a").facts.placement.cpus, (std::vector<policy::CpuId>{0, 2})) << "a's re-pin was applied";
+  ASSERT_EQ(hv.dom("b").facts.placement.cpus, (std::vector<policy::CpuId>{1, 2})) << "b's was not";
+  EXPECT_EQ(health(d.status()), "ok");
+
+  hv.fail_if = nullptr;
+  hv.dom("s").cpu_shares = 2;  // someone changed the neighbour meanwhile
+  hv.calls.clear();
+  clock.t += 1s;  // within the node's re-pin dwell: the repair is not held by it
+  ASSERT_TRUE(d.tick());
+  const auto j = read_status_file(options.state_dir);
+  EXPECT_EQ(j["health"], "degraded");
+  ASSERT_EQ(j["problems"].size(), 1u) << j["problems"].dump();
+  EXPECT_EQ(j["problems"][0]["vm"], "b");
+  EXPECT_EQ(j["problems"][0]["kind"], "repaired");
+  EXPECT_NE(j["problems"][0]["detail"].get<std::string>().find("CPU 2 is also claimed by 'a'"), std::string::npos)
+      << j["problems"][0]["detail"];
+  EXPECT_EQ(hv.dom("a").facts.placement.cpus, (std::vector<policy::CpuId>{0, 2}));
+  EXPECT_EQ(hv.dom("b").facts.placement.cpus, std::vector<policy::CpuId>{1});
+  EXPECT_EQ(hv.dom("b").vcpu_pins, (std::vector<std::vector<policy::CpuId>>{{1}, {1}}));
+  EXPECT_NE(hv.dom("s").cpu_shares, 2u) << "the neighbour is managed during the repair";
+  EXPECT_EQ(hv.dom("s").emulator_pins, std::vector<policy::CpuId>{3});
+
+  clock.t += 1s;
+  ASSERT_TRUE(d.tick());
+  EXPECT_EQ(health(d.status()), "ok");
+  EXPECT_TRUE(read_status_file(options.state_dir)["problems"].empty());
+}
+
+// Issue 11 B: priority_dwell_ms from the host config. A second change within the dwell neither
+// triggers a reconcile nor changes the plan; it applies once the dwell has passed.
+TEST_F(DaemonTest, APriorityChangeWithinTheDwellWaitsForIt) {
+  options.config.priority_dwell_ms = 2000;
+  GuestEnd guest((dir / "b.sock").string());
+  hv.dom("b").channel_path = (dir / "b.sock").string();
+  Daemon d(hv, clock, options);
+  ASSERT_TRUE(d.tick());
+  ASSERT_TRUE(guest.accept());
+  guest.send(report(1));
+  d.poll_once(1000ms);
+  EXPECT_TRUE(d.reconcile_due());  // the first change: at once
+  ASSERT_TRUE(d.tick());
+  EXPECT_EQ(hv.dom("b").cpu_shares, 1024u);
+
+  clock.t += 500ms;
+  guest.send(report(5));
+  d.poll_once(1000ms);
+  EXPECT_FALSE(d.reconcile_due());  // held: no reconcile for it
+  ASSERT_TRUE(d.tick());
+  EXPECT_EQ(hv.dom("b").cpu_shares, 1024u);
+  const auto j = read_status_file(options.state_dir);
+  EXPECT_EQ(j["vms"][1]["effective_priority"], 1.0);
+  EXPECT_NE(j["vms"][1]["reason"].get<std::string>().find("at most once per 2 s"), std::string::npos)
+      << j["vms"][1]["reason"];
+  EXPECT_EQ(j["health"], "ok");  // a held change is not a problem
+
+  clock.t += 1600ms;  // 2.1 s after the applied change
+  ASSERT_TRUE(d.tick());
+  EXPECT_LT(hv.dom("b").cpu_shares, 1024u);
+  EXPECT_EQ(read_status_file(options.state_dir)["vms"][1]["effective_priority"], 5.0);
+}
+
 TEST_F(DaemonTest, LibvirtOutageIsReportedAndSurvived) {
   Daemon d(hv, clock, options);
   hv.down = true;
@@ -291,6 +368,7 @@ TEST_F(DaemonTest, AgentReportChangingPriorityTriggersReconcile) {
 }
 
 TEST_F(DaemonTest, ReportThatChangesThePlanRecordsReportToApplyLatency) {
+  options.config.priority_dwell_ms = 0;  // two changes 28 ms apart: both apply (the dwell is tested apart)
   GuestEnd guest((dir / "b.sock").string());
   hv.dom("b").channel_path = (dir / "b.sock").string();
   Daemon d(hv, clock, options);
@@ -565,7 +643,9 @@ TEST_F(BalloonDaemonTest, AGuestsFloorIsCappedAndExpiresWithItsReportAndIsIgnore
   auto floor_with = [&](const AgentState& agent) {
     Snapshot snap{.vms = {{hv.dom("b"), agent, {.stats = hv.memory["b"], .previous = std::nullopt, .fresh = true, .hold = {}}}},
                   .alpha = 0.8,
-                  .memory = {.free_mib = {{0, 8192}}, .reserve_mib = 512, .limit_mib = 50, .config = {}}};
+                  .memory = {.free_mib = {{0, 8192}}, .reserve_mib = 512, .limit_mib = 50, .config = {}},
+                  .cpu_host = {},
+                  .priority_holds = {}};
     const Plan plan = make_plan(snap);
     const VmMemoryPlan* m = plan.memory.find("b");
     if (!m) throw std::runtime_error("b has no memory plan");

@@ -1,13 +1,16 @@
 // An in-memory Hypervisor for unit tests: domains are ManagedDomain values; levers change them and are
-// recorded; a VM name in `fail_on` makes every lever on that VM throw; `down` makes every call throw a
-// connection error. hang(vm) models a QEMU that stopped answering (SIGSTOP): its levers block, and so
-// does the first statistics read (it takes the VM's job), while later reads skip it (NOWAIT) and its
-// control info says Occupied; release(vm) lets the blocked calls return with an error, changing nothing.
-// Calls run on BoundedCalls' worker threads: state a blocked call could touch late is behind hang_mu_.
+// recorded; a VM name in `fail_on` makes every lever on that VM throw; `fail_if` (fault injection) makes
+// a lever throw when it returns true for the call's text ("pin_vcpu b 1 2"); `down` makes every call
+// throw a connection error. `caps` is what capabilities_xml() returns. hang(vm) models a QEMU that
+// stopped answering (SIGSTOP): its levers block, and so does the first statistics read (it takes the
+// VM's job), while later reads skip it (NOWAIT) and its control info says Occupied; release(vm) lets the
+// blocked calls return with an error, changing nothing. Calls run on BoundedCalls' worker threads:
+// state a blocked call could touch late is behind hang_mu_.
 #pragma once
 
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <mutex>
 #include <set>
 #include <string>
@@ -27,6 +30,8 @@ class FakeHypervisor : public Hypervisor {
   std::vector<ManagedDomain> domains;
   std::vector<std::string> calls;  // "set_cpu_shares a 1456", "pin_vcpu a 0 4", ...
   std::set<std::string> fail_on;
+  std::function<bool(const std::string& call)> fail_if;
+  std::string caps = "<capabilities/>";
   bool down = false;
   int list_calls = 0;
   LifecycleCallback callback;
@@ -39,7 +44,10 @@ class FakeHypervisor : public Hypervisor {
     throw HypervisorError(HypervisorError::Kind::NoDomain, "lookup " + name, "no such domain", "");
   }
 
-  std::string capabilities_xml() override { return "<capabilities/>"; }
+  std::string capabilities_xml() override {
+    check();
+    return caps;
+  }
   std::map<policy::NodeId, std::uint64_t> free_memory_mib() override { return free_mib; }
   std::vector<ManagedDomain> list_managed() override {
     check();
@@ -74,8 +82,11 @@ class FakeHypervisor : public Hypervisor {
     if (pins.size() <= static_cast<std::size_t>(vcpu)) pins.resize(static_cast<std::size_t>(vcpu) + 1);
     pins[static_cast<std::size_t>(vcpu)] = cpus;
   }
-  void pin_emulator(const std::string& name, const std::vector<policy::CpuId>&) override {
-    lever(name, "pin_emulator " + name);
+  void pin_emulator(const std::string& name, const std::vector<policy::CpuId>& cpus) override {
+    std::string c;
+    for (auto cpu : cpus) c += (c.empty() ? "" : ",") + std::to_string(cpu);
+    lever(name, "pin_emulator " + name + " " + c);
+    dom(name).emulator_pins = cpus;
   }
   void set_vcpus(const std::string& name, int count) override {
     lever(name, "set_vcpus " + name + " " + std::to_string(count));
@@ -165,7 +176,7 @@ class FakeHypervisor : public Hypervisor {
       std::unique_lock lock(hang_mu_);
       if (hung_.count(name)) block(lock, name);
     }
-    if (fail_on.count(name))
+    if (fail_on.count(name) || (fail_if && fail_if(call)))
       throw HypervisorError(HypervisorError::Kind::Other, call, "injected failure", "");
     calls.push_back(std::move(call));
   }
@@ -193,6 +204,7 @@ inline ManagedDomain make_domain(const std::string& name, double priority, std::
   d.vcpus_current = vcpus;
   d.vcpus_max = max_vcpus;
   d.cpu_shares = 1024;
+  d.emulator_pins = cpus;
   for (int i = 0; i < max_vcpus; ++i)
     d.vcpu_pins.push_back(policy == policy::CpuPolicy::Dedicated ? std::vector<policy::CpuId>{cpus.at(static_cast<std::size_t>(i))}
                                                                  : cpus);

@@ -1,6 +1,7 @@
 #include "llmorch/orch/reconciler.h"
 
 #include <algorithm>
+#include <set>
 
 #include <gtest/gtest.h>
 
@@ -54,6 +55,7 @@ void apply_to(FakeHypervisor& hv, const std::vector<Action>& actions) {
       case Action::Kind::SetCpuShares: hv.set_cpu_shares(a.vm, a.value); break;
       case Action::Kind::SetVcpus: hv.set_vcpus(a.vm, static_cast<int>(a.value)); break;
       case Action::Kind::PinVcpu: hv.pin_vcpu(a.vm, static_cast<int>(a.value), a.cpus); break;
+      case Action::Kind::PinEmulator: hv.pin_emulator(a.vm, a.cpus); break;
       case Action::Kind::SetMetadata: hv.set_metadata(a.vm, a.facts); break;
       case Action::Kind::SetMemory: hv.set_memory_mib(a.vm, a.value); break;
       case Action::Kind::SendVcpusOnline: break;
@@ -221,7 +223,7 @@ TEST_F(Dedicated, IdleVmGivesCpusToBusyOne) {
   EXPECT_TRUE(r.diff(after, make_plan(after), t0 + seconds(1)).empty());
 }
 
-TEST_F(Dedicated, DwellHoldsRepinsUnlessPriorityChanges) {
+TEST_F(Dedicated, DwellHoldsRepinsWhateverChanged) {
   agents["b"] = fresh(report(std::nullopt, 10, 0, 2));
   Snapshot s = snap();
   Plan plan = make_plan(s);
@@ -235,13 +237,16 @@ TEST_F(Dedicated, DwellHoldsRepinsUnlessPriorityChanges) {
   plan = make_plan(s);
   EXPECT_EQ(plan.vms[1].cpus.size(), 2u);
   EXPECT_TRUE(r.diff(s, plan, t0 + seconds(1)).empty());
-  // After the dwell time it moves.
-  EXPECT_EQ(count(r.diff(s, plan, t0 + seconds(6)), Action::Kind::SetMetadata), 2u);
-  // Within the dwell time, a priority change moves it at once.
+  // A priority change does not skip the dwell either (a guest flipping its priority would use it): its
+  // shares follow at once, its pins after the dwell.
   agents["a"] = fresh(report(5.0));
   s = snap();
   plan = make_plan(s);
-  EXPECT_GT(count(r.diff(s, plan, t0 + seconds(1)), Action::Kind::SetMetadata), 0u);
+  actions = r.diff(s, plan, t0 + seconds(1));
+  EXPECT_EQ(count(actions, Action::Kind::SetMetadata), 0u);
+  EXPECT_EQ(count(actions, Action::Kind::SetCpuShares), 2u);
+  // After the dwell time it moves.
+  EXPECT_EQ(count(r.diff(s, plan, t0 + seconds(6)), Action::Kind::SetMetadata), 2u);
 }
 
 TEST_F(Dedicated, DriftedLivePinsAreRepairedWithoutMovingTheSet) {
@@ -264,10 +269,185 @@ TEST_F(Dedicated, GuestThatDidNotOnlineGetsTheCommandAgainAfterDwell) {
   EXPECT_EQ(count(r.diff(s, plan, t0 + seconds(6)), Action::Kind::SendVcpusOnline), 1u);
 }
 
-TEST(Reconciler, DoubleClaimedDedicatedCpuIsAnError) {
-  std::vector<ManagedDomain> doms{make_domain("a", 1, {0}, CpuPolicy::Dedicated),
-                                  make_domain("b", 1, {0}, CpuPolicy::Dedicated)};
-  EXPECT_THROW(make_plan(snapshot_of(doms)), std::invalid_argument);
+policy::CpuHost node0(std::vector<policy::CpuId> cpus) {
+  policy::CpuHost host;
+  host.node_cpus[0] = std::move(cpus);
+  return host;
+}
+
+// Issue 11 A: a re-pin applied halfway. a took CPU 2 from b; b's calls failed (a libvirt timeout, the
+// VM stopping, llmorchd killed), so both claim CPU 2. The plan repairs b from libvirt's live pins,
+// re-pins it onto a free CPU of its node at once (even within the dwell), and plans every other VM.
+TEST_F(Dedicated, ACpuClaimedTwiceIsRepairedAndTheOthersArePlanned) {
+  hv.domains[0].facts.placement.cpus = {0, 1, 2};  // a's metadata was written...
+  hv.domains[0].vcpu_pins = {{0}, {1}, {2}, {0, 1, 2}};
+  hv.domains[0].vcpus_current = 3;
+  // ...b's was not: it still says {2, 3}, and its vCPU 0 is pinned to 2 as before.
+  hv.domains.push_back(make_domain("s", 3, {0, 1, 2, 3, 4}));  // a shared neighbour, shares 1024
+  Snapshot s = snap();
+  s.cpu_host = node0({0, 1, 2, 3, 4, 5});
+  r.commit({}, make_plan(s), t0);  // (no history)
+  const Plan plan = make_plan(s);
+  const VmPlan* b = plan.find("b");
+  ASSERT_NE(b, nullptr);
+  EXPECT_TRUE(b->error.empty()) << b->error;
+  EXPECT_NE(b->repaired.find("CPU 2 is also claimed by 'a'"), std::string::npos) << b->repaired;
+  ASSERT_EQ(plan.problems.size(), 1u);
+  EXPECT_EQ(plan.problems[0].vm, "b");
+  EXPECT_EQ(plan.problems[0].kind, "repaired");
+  // Both pins were live on 2; no evidence breaks the tie, so the first by name (a) keeps it and b
+  // gets the free CPU 4 (5, the highest, stays for the shared VM).
+  std::set<policy::CpuId> a_cpus(plan.find("a")->cpus.begin(), plan.find("a")->cpus.end());
+  std::set<policy::CpuId> b_cpus(b->cpus.begin(), b->cpus.end());
+  for (policy::CpuId c : b_cpus) EXPECT_FALSE(a_cpus.count(c)) << "CPU " << c << " still in both";
+  EXPECT_TRUE(b_cpus.count(4));
+  EXPECT_EQ(plan.find("s")->cpus, std::vector<policy::CpuId>{5});  // the pool: neither a's nor b's
+
+  // Applied within the re-pin dwell of the node (a was just re-pinned): the repair is not held.
+  Action fake_repin;
+  fake_repin.kind = Action::Kind::SetMetadata;
+  fake_repin.vm = "a";
+  r.commit({fake_repin}, plan, t0);
+  const auto actions = r.diff(s, plan, t0 + seconds(1));
+  EXPECT_EQ(count(actions, Action::Kind::SetMetadata, "b"), 1u);
+  EXPECT_EQ(count(actions, Action::Kind::SetCpuShares, "s"), 1u);  // the neighbour is managed as usual
+  EXPECT_EQ(count(actions, Action::Kind::PinEmulator, "s"), 1u);
+  apply_to(hv, actions);
+  Snapshot after = snap();
+  after.cpu_host = s.cpu_host;
+  const Plan again = make_plan(after);
+  EXPECT_TRUE(again.problems.empty()) << again.problems[0].detail;
+  EXPECT_TRUE(r.diff(after, again, t0 + seconds(2)).empty());
+}
+
+TEST(Reconciler, AVmThePlanCannotHandleIsLeftAsItIsAndTheOthersAreManaged) {
+  std::vector<ManagedDomain> doms{make_domain("a", 1, {0}), make_domain("b", 3, {0})};
+  doms[0].facts.priority = -1;  // bad metadata (no agent report to stand in for it)
+  Snapshot snap = snapshot_of(doms);
+  const Plan plan = make_plan(snap);
+  ASSERT_EQ(plan.problems.size(), 1u);
+  EXPECT_EQ(plan.problems[0].kind, "plan_error");
+  EXPECT_NE(plan.find("a")->reason.find("left as it is"), std::string::npos) << plan.find("a")->reason;
+  const auto actions = Reconciler().diff(snap, plan, {});
+  EXPECT_EQ(count(actions, Action::Kind::SetCpuShares, "a"), 0u);
+  EXPECT_EQ(plan.find("b")->weight, 1.0);
+  EXPECT_EQ(plan.find("b")->reason, "priority 3 from template, weight 1.000 of 1 VMs");
+}
+
+// Issue 11 C: a shared VM placed before a dedicated one is re-pinned (vCPUs and emulator threads) to
+// what the dedicated one left; nothing is re-pinned once it is there.
+TEST(Reconciler, SharedVmsArePinnedToThePoolLeftByDedicatedVms) {
+  std::vector<ManagedDomain> doms{make_domain("s", 1, {0, 1}, CpuPolicy::Shared, 1, 2),
+                                  make_domain("d", 1, {0}, CpuPolicy::Dedicated)};
+  Snapshot snap = snapshot_of(doms);
+  snap.cpu_host = node0({0, 1});
+  const Plan plan = make_plan(snap);
+  EXPECT_TRUE(plan.find("s")->shared_pool);
+  EXPECT_EQ(plan.find("s")->cpus, std::vector<policy::CpuId>{1});
+  Reconciler r;
+  const auto actions = r.diff(snap, plan, {});
+  std::vector<std::string> pins;
+  for (const Action& a : actions)
+    if (a.vm == "s" && (a.kind == Action::Kind::PinVcpu || a.kind == Action::Kind::PinEmulator))
+      pins.push_back(describe(a).substr(0, describe(a).find(" (")));
+  EXPECT_EQ(pins, (std::vector<std::string>{"vm s: pin vCPU 0 to 1", "vm s: pin vCPU 1 to 1",
+                                            "vm s: pin emulator threads to 1"}));
+  FakeHypervisor hv;
+  hv.domains = doms;
+  apply_to(hv, actions);
+  Snapshot after = snapshot_of(hv.domains);
+  after.cpu_host = snap.cpu_host;
+  EXPECT_TRUE(r.diff(after, make_plan(after), {}).empty());
+  // The dedicated VM shut off: its CPU stays held (a start needs it), so the pool does not move.
+  hv.dom("d").state = DomainState::ShutOff;
+  Snapshot off = snapshot_of(hv.domains);
+  off.cpu_host = snap.cpu_host;
+  EXPECT_EQ(make_plan(off).find("s")->cpus, std::vector<policy::CpuId>{1});
+  // Removed: the pool grows back.
+  hv.domains.pop_back();
+  Snapshot gone = snapshot_of(hv.domains);
+  gone.cpu_host = snap.cpu_host;
+  EXPECT_EQ(make_plan(gone).find("s")->cpus, (std::vector<policy::CpuId>{0, 1}));
+  EXPECT_EQ(count(r.diff(gone, make_plan(gone), {}), Action::Kind::PinEmulator), 1u);
+}
+
+// Issue 11 B, with simulated time.
+class PriorityDwell : public ::testing::Test {
+ protected:
+  void SetUp() override { doms = {make_domain("flip", 1, {0}), make_domain("honest", 2, {0})}; }
+  // One tick at t with flip wanting `p`: holds, plan, diff, applied to the live shares.
+  Plan tick(double p, Clock::time_point t) {
+    agents["flip"] = fresh(report(p));
+    Snapshot s = snapshot_of(doms, agents);
+    s.priority_holds = r.hold_priorities(s, t);
+    const Plan plan = make_plan(s);
+    const auto actions = r.diff(s, plan, t);
+    for (const Action& a : actions)
+      if (a.kind == Action::Kind::SetCpuShares) {
+        for (auto& d : doms)
+          if (d.name == a.vm) d.cpu_shares = a.value;
+        if (a.vm == "honest") ++honest_rewrites;
+      }
+    r.commit(actions, plan, t);
+    return plan;
+  }
+
+  std::vector<ManagedDomain> doms;
+  std::map<std::string, AgentState> agents;
+  Reconciler r;  // priority_dwell 3 s, flapping above 3 changes within it
+  Clock::time_point t0 = Clock::time_point{} + seconds(1000);
+  int honest_rewrites = 0;
+};
+
+TEST_F(PriorityDwell, TheFirstChangeAppliesAtOnceALaterOneAfterTheDwell) {
+  EXPECT_EQ(tick(1, t0).find("flip")->priority, 1.0);
+  EXPECT_EQ(tick(5, t0 + seconds(10)).find("flip")->priority, 5.0);  // at once
+  const Plan held = tick(2, t0 + seconds(11));
+  EXPECT_EQ(held.find("flip")->priority, 5.0);
+  EXPECT_FALSE(held.find("flip")->flapping);
+  EXPECT_NE(held.find("flip")->reason.find("at most once per 3 s"), std::string::npos) << held.find("flip")->reason;
+  EXPECT_TRUE(held.problems.empty());  // a held change is not a problem
+  EXPECT_EQ(tick(2, t0 + seconds(13)).find("flip")->priority, 2.0);  // 3 s after the last applied one
+  // Between ticks: the daemon reconciles at once only for a change that would apply.
+  EXPECT_FALSE(r.observe_priority("flip", 2, t0 + seconds(14)));  // unchanged
+  EXPECT_FALSE(r.observe_priority("flip", 4, t0 + seconds(14)));  // held by the dwell
+  EXPECT_TRUE(r.observe_priority("flip", 4, t0 + seconds(16)));
+  EXPECT_TRUE(r.observe_priority("new-vm", 4, t0));
+}
+
+// A guest flipping between priority_min and priority_max ten times a second for 20 s: its neighbour's
+// shares are rewritten a handful of times, not ~8 times a second; it is flagged flapping and held; once
+// it is steady for a dwell it is believed again.
+TEST_F(PriorityDwell, AFlappingGuestIsHeldAndItsNeighbourLeftAlone) {
+  tick(1, t0);
+  honest_rewrites = 0;
+  Plan plan;
+  bool flagged = false;
+  for (int i = 1; i <= 200; ++i) {
+    plan = tick(i % 2 ? 100 : 1, t0 + milliseconds(100 * i));
+    flagged = flagged || plan.find("flip")->flapping;
+  }
+  EXPECT_LE(honest_rewrites, 2) << "neighbour's cpu_shares rewritten " << honest_rewrites << " times in 20 s";
+  EXPECT_TRUE(flagged);
+  ASSERT_TRUE(plan.find("flip")->flapping);
+  ASSERT_EQ(plan.problems.size(), 1u);
+  EXPECT_EQ(plan.problems[0].kind, "flapping");
+  EXPECT_NE(plan.problems[0].detail.find("flapping"), std::string::npos) << plan.problems[0].detail;
+  const double held_at = plan.find("flip")->priority;
+  EXPECT_TRUE(held_at == 1.0 || held_at == 100.0);
+  // Steady at 7 from 20.0 s: still held until a whole dwell has passed, then applied and unflagged.
+  EXPECT_EQ(tick(7, t0 + milliseconds(20'100)).find("flip")->priority, held_at);
+  EXPECT_TRUE(tick(7, t0 + milliseconds(22'000)).find("flip")->flapping);
+  const Plan steady = tick(7, t0 + milliseconds(23'200));
+  EXPECT_FALSE(steady.find("flip")->flapping);
+  EXPECT_EQ(steady.find("flip")->priority, 7.0);
+  EXPECT_TRUE(steady.problems.empty());
+}
+
+TEST_F(PriorityDwell, ZeroDwellAppliesEveryChange) {
+  r.set_priority_dwell(milliseconds(0));
+  tick(1, t0);
+  for (int i = 1; i <= 10; ++i) EXPECT_EQ(tick(i % 2 ? 100 : 1, t0 + milliseconds(100 * i)).find("flip")->priority, i % 2 ? 100 : 1);
 }
 
 // Memory plan: a 256 MiB VM whose fresh agent report (KiB, floor in MiB) raises the floor above the

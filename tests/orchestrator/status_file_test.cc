@@ -45,6 +45,7 @@ TEST_F(StatusFile, RoundTripWithEveryField) {
   p.cpus = {4, 5};
   p.vcpus_online = 2;
   p.reason = "why";
+  p.flapping = true;
   s.plan.vms.push_back(p);
   AgentState a;
   protocol::Report r;
@@ -78,6 +79,7 @@ TEST_F(StatusFile, RoundTripWithEveryField) {
   EXPECT_EQ(v["report_age_s"], 0.5);
   EXPECT_EQ(v["agent"]["malformed"], 2);
   EXPECT_TRUE(v["hostile"].get<bool>());
+  EXPECT_TRUE(v["flapping"].get<bool>());
   EXPECT_EQ(v["cpus"], nlohmann::json({4, 5}));
   EXPECT_EQ(v["vcpus_online"], 2);
   EXPECT_EQ(v["last_change_at"], "2025-11-25T10:00:05.123Z");

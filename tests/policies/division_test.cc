@@ -1,4 +1,4 @@
-// apportion, waterfill, divide and significant_change: examples, edge cases and randomized properties.
+// apportion, waterfill and divide: examples, edge cases and randomized properties.
 #include "llmorch/policy/division.h"
 
 #include <gtest/gtest.h>
@@ -467,51 +467,6 @@ TEST_P(DivideProperty, ShuffledInputGivesEveryNameTheSameResult) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Seeds, DivideProperty, ::testing::Values(1u, 7u, 42u, 2024u));
-
-// ---------------------------------------------------------------------------------------------
-// significant_change
-
-Division division(std::vector<std::string> names, std::vector<double> share, std::vector<int> cpus) {
-  return {std::move(names), std::vector<double>(share.size(), 0.0), std::move(share), std::move(cpus)};
-}
-
-TEST(SignificantChange, IdenticalDivisionIsNotSignificant) {
-  const Division d = division({"a", "b"}, {1.4, 2.6}, {1, 3});
-  EXPECT_FALSE(significant_change(d, d));
-}
-
-TEST(SignificantChange, AOneCpuFlipFromAWobblingShareIsIgnored) {
-  const Division current = division({"a", "b"}, {1.49, 2.51}, {1, 3});
-  const Division proposed = division({"a", "b"}, {1.51, 2.49}, {2, 2});
-  EXPECT_FALSE(significant_change(current, proposed));
-}
-
-TEST(SignificantChange, AShareThatReallyMovesIsSignificant) {
-  const Division current = division({"a", "b"}, {1.2, 2.8}, {1, 3});
-  const Division proposed = division({"a", "b"}, {1.8, 2.2}, {2, 2});
-  EXPECT_TRUE(significant_change(current, proposed));
-}
-
-TEST(SignificantChange, ThresholdsAreExclusive) {
-  const Division current = division({"a"}, {1.0}, {1});
-  const HysteresisConfig config{.share_threshold_cpus = 0.5, .cpu_threshold = 1};
-  EXPECT_FALSE(significant_change(current, division({"a"}, {1.5}, {2}), config));
-  EXPECT_TRUE(significant_change(current, division({"a"}, {1.5}, {3}), config));
-  EXPECT_TRUE(significant_change(current, division({"a"}, {1.5001}, {2}), config));
-}
-
-TEST(SignificantChange, ADifferentSetOfVmsIsAlwaysSignificant) {
-  const Division current = division({"a", "b"}, {2.0, 2.0}, {2, 2});
-  EXPECT_TRUE(significant_change(current, division({"a", "c"}, {2.0, 2.0}, {2, 2})));
-  EXPECT_TRUE(significant_change(current, division({"a"}, {2.0}, {2})));
-}
-
-TEST(SignificantChange, ZeroThresholdsAdoptAnyChange) {
-  const Division current = division({"a"}, {1.0}, {1});
-  const HysteresisConfig eager{.share_threshold_cpus = 0.0, .cpu_threshold = 0};
-  EXPECT_TRUE(significant_change(current, division({"a"}, {1.01}, {1}), eager));
-  EXPECT_FALSE(significant_change(current, current, eager));
-}
 
 }  // namespace
 }  // namespace llmorch::policy

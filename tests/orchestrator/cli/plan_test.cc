@@ -56,6 +56,26 @@ TEST(PlanCli, JsonPlacesInOrderAndRejectsWithReasons) {
   EXPECT_TRUE(r.err.empty());
 }
 
+// Issue 11 C: a shared VM placed before a dedicated one does not float over the dedicated VM's CPUs.
+TEST(PlanCli, ASharedVmPlacedFirstFloatsOnlyOverWhatDedicatedVmsLeave) {
+  const Result r = plan({"--capabilities", host("x86-1node-2cpu-small.xml"), "--json", "--vm",
+                         "name=s,vcpus=1,memory_mib=256,cpu_policy=shared", "--vm", "name=d,vcpus=1,memory_mib=256"});
+  ASSERT_EQ(r.status, kExitOk) << r.err;
+  const nlohmann::json doc = nlohmann::json::parse(r.out);
+  ASSERT_EQ(doc.at("placed").size(), 2u) << r.out;
+  const auto& s = doc["placed"][0];
+  const auto& d = doc["placed"][1];
+  ASSERT_EQ(d.at("cpus").size(), 1u);
+  const int dedicated = d["cpus"][0];
+  EXPECT_EQ(s.at("cpus"), nlohmann::json::array({1 - dedicated})) << r.out;
+  const Result table = plan({"--capabilities", host("x86-1node-2cpu-small.xml"), "--vm",
+                             "name=s,vcpus=1,memory_mib=256,cpu_policy=shared", "--vm", "name=d,vcpus=1,memory_mib=256"});
+  const auto row = table.out.find("\ns ");
+  ASSERT_NE(row, std::string::npos) << table.out;
+  const std::string line = table.out.substr(row + 1, table.out.find('\n', row + 1) - row - 1);
+  EXPECT_EQ(line.back(), '0' + (1 - dedicated)) << line;  // HOST CPUS, the last column
+}
+
 TEST(PlanCli, HugepagesAndSpanningOnEpyc) {
   const Result r = plan({"--capabilities", host("x86-8node-384cpu-epyc-nps4.xml"), "--json", "--vm",
                          "name=h,vcpus=8,memory_mib=20480,hugepages=2M", "--vm", "name=g,vcpus=2,memory_mib=1024,hugepages=1G"});

@@ -110,6 +110,7 @@ class Daemon {
   BalloonSample sample_balloon(const ManagedDomain& d, const AgentState& agent, const DomainStats* stats,
                                Clock::TimePoint now);
   HostMemory host_memory();
+  policy::CpuHost cpu_host();
   void report_left_alone(const MemoryPlan& memory);
   void apply(const std::vector<Action>& actions, std::vector<Action>& applied);
   void apply_one(const Action& a);
@@ -144,6 +145,7 @@ class Daemon {
   };
   std::map<std::string, BalloonHistory> balloons_;
   std::map<std::string, std::string> left_alone_;  // VMs whose balloon is left alone, and why
+  std::optional<policy::HostTopology> topology_;   // read once, for the CPU plan
 
   BoundedCalls calls_;  // keys: a VM's name, or "connect", "list", "stats", "stats.2", "free-memory"
   struct Unresponsive {

@@ -64,6 +64,7 @@ struct ManagedDomain {
   int vcpus_current = 0;
   int vcpus_max = 0;
   std::vector<std::vector<policy::CpuId>> vcpu_pins;  // [vCPU] -> host CPUs it may run on (up to max)
+  std::vector<policy::CpuId> emulator_pins;           // host CPUs of QEMU's emulator threads; empty: unknown
   std::optional<std::uint64_t> cpu_shares;            // absent when the driver does not report it
   std::uint64_t memory_actual_kib = 0;                // balloon size now (configured size when off)
   std::uint64_t memory_max_kib = 0;

@@ -14,19 +14,34 @@
 // Demand (CPUs a VM can use now), from a fresh report of an agent that is not hostile only:
 //   demand_cpus = max(runnable, cpu_pct / 100 * ncpu_online) * 1.25   (25% headroom)
 //   no fresh report -> -1 (unknown: the policy treats it as max_vcpus).
+// Priority dwell (Reconciler::hold_priorities, before make_plan; time is a parameter): the effective
+// priority above is what a VM *wants*; the one in force may lag. A VM's priority changes the plan at
+// most once per priority_dwell: the first change after a quiet dwell applies at once, a later one waits
+// until a dwell has passed since the last applied change. A VM whose wanted priority changed more than
+// flap_changes times within one dwell is flagged flapping and held at its last applied priority until
+// its wanted priority has been steady for a whole dwell. So no guest can make llmorchd rewrite its
+// neighbours' shares or pins more than about once per dwell.
+//
 // CPU plan: policy::plan_cpus over every active (running/paused/blocked) managed VM: weights by the
 // formula, cpu_shares from the weights, dedicated single-node VMs re-divided within their node (the CPUs
-// each holds are VmFacts::placement.cpus).
+// each holds are VmFacts::placement.cpus; a CPU two VMs claim is repaired from libvirt's live pins, see
+// cpu_plan.h), and with the host's CPUs known (Snapshot::cpu_host), each shared VM's pool recomputed
+// so that it never overlaps a dedicated VM's CPUs (shut-off dedicated VMs' CPUs count as held). A VM
+// the plan cannot handle gets VmPlan::error and is left as it is; every other VM is planned.
+// Plan::problems lists, per VM: "plan_error" (left as it is), "repaired" (claims repaired this tick),
+// "flapping" (priority held).
 //
-// Actions (only what differs from the live state):
+// Actions (only what differs from the live state; none for a VM with a plan error):
 //   - cpu_shares when the live value is unknown or differs from the plan by more than
 //     max(share_tolerance_abs, share_tolerance * live);
 //   - dedicated single-node VM whose planned set S (k CPUs) differs from the held set: set_vcpus(k)
 //     when k > vcpus_current (hot-add), pin vCPU i to {S[i]} for i < k and vCPUs k.. to all of S,
 //     agent "vcpus online=k", metadata with placement.cpus = S. A node's VMs are re-pinned together,
-//     and not again within min_dwell of the last re-pin of that node unless a priority of one of its VMs
-//     changed since (hysteresis against load noise). Live pins that disagree with the held set are
-//     repaired at once (e.g. after a restart), without dwell.
+//     and not again within min_dwell of the last re-pin of that node, whatever changed (a repair of
+//     the node's claims excepted). Live pins that disagree with the held set are repaired at once
+//     (e.g. after a restart), without dwell.
+//   - shared VM whose pool was planned: every vCPU pinned to the whole pool and the emulator threads to
+//     the pool, where the live pins differ.
 //   - "vcpus online=k" again when a fresh report shows ncpu_online != k, at most once per min_dwell.
 //
 // Memory plan: policy::plan_balloon over the active VMs (balloon.h has the rule). Inputs per VM: its
@@ -44,8 +59,10 @@
 
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -53,6 +70,7 @@
 #include "llmorch/orch/agent_session.h"
 #include "llmorch/orch/hypervisor.h"
 #include "llmorch/policy/balloon.h"
+#include "llmorch/policy/cpu_plan.h"
 #include "llmorch/protocol/messages.h"
 
 namespace llmorch::orch {
@@ -93,10 +111,21 @@ struct HostMemory {
   policy::BalloonConfig config;
 };
 
+// A VM's priority in force when it differs from the one it wants (Reconciler::hold_priorities).
+struct PriorityHold {
+  double priority = 1.0;  // in force: the last applied one
+  bool flapping = false;
+  std::string reason;     // a sentence: what it wants and why it is held
+};
+
 struct Snapshot {
   std::vector<VmSnapshot> vms;  // every managed domain, in any state
   double alpha = 0.8;
   HostMemory memory;
+  // The host's CPUs, reserved_cpus and shared_cpus (cpu_plan.h). No nodes: unknown (shared VMs keep
+  // their CPUs). make_plan adds the CPUs of the inactive dedicated VMs in `vms` as held.
+  policy::CpuHost cpu_host;
+  std::map<std::string, PriorityHold> priority_holds;  // by VM; from Reconciler::hold_priorities
 };
 
 inline constexpr double kDemandHeadroom = 1.25;
@@ -113,7 +142,19 @@ struct VmPlan {
   std::vector<policy::CpuId> cpus;  // dedicated: vCPU i on cpus[i]; shared: its pool
   std::optional<int> vcpus_online;  // rebalanced dedicated VMs only
   std::optional<policy::NodeId> rebalanced_node;
+  bool shared_pool = false;  // shared VM whose cpus are its node's pool as of this plan
+  bool flapping = false;     // its priority keeps flipping: held (see PriorityHold)
+  std::string held;          // non-empty: its priority is held, and why
+  std::string error;         // non-empty: the plan leaves this VM as it is, and why
+  std::string repaired;      // non-empty: its claimed CPUs were repaired this tick, and how
   std::string reason;  // "priority 1 reported by agent, weight 0.711 of 2 VMs"
+};
+
+// A problem of one VM the plan works around (status.json "problems").
+struct PlanProblem {
+  std::string vm;
+  std::string kind;    // "plan_error", "repaired", "flapping"
+  std::string detail;  // a sentence
 };
 
 struct VmMemoryPlan {
@@ -137,6 +178,7 @@ struct MemoryPlan {
 struct Plan {
   std::vector<VmPlan> vms;  // active managed VMs, in snapshot order
   MemoryPlan memory;
+  std::vector<PlanProblem> problems;  // in snapshot order
   const VmPlan* find(std::string_view name) const;
 };
 
@@ -146,27 +188,37 @@ bool agent_distrusted(const AgentState& agent);
 double effective_priority(const VmFacts& facts, const AgentState& agent, PrioritySource* source);
 double demand_cpus(const AgentState& agent);
 
-// Throws std::invalid_argument when the snapshot is inconsistent (two VMs claim a dedicated CPU).
+// Does not throw for one VM's sake: a VM it cannot plan gets VmPlan::error and a problem.
 Plan make_plan(const Snapshot& snapshot);
 
+// The host's CPUs for the plan: every node's CPUs from the topology, reserved_cpus and shared_cpus.
+policy::CpuHost cpu_host(const policy::HostTopology& topology, const std::set<policy::CpuId>& reserved,
+                         const std::set<policy::CpuId>& shared);
+
 struct Action {
-  enum class Kind { SetCpuShares, SetVcpus, PinVcpu, SendVcpusOnline, SetMetadata, SetMemory };
+  enum class Kind { SetCpuShares, SetVcpus, PinVcpu, PinEmulator, SendVcpusOnline, SetMetadata, SetMemory };
   Kind kind = Kind::SetCpuShares;
   std::string vm;
   std::uint64_t from = 0;  // SetCpuShares: the live value (0: unknown); SetVcpus: current count;
                            // SetMemory: the balloon's actual MiB
   std::uint64_t value = 0;  // shares, vCPU count, vCPU index (PinVcpu), online count or MiB (SetMemory)
-  std::vector<policy::CpuId> cpus;  // PinVcpu: the CPUs; SetMetadata: the new placement.cpus
+  std::vector<policy::CpuId> cpus;  // PinVcpu, PinEmulator: the CPUs; SetMetadata: the new placement.cpus
   VmFacts facts;                    // SetMetadata
   std::string reason;
 };
 // One log line: "vm a: cpu_shares 1024 -> 1456 (priority 1 reported by agent, weight 0.711 of 2 VMs)".
 std::string describe(const Action& action);
 
+inline constexpr std::chrono::milliseconds kDefaultPriorityDwell{3000};
+
 struct ReconcilerConfig {
   double share_tolerance = 0.02;
   std::uint64_t share_tolerance_abs = 8;
-  std::chrono::milliseconds min_dwell{5000};
+  std::chrono::milliseconds min_dwell{5000};  // between two re-pins of one node
+  // Between two changes of one VM's priority in force (host config priority_dwell_ms); 0: no dwell
+  // and no flapping flag.
+  std::chrono::milliseconds priority_dwell{kDefaultPriorityDwell};
+  int flap_changes = 3;  // more changes than this within one priority_dwell: flapping
 };
 
 class Reconciler {
@@ -177,17 +229,37 @@ class Reconciler {
   // The actions that bring the live state of `snapshot` to `plan`. Does not change the reconciler:
   // call commit() with what was applied (a dry run commits nothing).
   std::vector<Action> diff(const Snapshot& snapshot, const Plan& plan, TimePoint now) const;
-  // Records applied actions (re-pin times and priorities, for the dwell rule).
+  // Records applied actions (re-pin times, for the dwell rule).
   void commit(const std::vector<Action>& applied, const Plan& plan, TimePoint now);
+
+  // The priority dwell (see the top of this file). Records what each active VM of `snapshot` wants now,
+  // applies what the dwell allows, and returns the holds for Snapshot::priority_holds. Forgets VMs that
+  // are gone. A dry run calls it too: the priorities in force are the plan's, not libvirt's.
+  std::map<std::string, PriorityHold> hold_priorities(const Snapshot& snapshot, TimePoint now);
+  // Records that `vm` wants `wanted` now (from a report read between ticks). True when a tick now
+  // would change its priority in force (so it is worth reconciling at once); false while it is held
+  // or unchanged. Unknown VMs: true (the next tick decides).
+  bool observe_priority(const std::string& vm, double wanted, TimePoint now);
+  void set_priority_dwell(std::chrono::milliseconds dwell) { config_.priority_dwell = dwell; }
+  const ReconcilerConfig& config() const { return config_; }
 
  private:
   struct NodeHistory {
     TimePoint repinned_at{};
-    std::map<std::string, double> priorities;  // of the node's VMs at that re-pin
   };
-  bool dwell_blocks(policy::NodeId node, const Plan& plan, TimePoint now) const;
+  struct PriorityTrack {
+    double applied = 1.0;                 // in force
+    std::optional<TimePoint> applied_at;  // when it last changed (none: never; the next change is at once)
+    double wanted = 1.0;                  // the last seen
+    std::deque<TimePoint> changes;        // when `wanted` changed, within the last priority_dwell
+    bool flapping = false;
+  };
+  bool dwell_blocks(policy::NodeId node, TimePoint now) const;
+  void observe(PriorityTrack& t, double wanted, TimePoint now) const;
+  bool may_apply(const PriorityTrack& t, TimePoint now) const;
 
   ReconcilerConfig config_;
+  std::map<std::string, PriorityTrack> priorities_;
   std::map<policy::NodeId, NodeHistory> nodes_;
   std::map<std::string, std::uint64_t> memory_requested_;  // balloon targets set and not yet reached
   std::map<std::string, TimePoint> vcpus_sent_;

@@ -40,6 +40,8 @@
 //       "agent": { "connected": true, "ok": 12, "malformed": 0, "oversized": 0, "rate_limited": 0,
 //                  "unknown_keys": 0, "clamped": 0, "hostile": false, "last_error": "" },
 //       "hostile": false,              same as agent.hostile
+//       "flapping": false,             its priority keeps flipping: held at the last applied one
+//                                      (a "flapping" problem says since when; reconciler.h)
 //       "demand_cpus": 1.25,           -1: unknown (no fresh report)
 //       "weight": 0.7105,
 //       "cpu_shares": 1455,            planned

@@ -1,6 +1,6 @@
 // The CPU half of one daemon tick: from the running VMs' priorities and load to the levers llmorchd
-// sets on them. Pure: no libvirt, clock or I/O; the daemon, `llmorchd --dry-run`, `llmorch explain`
-// and the tests share it.
+// sets on them. Pure: no libvirt, clock or I/O; the daemon, `llmorchd --dry-run`, `llmorch explain`,
+// `llmorch plan` and the tests share it.
 //
 // Rules:
 // - Every running VM gets a weight by the formula over all running VMs (compute_weights), and
@@ -15,11 +15,26 @@
 //   vcpus_online = cpus.size().
 // - Stability: a VM keeps the CPUs it holds, in order (it loses its highest vCPUs first when it
 //   shrinks); CPUs set free go, lowest id first, to the VMs that grow, in name order.
-// - Shared VMs, VMs that span nodes and dedicated VMs that hold no CPUs keep their CPUs and vCPU
-//   count (vcpus_online is empty).
+// - Shared VMs float over their nodes' shared pool (shared_pool()): with the host known (CpuHost), the
+//   pool is recomputed every tick, so it is always disjoint from every dedicated VM's CPUs, also those
+//   placed after the shared VM. Without a host, shared VMs keep their CPUs.
+// - VMs that span nodes and dedicated VMs that hold no CPUs keep their CPUs and vCPU count
+//   (vcpus_online is empty).
+// - One VM's fault stays that VM's (nothing here throws for one VM's sake):
+//   * bad input for a VM (a priority that is not a finite positive number, vCPU bounds out of order):
+//     `error` says why; the VM gets no weight, keeps its CPUs and is left out of every division;
+//   * a CPU claimed by two dedicated VMs (a re-pin applied halfway: one VM's calls failed after its
+//     neighbour took the CPU) is repaired: one VM keeps it (the one libvirt pins a vCPU to exactly
+//     that CPU now, else the one that cannot be re-divided, else the first by name), the other gives
+//     it up and gets a free CPU of its node instead when there is one (neither reserved, nor shared,
+//     nor held by anyone; a node with shared VMs keeps one for them), then the node is divided as
+//     usual. `repaired` says what was done. A CPU listed twice by one VM is dropped once, the same way.
+//     When the loser spans nodes it cannot be repaired here: `error`, and it is left as it is.
 #pragma once
 
+#include <map>
 #include <optional>
+#include <set>
 #include <span>
 #include <string>
 #include <vector>
@@ -38,6 +53,18 @@ struct VmCpuInput {
   int max_vcpus = 1;
   double priority = 1.0;      // effective: the agent's (clamped) report, or the template's
   double demand_cpus = -1.0;  // CPUs it can use now, from its load; < 0: unknown, so max_vcpus
+  // What libvirt pins each vCPU to now (ManagedDomain::vcpu_pins); decides who keeps a CPU claimed
+  // twice. Empty: unknown.
+  std::vector<std::vector<CpuId>> live_pins;
+};
+
+// The host's CPUs as the plan needs them. Default (no nodes): unknown; shared VMs then keep their CPUs
+// and a repaired VM gets no replacement CPU.
+struct CpuHost {
+  std::map<NodeId, std::vector<CpuId>> node_cpus;  // every node's CPUs
+  std::set<CpuId> reserved;                        // reserved_cpus: never given to VMs
+  std::set<CpuId> shared;                          // shared_cpus; empty: the pool is what is left
+  std::set<CpuId> held;                            // CPUs of dedicated VMs not in this plan (shut off)
 };
 
 struct VmCpuPlan {
@@ -47,14 +74,22 @@ struct VmCpuPlan {
   std::vector<CpuId> cpus;            // dedicated: after rebalancing, vCPU i on cpus[i]; else unchanged
   std::optional<int> vcpus_online;    // set for rebalanced dedicated VMs
   std::optional<double> node_share;   // rebalanced: fractional CPUs from water-filling on its node
+  bool pool_planned = false;          // shared: cpus is the node's shared pool as of this plan
+  std::string error;                  // non-empty: left out of the plan (weight 0, CPUs as they are)
+  std::string repaired;               // non-empty: its claimed CPUs were repaired, and how
 };
 
 struct CpuPlan {
   std::vector<VmCpuPlan> vms;  // in the order of the input
 };
 
-// Throws std::invalid_argument (naming the VM) for a bad priority or bounds, or when two dedicated
-// VMs claim the same CPU.
-CpuPlan plan_cpus(std::span<const VmCpuInput> vms, double alpha = kDefaultAlpha);
+// Never throws for one VM's sake (see the rules above); std::bad_alloc aside, it does not throw.
+CpuPlan plan_cpus(std::span<const VmCpuInput> vms, double alpha = kDefaultAlpha, const CpuHost& host = {});
+
+// The pool shared vCPUs on `nodes` float over: shared_cpus on those nodes when configured, else the
+// nodes' CPUs that are neither reserved nor in `dedicated`. Either way never a CPU in `dedicated` or
+// `host.held`. Sorted; empty when nothing is left (or the host is unknown).
+std::vector<CpuId> shared_pool(const CpuHost& host, const std::vector<NodeId>& nodes,
+                               const std::set<CpuId>& dedicated);
 
 }  // namespace llmorch::policy

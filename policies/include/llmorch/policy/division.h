@@ -1,5 +1,6 @@
 // Dividing a host's CPUs among VMs by weight: whole-CPU apportionment within per-VM bounds,
-// load-aware water-filling, and the hysteresis test that keeps noise from moving pins.
+// load-aware water-filling. (Hysteresis lives in the reconciler: the share tolerance, the per-node
+// re-pin dwell and the per-VM priority dwell; see orchestrator/include/llmorch/orch/reconciler.h.)
 // Pure functions; invalid input throws std::invalid_argument with a message naming the bad value.
 #pragma once
 
@@ -54,19 +55,5 @@ struct Division {
 // sort. O(n log n). Throws std::invalid_argument naming the VM for a bad priority,
 // min_cpus < 0, max_cpus < min_cpus, a NaN demand, or total_cpus < 0.
 Division divide(std::span<const VmDemand> vms, int total_cpus, double alpha = kDefaultAlpha);
-
-// When a proposed division is worth applying. Thresholds are "more than": a change equal to the
-// threshold does not count.
-struct HysteresisConfig {
-  double share_threshold_cpus = 0.5;  // a VM's share_cpus moves by more than this many CPUs
-  int cpu_threshold = 1;              // a VM's whole CPUs move by more than this many
-};
-
-// True when `proposed` should replace `current`: the VMs (names, in order) differ, or some VM's
-// fractional share or whole CPUs moves by more than the thresholds. A 1-CPU flip from a share
-// wobbling around x.5 is therefore ignored until the share really moves. Pure: the caller adds the
-// minimum dwell time with its own clock.
-bool significant_change(const Division& current, const Division& proposed,
-                        const HysteresisConfig& config = {});
 
 }  // namespace llmorch::policy
