@@ -22,6 +22,20 @@ namespace {
 
 std::string_view prefix(bool dry_run) { return dry_run ? "dry run, not applied: " : ""; }
 
+// What a repeated failure is about, per VM: the lever (and which vCPU).
+std::string lever_name(const Action& a) {
+  switch (a.kind) {
+    case Action::Kind::SetCpuShares: return "cpu_shares";
+    case Action::Kind::SetVcpus: return "vCPU count";
+    case Action::Kind::PinVcpu: return "pin vCPU " + std::to_string(a.value);
+    case Action::Kind::PinEmulator: return "pin emulator";
+    case Action::Kind::SetMetadata: return "metadata";
+    case Action::Kind::SetMemory: return "balloon";
+    case Action::Kind::SendVcpusOnline: return "vcpus online to agent";
+  }
+  return "lever";
+}
+
 // Whole CPUs the policy would plan for a demand (-1: unknown).
 double demand_step(double demand) { return demand < 0 ? -1.0 : std::ceil(demand); }
 
@@ -392,8 +406,11 @@ void Daemon::apply(const std::vector<Action>& actions, std::vector<Action>& appl
     }
     if (a.vm == failed_vm || skipped(a.vm)) continue;
     try {
-      if (a.kind == Action::Kind::SendVcpusOnline) {
-        apply_one(a);  // the agent channel: the loop's own, never waits
+      if (a.kind == Action::Kind::SendVcpusOnline) {  // the agent channel: the loop's own, never waits
+        AgentChannel* ch = channels_.find(a.vm);
+        if (!ch || !ch->send(protocol::VcpusCommand{a.value}))
+          throw HypervisorError(HypervisorError::Kind::Other, "send to the agent",
+                                "agent channel not connected or full", "the count is sent again later");
       } else if (!bounded(a.vm, call_timeout(), [this, a] { apply_one(a); }).ok()) {
         mark_unresponsive(a.vm, fmt::format("libvirt did not return within {} ms from: {}",
                                             options_.config.libvirt_timeout_ms, line), clock_.wall());
@@ -406,10 +423,18 @@ void Daemon::apply(const std::vector<Action>& actions, std::vector<Action>& appl
       c += (c.empty() ? "" : "; ") + line;
       if (a.kind == Action::Kind::SetMemory) status_.balloon_change[a.vm] = {clock_.wall(), a.reason};
     } catch (const HypervisorError& e) {
-      spdlog::warn("{} failed: {}; retrying at the next tick", line, e.what());
+      // Logged when it starts or changes, not every tick (a lever the driver lacks fails every tick).
+      if (failures_.failed(a.vm + ": " + lever_name(a), e.what(), clock_.now()))
+        spdlog::warn("{} failed: {}; retried every tick, logged again when this stops or changes", line, e.what());
+      else
+        spdlog::debug("{} failed again: {}", line, e.what());
       failed_vm = a.vm;
     }
   }
+  const auto now = clock_.now();
+  for (const FailureLog::Ended& f : failures_.end_tick())
+    spdlog::info("vm {}: no longer failing, after {} failure(s) in {:.0f} s (the last: {})", f.key, f.failures,
+                 std::chrono::duration<double>(now - f.since).count(), f.message);
   for (auto& [vm, what] : changes) status_.last_change[vm] = {clock_.wall(), std::move(what)};
 }
 
@@ -435,12 +460,7 @@ void Daemon::apply_one(const Action& a) {
     case Action::Kind::PinEmulator: hv_.pin_emulator(a.vm, a.cpus); break;
     case Action::Kind::SetMetadata: hv_.set_metadata(a.vm, a.facts); break;
     case Action::Kind::SetMemory: hv_.set_memory_mib(a.vm, a.value); break;
-    case Action::Kind::SendVcpusOnline: {
-      AgentChannel* ch = channels_.find(a.vm);
-      if (!ch || !ch->send(protocol::VcpusCommand{a.value}))
-        spdlog::warn("vm {}: agent channel not connected or full; 'vcpus online={}' dropped", a.vm, a.value);
-      break;
-    }
+    case Action::Kind::SendVcpusOnline: break;  // apply() sends it on the loop's thread
   }
 }
 

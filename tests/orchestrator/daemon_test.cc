@@ -15,6 +15,10 @@
 #include <thread>
 
 #include <gtest/gtest.h>
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
+
+#include <sstream>
 
 #include "fake_hypervisor.h"
 #include "llmorch/orch/status_file.h"
@@ -173,6 +177,37 @@ TEST_F(DaemonTest, FailureOnOneVmDoesNotStopTheOthers) {
   hv.fail_on.clear();
   ASSERT_TRUE(d.tick());  // retried
   EXPECT_NE(hv.dom("a").cpu_shares, 1024u);
+}
+
+// A lever that fails every tick (a driver without cpu_shares, say) is logged when it starts and once
+// when it stops, with the count: not once per tick.
+TEST_F(DaemonTest, ALeverFailingEveryTickIsLoggedWhenItStartsAndStops) {
+  std::ostringstream out;
+  const auto previous = spdlog::default_logger();
+  spdlog::set_default_logger(
+      std::make_shared<spdlog::logger>("test", std::make_shared<spdlog::sinks::ostream_sink_mt>(out)));
+  hv.fail_on = {"a"};
+  {
+    Daemon d(hv, clock, options);
+    for (int i = 0; i < 10; ++i) {
+      clock.t += 1s;
+      ASSERT_TRUE(d.tick());
+    }
+    hv.fail_on.clear();
+    clock.t += 1s;
+    ASSERT_TRUE(d.tick());
+  }
+  spdlog::set_default_logger(previous);
+  const std::string log = out.str();
+  auto count = [&](const std::string& needle) {
+    int n = 0;
+    for (auto at = log.find(needle); at != std::string::npos; at = log.find(needle, at + 1)) ++n;
+    return n;
+  };
+  EXPECT_EQ(count("failed: "), 1) << log;
+  EXPECT_EQ(count("vm a: cpu_shares: no longer failing, after 10 failure(s) in 10 s"), 1) << log;
+  EXPECT_EQ(count("vm a: cpu_shares 1024 -> 1455"), 2) << log;  // the failure's line, and the change
+  EXPECT_EQ(hv.dom("a").cpu_shares, 1455u);
 }
 
 // A VM whose QEMU stopped answering (SIGSTOP, a hung QEMU): libvirt calls for it block. The tick goes

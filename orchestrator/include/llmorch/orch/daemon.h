@@ -34,6 +34,7 @@
 #include "llmorch/orch/bounded_calls.h"
 #include "llmorch/orch/clock.h"
 #include "llmorch/orch/config.h"
+#include "llmorch/orch/failure_log.h"
 #include "llmorch/orch/hypervisor.h"
 #include "llmorch/orch/latency_window.h"
 #include "llmorch/orch/reconciler.h"
@@ -147,6 +148,7 @@ class Daemon {
   std::map<std::string, std::string> left_alone_;  // VMs whose balloon is left alone, and why
   std::optional<policy::HostTopology> topology_;   // read once, for the CPU plan
 
+  FailureLog failures_;  // levers failing tick after tick, logged when they start and stop
   BoundedCalls calls_;  // keys: a VM's name, or "connect", "list", "stats", "stats.2", "free-memory"
   struct Unresponsive {
     std::chrono::system_clock::time_point since;
