@@ -408,9 +408,11 @@ void Daemon::apply(const std::vector<Action>& actions, std::vector<Action>& appl
     try {
       if (a.kind == Action::Kind::SendVcpusOnline) {  // the agent channel: the loop's own, never waits
         AgentChannel* ch = channels_.find(a.vm);
-        if (!ch || !ch->send(protocol::VcpusCommand{a.value}))
-          throw HypervisorError(HypervisorError::Kind::Other, "send to the agent",
-                                "agent channel not connected or full", "the count is sent again later");
+        // Not a libvirt failure: the VM's other actions go on, and the reconciler sends it again later.
+        if ((!ch || !ch->send(protocol::VcpusCommand{a.value})) &&
+            failures_.failed(a.vm + ": " + lever_name(a), "agent channel not connected or full", clock_.now()))
+          spdlog::warn("vm {}: agent channel not connected or full; 'vcpus online={}' dropped (logged again when "
+                       "this stops)", a.vm, a.value);
       } else if (!bounded(a.vm, call_timeout(), [this, a] { apply_one(a); }).ok()) {
         mark_unresponsive(a.vm, fmt::format("libvirt did not return within {} ms from: {}",
                                             options_.config.libvirt_timeout_ms, line), clock_.wall());
@@ -433,7 +435,7 @@ void Daemon::apply(const std::vector<Action>& actions, std::vector<Action>& appl
   }
   const auto now = clock_.now();
   for (const FailureLog::Ended& f : failures_.end_tick())
-    spdlog::info("vm {}: no longer failing, after {} failure(s) in {:.0f} s (the last: {})", f.key, f.failures,
+    spdlog::info("vm {}: failing no more (it worked, or is not needed now) after {} failure(s) in {:.0f} s (the last: {})", f.key, f.failures,
                  std::chrono::duration<double>(now - f.since).count(), f.message);
   for (auto& [vm, what] : changes) status_.last_change[vm] = {clock_.wall(), std::move(what)};
 }
