@@ -249,7 +249,14 @@ BalloonSample Daemon::sample_balloon(const ManagedDomain& d, const AgentState& a
 policy::CpuHost Daemon::cpu_host() {
   if (!topology_) {
     try {
-      topology_ = parse_capabilities(hv_.capabilities_xml());
+      BoundedCalls::Result r;
+      auto caps = calls_.get<std::string>("capabilities", host_call_timeout(), [this] { return hv_.capabilities_xml(); }, r);
+      if (r.status == BoundedCalls::Status::Error) std::rethrow_exception(r.error);
+      if (!caps) {
+        spdlog::debug("host capabilities not read this tick (libvirt slow); shared VMs keep their CPUs");
+        return {};
+      }
+      topology_ = parse_capabilities(*caps);
     } catch (const std::exception& e) {
       spdlog::debug("host topology unknown this tick ({}); shared VMs keep their CPUs", e.what());
       return {};

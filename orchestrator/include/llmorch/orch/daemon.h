@@ -149,7 +149,8 @@ class Daemon {
   std::optional<policy::HostTopology> topology_;   // read once, for the CPU plan
 
   FailureLog failures_;  // levers failing tick after tick, logged when they start and stop
-  BoundedCalls calls_;  // keys: a VM's name, or "connect", "list", "stats", "stats.2", "free-memory"
+  BoundedCalls calls_;  // keys: a VM's name, or "connect", "list", "stats", "stats.2", "free-memory",
+                        // "capabilities"
   struct Unresponsive {
     std::chrono::system_clock::time_point since;
     std::string detail;
