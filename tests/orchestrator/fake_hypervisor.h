@@ -113,7 +113,8 @@ class FakeHypervisor : public Hypervisor {
       st.memory_complete = true;
     }
     std::unique_lock lock(hang_mu_);
-    for (const auto& vm : hung_) {
+    const std::vector<std::string> hung(hung_.begin(), hung_.end());  // release() changes hung_ meanwhile
+    for (const auto& vm : hung) {
       if (!out.count(vm)) continue;
       if (stuck_.count(vm)) {
         MemoryStats skipped;  // its job is held: only what needs no job
@@ -163,7 +164,8 @@ class FakeHypervisor : public Hypervisor {
     if (down) throw HypervisorError(HypervisorError::Kind::Connection, "connect", "libvirtd is gone", "start it");
   }
   // Blocks while vm hangs; then throws, as a call that failed late (the caller stopped waiting).
-  void block(std::unique_lock<std::mutex>& lock, const std::string& vm) {
+  // vm by value: release() erases the name from hung_, where a caller's reference may point.
+  void block(std::unique_lock<std::mutex>& lock, const std::string vm) {
     stuck_.emplace(vm, std::chrono::steady_clock::now());
     hang_cv_.wait(lock, [&] { return !hung_.count(vm); });
     stuck_.erase(vm);
