@@ -592,7 +592,7 @@ class LibvirtHypervisor final : public Hypervisor {
     m.channel_path = m.active() ? live.channel_path : "";
     m.vcpu_pins = vcpu_pins(conn, d, m.vcpus_max);
     m.emulator_pins = live.emulator_pins;
-    m.cpu_shares = cpu_shares(d);
+    m.cpu_shares = cpu_shares(d, m.cpu_shares_unreadable);
     return m;
   }
 
@@ -610,15 +610,22 @@ class LibvirtHypervisor final : public Hypervisor {
   }
 
   // Absent when the driver has no cpu_shares (e.g. the test driver's "weight").
-  static std::optional<std::uint64_t> cpu_shares(virDomainPtr d) {
+  // Absent when the driver has no cpu_shares (e.g. the test driver's "weight"); `unreadable` when the
+  // driver has a scheduler but the read failed (a domain libvirtd is still reconnecting to).
+  static std::optional<std::uint64_t> cpu_shares(virDomainPtr d, bool& unreadable) {
     int n = 0;
     CString type(virDomainGetSchedulerType(d, &n));
     std::optional<std::uint64_t> out;
-    if (type && n > 0) {
+    unreadable = false;
+    if (!type) {
+      const int code = virGetLastErrorCode();
+      unreadable = code != VIR_ERR_NO_SUPPORT && code != VIR_ERR_OPERATION_UNSUPPORTED;
+    } else if (n > 0) {
       std::vector<virTypedParameter> params(n);
       unsigned long long v = 0;
-      if (virDomainGetSchedulerParametersFlags(d, params.data(), &n, 0) == 0 &&
-          virTypedParamsGetULLong(params.data(), n, VIR_DOMAIN_SCHEDULER_CPU_SHARES, &v) == 1)
+      if (virDomainGetSchedulerParametersFlags(d, params.data(), &n, 0) != 0)
+        unreadable = true;
+      else if (virTypedParamsGetULLong(params.data(), n, VIR_DOMAIN_SCHEDULER_CPU_SHARES, &v) == 1)
         out = v;
       virTypedParamsClear(params.data(), n);
     }

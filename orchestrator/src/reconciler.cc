@@ -346,6 +346,7 @@ Action make_action(Action::Kind kind, const std::string& vm, std::uint64_t value
 void shares_action(const ManagedDomain& d, const VmPlan& p, std::uint64_t tol_abs, double tol,
                    std::vector<Action>& out) {
   const auto want = static_cast<std::uint64_t>(p.cpu_shares);
+  if (!d.cpu_shares && d.cpu_shares_unreadable) return;  // unknown this tick: no reason to write
   if (d.cpu_shares) {
     const std::uint64_t live = *d.cpu_shares;
     const std::uint64_t delta = live > want ? live - want : want - live;

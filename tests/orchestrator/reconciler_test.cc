@@ -149,6 +149,9 @@ TEST(Reconciler, SharesActionsOnlyWhenOutsideTolerance) {
   doms[1].cpu_shares.reset();  // unknown live value: always set
   snap = snapshot_of(doms);
   EXPECT_EQ(count(r.diff(snap, make_plan(snap), t), Action::Kind::SetCpuShares, "b"), 1u);
+  doms[1].cpu_shares_unreadable = true;  // the read failed (libvirtd reconnecting): no reason to write
+  snap = snapshot_of(doms);
+  EXPECT_EQ(count(r.diff(snap, make_plan(snap), t), Action::Kind::SetCpuShares, "b"), 0u);
 }
 
 TEST(Reconciler, InactiveDomainsAreLeftOut) {

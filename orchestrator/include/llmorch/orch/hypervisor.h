@@ -66,6 +66,9 @@ struct ManagedDomain {
   std::vector<std::vector<policy::CpuId>> vcpu_pins;  // [vCPU] -> host CPUs it may run on (up to max)
   std::vector<policy::CpuId> emulator_pins;           // host CPUs of QEMU's emulator threads; empty: unknown
   std::optional<std::uint64_t> cpu_shares;            // absent when the driver does not report it
+  // The read of cpu_shares failed this time (e.g. libvirtd still reconnecting to its QEMUs after a
+  // restart): unknown, but not a reason to write it; the reconciler leaves the shares alone this tick.
+  bool cpu_shares_unreadable = false;
   std::uint64_t memory_actual_kib = 0;                // balloon size now (configured size when off)
   std::uint64_t memory_max_kib = 0;
   std::string channel_path;  // agent socket; empty while the domain is not running
