@@ -36,7 +36,6 @@ constexpr double kMaxIdlePct = 5.0;
 constexpr double kMaxResumeS = 6.0;
 constexpr int kAgentPriority = 3;  // template says 5: priority 3 can only come from the agent
 
-void figure(const std::string& name, double value) { std::printf("FIGURE %s=%.2f\n", name.c_str(), value); }
 
 // The QEMU process's host CPU over kWindow, in % of one host CPU; nullopt when libvirt gives no figure.
 std::optional<double> guest_cpu_pct(const std::string& vm) {

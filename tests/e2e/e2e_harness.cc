@@ -404,4 +404,8 @@ std::optional<double> parse_iso8601(const std::string& text) {
   return static_cast<double>(timegm(&tm)) + frac;
 }
 
+void figure(const std::string& name, double value) { std::printf("FIGURE %s=%.4f\n", name.c_str(), value); }
+
+double now_s() { return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count(); }
+
 }  // namespace llmorch::e2e

@@ -160,6 +160,11 @@ class DaemonProcess {
 // The entry for VM name in a status document's "vms" array, or nullptr.
 const nlohmann::json* find_vm(const nlohmann::json& status, const std::string& name);
 
+// Prints "FIGURE name=value", the line the e2e tests report their measurements with.
+void figure(const std::string& name, double value);
+// Wall-clock seconds since the epoch (comparable with status.json times through parse_iso8601).
+double now_s();
+
 // Seconds since the epoch of an ISO 8601 UTC time "YYYY-MM-DDTHH:MM:SS(.fff)Z"; nullopt when malformed.
 std::optional<double> parse_iso8601(const std::string& text);
 

@@ -36,16 +36,10 @@ constexpr int kFlipEvery = 4;
 constexpr int kFlips = 5;  // 3->1, 1->3, 3->1, 1->3, 3->1: ends at equal priorities
 constexpr auto kMeasure = 11s;
 
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
-
 double weight(double p, double p_other) {
   const double raw = kAlpha / p + (1 - kAlpha) / 2, raw_other = kAlpha / p_other + (1 - kAlpha) / 2;
   return raw / (raw + raw_other);
 }
-
-void figure(const std::string& name, double value) { std::printf("FIGURE %s=%.4f\n", name.c_str(), value); }
 
 const auto* const kEnv = ::testing::AddGlobalTestEnvironment(new SuiteDomains(kPrefix));
 

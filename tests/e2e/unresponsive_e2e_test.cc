@@ -29,10 +29,6 @@ constexpr int kChangeAtS = 22;
 
 const auto* const kEnv = ::testing::AddGlobalTestEnvironment(new SuiteDomains(kPrefix));
 
-void figure(const std::string& name, double value) { std::printf("FIGURE %s=%.4f\n", name.c_str(), value); }
-
-double now_s() { return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count(); }
-
 // QEMU's pid for a running domain (libvirt's pid file).
 std::optional<pid_t> qemu_pid(const std::string& name) {
   std::ifstream in("/run/libvirt/qemu/" + name + ".pid");
