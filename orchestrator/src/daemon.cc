@@ -155,6 +155,7 @@ bool Daemon::tick() {
   ++reconciles_;
   std::optional<std::vector<ManagedDomain>> listed;
   if (refresh_connection()) listed = list_domains();
+  last_snapshot_.reset();
   if (!listed) {
     write_status();
     return false;
@@ -206,13 +207,45 @@ bool Daemon::tick() {
   std::vector<Action> applied;
   apply(actions, applied);
   record_report_latency(!applied.empty(), clock_.now());
-  if (!options_.dry_run) reconciler_.commit(applied, plan, now);
+  if (!options_.dry_run) {
+    reconciler_.commit(applied, plan, now);
+    record_applied(snap, applied);
+  }
 
   plan_ = std::move(plan);
   status_.agents.clear();
   for (const VmSnapshot& vm : snap.vms) status_.agents[vm.domain.name] = vm.agent;
   write_status();
+  last_snapshot_ = std::move(snap);
   return true;
+}
+
+// See "Reports first" in daemon.h.
+void Daemon::apply_reports() {
+  if (!last_snapshot_ || !connected_) return;  // the full tick applies them
+  const auto now = clock_.now();
+  Snapshot& snap = *last_snapshot_;
+  for (VmSnapshot& vm : snap.vms) vm.agent = channels_.state(vm.domain.name, now);
+  snap.priority_holds = reconciler_.hold_priorities(snap, now);
+  Plan plan;
+  try {
+    plan = make_plan(snap);
+  } catch (const std::invalid_argument&) {
+    last_snapshot_.reset();  // the full tick says why
+    return;
+  }
+  std::vector<Action> actions = reconciler_.diff(snap, plan, now);
+  std::erase_if(actions, [](const Action& a) { return a.kind == Action::Kind::SetMemory; });
+  std::vector<Action> applied;
+  apply(actions, applied);
+  spdlog::debug("{} report(s) applied first: {} change(s) from the last tick's view, before reading libvirt",
+                pending_reports_.size(), applied.size());
+  record_report_latency(!applied.empty(), clock_.now());
+  if (!options_.dry_run) {
+    reconciler_.commit(applied, plan, now);
+    record_applied(snap, applied);
+  }
+  plan_ = std::move(plan);
 }
 
 BalloonSample Daemon::sample_balloon(const ManagedDomain& d, const AgentState& agent, const DomainStats* stats,
@@ -521,6 +554,7 @@ void Daemon::handle_events() {
     spdlog::debug("vm {}: {}", vm, to_string(e));
     if (e == LifecycleEvent::Started || e == LifecycleEvent::Stopped) channels_.restart(vm, clock_.now());
     reconcile_due_ = true;
+    last_snapshot_.reset();
   }
   if (reload_.exchange(false) && options_.reload) {
     try {
@@ -529,6 +563,7 @@ void Daemon::handle_events() {
       spdlog::info("configuration reloaded (alpha {}, interval {} ms)", options_.config.alpha,
                    options_.config.interval_ms);
       reconcile_due_ = true;
+      last_snapshot_.reset();
     } catch (const std::exception& e) {
       spdlog::error("configuration not reloaded: {}", e.what());
     }
@@ -557,6 +592,7 @@ void Daemon::poll_once(std::chrono::milliseconds max_wait) {
       if (!ch->read_available(received).empty()) on_reports(names[i], received);
     }
   }
+  if (!pending_reports_.empty()) apply_reports();
 }
 
 int Daemon::run() {

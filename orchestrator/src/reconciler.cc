@@ -454,6 +454,30 @@ std::vector<Action> Reconciler::diff(const Snapshot& snapshot, const Plan& plan,
   return out;
 }
 
+void record_applied(Snapshot& snapshot, const std::vector<Action>& applied) {
+  for (const Action& a : applied) {
+    auto vm = std::find_if(snapshot.vms.begin(), snapshot.vms.end(),
+                           [&](const VmSnapshot& v) { return v.domain.name == a.vm; });
+    if (vm == snapshot.vms.end()) continue;
+    ManagedDomain& d = vm->domain;
+    switch (a.kind) {
+      case Action::Kind::SetCpuShares:
+        d.cpu_shares = a.value;
+        d.cpu_shares_unreadable = false;
+        break;
+      case Action::Kind::SetVcpus: d.vcpus_current = static_cast<int>(a.value); break;
+      case Action::Kind::PinVcpu:
+        if (d.vcpu_pins.size() <= a.value) d.vcpu_pins.resize(a.value + 1);
+        d.vcpu_pins[a.value] = a.cpus;
+        break;
+      case Action::Kind::PinEmulator: d.emulator_pins = a.cpus; break;
+      case Action::Kind::SetMetadata: d.facts = a.facts; break;
+      case Action::Kind::SetMemory:
+      case Action::Kind::SendVcpusOnline: break;
+    }
+  }
+}
+
 void Reconciler::commit(const std::vector<Action>& applied, const Plan& plan, TimePoint now) {
   std::erase_if(memory_requested_, [&](const auto& kv) {
     const VmMemoryPlan* m = plan.memory.find(kv.first);

@@ -250,9 +250,10 @@ TEST(Isolation, ACpuClaimedTwiceIsRepairedFromTheLivePins) {
 // Both share CPU 1 (shared_cpus = 1). The flapper's reports are valid and under the rate limit. Over
 // 20 s its neighbour's cpu_shares are rewritten at most a handful of times (unguarded: ~8 times a
 // second), it is flagged flapping, and the honest guest's own priority change (1 -> 4, 35 s after its
-// agent starts) still applies on its report, not on the next 1 s tick nor after the 3 s dwell. The
-// e2e bound is half a tick: two TCG guests on two cores make single samples noisy (104 ms seen in CI);
-// the latency target itself is measured by tools/bench, which prints figures.
+// agent starts) still applies on its report, before any other libvirt work (daemon.h "Reports
+// first"). The issue's figure is 100 ms p99 (measured: 57 ms with the machine at load 8); the bound
+// here is 250 ms because two TCG guests on two cores make single samples noisy (104 ms seen in CI
+// before reports went first), and a report applied on the next 1 s tick would still fail it.
 TEST(Churn, AFlappingGuestIsHeldAndItsNeighbourLeftAlone) {
   TempDir dir;
   const fs::path state = dir.path() / "state";
@@ -303,7 +304,7 @@ TEST(Churn, AFlappingGuestIsHeldAndItsNeighbourLeftAlone) {
   std::printf("[ measured ] report to apply: n %d, p50 %.1f ms, p99 %.1f ms\n", latency.value("n", 0),
               latency.value("p50", -1.0), latency.value("p99", -1.0));
   ASSERT_GE(latency.value("n", 0), 1) << latency.dump();
-  EXPECT_LT(latency["p99"].get<double>(), 500.0) << "applied on a tick, not on the report? " << latency.dump();
+  EXPECT_LT(latency["p99"].get<double>(), 250.0) << "applied on a tick, not on the report? " << latency.dump();
   EXPECT_FALSE((*find_vm(*changed, honest))["flapping"].get<bool>());
 }
 

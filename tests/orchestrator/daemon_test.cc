@@ -402,7 +402,10 @@ TEST_F(DaemonTest, AgentReportChangingPriorityTriggersReconcile) {
   EXPECT_EQ(read_status_file(options.state_dir)["vms"][1]["priority_source"], "stale");
 }
 
-TEST_F(DaemonTest, ReportThatChangesThePlanRecordsReportToApplyLatency) {
+// Reports first: a report that changes the plan is applied as it is read (in poll_once), from the
+// last tick's snapshot, before any other libvirt work (no listing, no statistics); its latency runs
+// from reading its bytes to the return of the last lever. The full tick after it repeats nothing.
+TEST_F(DaemonTest, ReportThatChangesThePlanIsAppliedAsItIsReadAndTimed) {
   options.config.priority_dwell_ms = 0;  // two changes 28 ms apart: both apply (the dwell is tested apart)
   GuestEnd guest((dir / "b.sock").string());
   hv.dom("b").channel_path = (dir / "b.sock").string();
@@ -413,34 +416,65 @@ TEST_F(DaemonTest, ReportThatChangesThePlanRecordsReportToApplyLatency) {
   EXPECT_EQ(latency()["n"], 0);
   EXPECT_TRUE(latency()["p99"].is_null());
 
-  guest.send(report(3));  // same as the template: no plan change, no sample
+  hv.calls.clear();
+  guest.send(report(3));  // same as the template: no plan change, nothing applied, no sample
   d.poll_once(1000ms);
+  EXPECT_TRUE(hv.calls.empty());
   clock.t += 50ms;
   ASSERT_TRUE(d.tick());
   EXPECT_EQ(latency()["n"], 0);
 
-  guest.send(report(1));  // read at t, applied 7 ms later (the fake clock stands still in between)
+  // Every lever call takes 7 ms of the fake clock (the hook runs on the call's worker, which the
+  // daemon waits for).
+  hv.fail_if = [&](const std::string&) {
+    clock.t += 7ms;
+    return false;
+  };
+  hv.calls.clear();
+  const int lists = hv.list_calls;
+  guest.send(report(1));  // b: priority 3 -> 1, both VMs' shares change
   d.poll_once(1000ms);
-  ASSERT_TRUE(d.reconcile_due());
-  clock.t += 7ms;
+  EXPECT_EQ(hv.calls, (std::vector<std::string>{"set_cpu_shares a 1024", "set_cpu_shares b 1024"}));
+  EXPECT_EQ(hv.list_calls, lists) << "applied before any read of libvirt";
+  ASSERT_TRUE(d.reconcile_due()) << "a full tick follows";
   hv.calls.clear();
   ASSERT_TRUE(d.tick());
-  ASSERT_FALSE(hv.calls.empty());
+  EXPECT_TRUE(hv.calls.empty()) << "the full tick repeated a change the report applied";
   auto j = latency();
   EXPECT_EQ(j["n"], 1);
-  EXPECT_DOUBLE_EQ(j["p50"].get<double>(), 7.0);
-  EXPECT_DOUBLE_EQ(j["p99"].get<double>(), 7.0);
-  EXPECT_DOUBLE_EQ(j["max"].get<double>(), 7.0);
+  EXPECT_DOUBLE_EQ(j["p50"].get<double>(), 14.0);
+  EXPECT_DOUBLE_EQ(j["max"].get<double>(), 14.0);
 
-  // Back to priority 3, applied 21 ms after it was read: two samples now.
+  // Back to priority 3: two samples now.
   guest.send(report(3));
   d.poll_once(1000ms);
-  clock.t += 21ms;
   ASSERT_TRUE(d.tick());
   j = latency();
   EXPECT_EQ(j["n"], 2);
-  EXPECT_DOUBLE_EQ(j["p50"].get<double>(), 7.0);
-  EXPECT_DOUBLE_EQ(j["max"].get<double>(), 21.0);
+  EXPECT_DOUBLE_EQ(j["max"].get<double>(), 14.0);
+}
+
+// A lifecycle event since the last tick makes its snapshot stale: a report then waits for the full
+// tick, which reads libvirt first.
+TEST_F(DaemonTest, AReportAfterALifecycleEventWaitsForTheFullTick) {
+  options.config.priority_dwell_ms = 0;
+  GuestEnd guest((dir / "b.sock").string());
+  hv.dom("b").channel_path = (dir / "b.sock").string();
+  Daemon d(hv, clock, options);
+  ASSERT_TRUE(d.tick());
+  ASSERT_TRUE(guest.accept());
+  hv.callback("a", LifecycleEvent::Stopped);
+  hv.dom("a").state = DomainState::ShutOff;
+  hv.calls.clear();
+  guest.send(report(1));
+  d.poll_once(1000ms);  // the event
+  d.poll_once(1000ms);  // the report
+  EXPECT_TRUE(hv.calls.empty()) << "a lever went out on a stale snapshot";
+  ASSERT_TRUE(d.reconcile_due());
+  const int lists = hv.list_calls;
+  ASSERT_TRUE(d.tick());
+  EXPECT_EQ(hv.list_calls, lists + 1);
+  EXPECT_EQ(hv.calls, (std::vector<std::string>{"set_cpu_shares b 1024"}));
 }
 
 TEST_F(DaemonTest, DryRunRecordsNoReportToApplyLatency) {

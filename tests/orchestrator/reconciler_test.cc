@@ -226,6 +226,35 @@ TEST_F(Dedicated, IdleVmGivesCpusToBusyOne) {
   EXPECT_TRUE(r.diff(after, make_plan(after), t0 + seconds(1)).empty());
 }
 
+// record_applied brings a snapshot to what libvirt holds after the actions: the same domains as the
+// fake that applied them, and a diff against it repeats nothing.
+TEST_F(Dedicated, RecordAppliedIsWhatLibvirtHoldsAfterTheActions) {
+  agents["b"] = fresh(report(std::nullopt, 10, 0, 2));
+  Snapshot s = snap();
+  const Plan plan = make_plan(s);
+  const auto actions = r.diff(s, plan, t0);
+  ASSERT_GE(count(actions, Action::Kind::PinVcpu), 1u);
+  ASSERT_EQ(count(actions, Action::Kind::SetVcpus), 1u);
+  apply_to(hv, actions);
+  r.commit(actions, plan, t0);
+  record_applied(s, actions);
+  for (std::size_t i = 0; i < hv.domains.size(); ++i) {
+    const ManagedDomain& want = hv.domains[i];
+    const ManagedDomain& got = s.vms[i].domain;
+    EXPECT_EQ(got.cpu_shares, want.cpu_shares) << want.name;
+    EXPECT_EQ(got.vcpus_current, want.vcpus_current) << want.name;
+    EXPECT_EQ(got.vcpu_pins, want.vcpu_pins) << want.name;
+    EXPECT_EQ(got.emulator_pins, want.emulator_pins) << want.name;
+    EXPECT_EQ(got.facts.placement.cpus, want.facts.placement.cpus) << want.name;
+  }
+  s.vms[1].agent.last_report->ncpu_online = 1;  // the guest followed the command
+  EXPECT_TRUE(r.diff(s, make_plan(s), t0 + seconds(1)).empty());
+  // An action for a VM the snapshot does not hold is ignored.
+  Action other;
+  other.vm = "gone";
+  EXPECT_NO_THROW(record_applied(s, {other}));
+}
+
 TEST_F(Dedicated, DwellHoldsRepinsWhateverChanged) {
   agents["b"] = fresh(report(std::nullopt, 10, 0, 2));
   Snapshot s = snap();

@@ -14,8 +14,13 @@
 // memory still count for everyone else's plan. It rejoins by itself once its calls have returned and
 // its control interface is idle. A host-level call that does not return (listing, reconnecting) pauses
 // changes for the tick, like a lost connection.
+// Reports first: a report that changes the plan is applied as soon as it is read, before any other
+// libvirt work: the plan is made from the last tick's snapshot (libvirt as that tick left it, see
+// record_applied) with the agents' state of now, and only the CPU levers go out (shares, pins, vCPUs;
+// no reads, no balloon). A full tick follows report_coalesce later. A lifecycle event or a reload since
+// the last tick makes that snapshot stale: then the report waits for the full tick.
 // Latency: for each report that changes the plan, the time from reading its bytes to the return of the
-// last libvirt call of the tick that applies it (kLatencySamples kept; status.json
+// last libvirt call that applies it (kLatencySamples kept; status.json
 // daemon.report_to_apply_ms). A tick that applies nothing (dry run, dwell, failure) drops the sample.
 #pragma once
 
@@ -76,7 +81,7 @@ class Daemon {
   // One reconcile. False when libvirt could not be reached (logged once per outage).
   bool tick();
   // Waits at most max_wait for channel data, a lifecycle event or a stop/reload request and handles
-  // what arrived (reads reports; marks a reconcile due when the plan would change).
+  // what arrived (reads reports; applies those that change the plan, and marks a full reconcile due).
   void poll_once(std::chrono::milliseconds max_wait);
   // Ticks every interval and on events until request_stop(). Returns the exit status (0).
   int run();
@@ -116,6 +121,7 @@ class Daemon {
   void apply(const std::vector<Action>& actions, std::vector<Action>& applied);
   void apply_one(const Action& a);
   void on_reports(const std::string& vm, Clock::TimePoint received);
+  void apply_reports();
   void record_report_latency(bool applied_any, Clock::TimePoint applied_at);
   void handle_events();
   void write_status();
@@ -133,8 +139,11 @@ class Daemon {
   bool reconcile_due_ = false;
   Clock::TimePoint last_reconcile_{};
   std::atomic<std::uint64_t> reconciles_{0};  // read by other threads (tests, while run() loops)
-  // Reports that changed the plan since the last tick: VM and when their bytes were read.
+  // Reports that changed the plan and are not applied yet: VM and when their bytes were read.
   std::vector<std::pair<std::string, Clock::TimePoint>> pending_reports_;
+  // The last tick's snapshot, brought up to date with what was applied since (record_applied); reset
+  // when it goes stale (a lifecycle event, a reload, a tick that could not plan).
+  std::optional<Snapshot> last_snapshot_;
   LatencyWindow report_to_apply_{kLatencySamples};
 
   // Per active VM: the previous tick's balloon stats and when their last_update last moved.

@@ -209,6 +209,12 @@ struct Action {
 // One log line: "vm a: cpu_shares 1024 -> 1456 (priority 1 reported by agent, weight 0.711 of 2 VMs)".
 std::string describe(const Action& action);
 
+// Brings `snapshot`'s domains to what libvirt holds once `applied` went through (shares, pins, vCPU
+// count, metadata), so that a reconcile between two reads of libvirt (an agent's report applied at
+// once, Daemon) diffs against the truth and does not repeat a change. The balloon is not touched: its
+// size follows the guest, not the request.
+void record_applied(Snapshot& snapshot, const std::vector<Action>& applied);
+
 inline constexpr std::chrono::milliseconds kDefaultPriorityDwell{3000};
 
 struct ReconcilerConfig {
