@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <regex>
 #include <set>
@@ -192,6 +193,82 @@ TEST(SharedPool, ASharedVmIsRepinnedOffADedicatedVmsCpusAndBack) {
     return vcpu_cpus(s) == std::set<int>{0, 1} && emulator_cpus(s) == std::set<int>{0, 1};
   });
   EXPECT_TRUE(back) << "the pool did not grow back: " << text(vcpu_cpus(s)) << "; daemon log:\n" << daemon.log();
+}
+
+// --- D: a VM destroyed in the middle of its re-pin -------------------------------------------------
+// As in C, placing a dedicated VM makes llmorchd re-pin the shared VM (4 vCPUs and its emulator
+// threads: five calls, each written live and to the config). The test destroys the shared VM the
+// moment the daemon logs the first of them, through a virsh shell that is already connected, so the
+// rest of the re-pin meets a VM that is gone: what the config holds may be half the new placement.
+// The daemon goes on (the dedicated VM keeps being managed, health stays ok), and when the shared VM
+// is started again the next ticks repair its pins, vCPUs and emulator, off the dedicated CPU.
+TEST(HalfRepin, AVmDestroyedWhileBeingRepinnedIsRepairedWhenItStartsAgain) {
+  TempDir dir;
+  const fs::path state = dir.path() / "state";
+  const fs::path config = host_config(dir, "", 500);
+  ASSERT_EQ(host_not_idle(config, state / "probe"), "");
+  Guests guests(config, state);
+  const std::string s = name_of("half-s"), d = name_of("half-d");
+  auto r = guests.place(s, guest({"cpu_policy=shared", "vcpus=4", "max_vcpus=4", kernel_args("llmorch.workload=idle")}));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  DaemonProcess daemon(config, state, kOwnVms);
+  ASSERT_TRUE(daemon.wait_for_tick("", 20s)) << daemon.log();
+  ASSERT_EQ(vcpu_cpus(s), (std::set<int>{0, 1}));
+
+  // A virsh shell, connected beforehand: a destroy then takes milliseconds, not a process start.
+  FILE* shell = ::popen(("virsh -c " + std::string(kUri) + " >/dev/null 2>&1").c_str(), "w");
+  ASSERT_NE(shell, nullptr);
+  std::fputs("version\n", shell);
+  std::fflush(shell);
+  const std::string first_pin = "vm " + s + ": pin ";
+  std::thread place([&] {
+    r = guests.place(d, guest({"cpu_policy=dedicated", "vcpus=1", "max_vcpus=1", kernel_args("llmorch.workload=idle")}));
+  });
+  const auto deadline = SteadyClock::now() + 60s;
+  bool seen = false;
+  while (!seen && SteadyClock::now() < deadline) {
+    seen = daemon.log().find(first_pin) != std::string::npos;
+    if (!seen) std::this_thread::sleep_for(1ms);
+  }
+  if (seen) {
+    std::fputs(("destroy " + s + "\n").c_str(), shell);
+    std::fflush(shell);
+  }
+  const auto destroyed_at = SteadyClock::now();
+  place.join();
+  ::pclose(shell);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  ASSERT_TRUE(seen) << "llmorchd never re-pinned the shared VM; daemon log:\n" << daemon.log();
+  ASSERT_TRUE(wait_until(10s, [&] { return virsh({"domstate", s}).out.find("shut off") != std::string::npos; }));
+  const std::set<int> dedicated = vcpu_cpus(d);
+  ASSERT_EQ(dedicated.size(), 1u);
+  const std::size_t pins = count_lines(daemon.log(), first_pin);
+  std::printf("[ measured ] the re-pin got %zu of 5 pin calls through before the destroy (%s)\n", pins,
+              pins < 5 ? "half-applied" : "the destroy came after it");
+
+  // The daemon goes on: the dedicated VM is managed, nothing is stuck, health stays ok.
+  const auto later = wait_status(daemon, 10s, [&](const json& st) {
+    const json* vm = find_vm(st, d);
+    return vm && st.value("health", "") == "ok" && (*vm)["cpus"] == json::array({*dedicated.begin()});
+  });
+  ASSERT_TRUE(later) << daemon.status().value_or(json()).dump(1) << "\ndaemon log:\n" << daemon.log();
+  EXPECT_EQ(daemon.log().find("cannot plan"), std::string::npos) << daemon.log();
+
+  // Started again from its (maybe half-written) config: repaired off the dedicated CPU.
+  ASSERT_EQ(virsh({"start", s}).exit_code, 0);
+  const auto started = SteadyClock::now();
+  const bool repaired = wait_until(15s, [&] {
+    return disjoint(vcpu_cpus(s), dedicated) && disjoint(emulator_cpus(s), dedicated) && !emulator_cpus(s).empty();
+  });
+  const double took = seconds_since(started);
+  ASSERT_TRUE(repaired) << "shared VM on " << text(vcpu_cpus(s)) << " (emulator " << text(emulator_cpus(s))
+                        << ") after its restart, dedicated VM on " << text(dedicated) << "; daemon log:\n"
+                        << daemon.log();
+  std::printf("[ measured ] restarted shared VM on its pool %.2f s after the start (%.2f s after the destroy)\n",
+              took, seconds_since(destroyed_at));
+  const auto healthy = wait_status(daemon, 10s, [](const json& st) { return st.value("health", "") == "ok"; });
+  EXPECT_TRUE(healthy) << daemon.status().value_or(json()).dump(1);
+  EXPECT_TRUE(daemon.running());
 }
 
 // --- A: two VMs claiming one CPU --------------------------------------------------------------------
