@@ -24,16 +24,16 @@ std::string_view prefix(bool dry_run) { return dry_run ? "dry run, not applied: 
 
 // What a repeated failure is about, per VM: the lever (and which vCPU).
 std::string lever_name(const Action& a) {
-  switch (a.kind) {
-    case Action::Kind::SetCpuShares: return "cpu_shares";
-    case Action::Kind::SetVcpus: return "vCPU count";
-    case Action::Kind::PinVcpu: return "pin vCPU " + std::to_string(a.value);
-    case Action::Kind::PinEmulator: return "pin emulator";
-    case Action::Kind::SetMetadata: return "metadata";
-    case Action::Kind::SetMemory: return "balloon";
-    case Action::Kind::SendVcpusOnline: return "vcpus online to agent";
-  }
-  return "lever";
+  return std::visit(Overloaded{
+                        [](const SetCpuShares&) -> std::string { return "cpu_shares"; },
+                        [](const SetVcpus&) -> std::string { return "vCPU count"; },
+                        [](const PinVcpu& c) { return "pin vCPU " + std::to_string(c.vcpu); },
+                        [](const PinEmulator&) -> std::string { return "pin emulator"; },
+                        [](const SetMetadata&) -> std::string { return "metadata"; },
+                        [](const SetMemory&) -> std::string { return "balloon"; },
+                        [](const SendVcpusOnline&) -> std::string { return "vcpus online to agent"; },
+                    },
+                    a.change);
 }
 
 // Whole CPUs the policy would plan for a demand (-1: unknown).
@@ -446,13 +446,14 @@ void Daemon::apply(const std::vector<Action>& actions, std::vector<Action>& appl
     }
     if (a.vm == failed_vm || skipped(a.vm)) continue;
     try {
-      if (a.kind == Action::Kind::SendVcpusOnline) {  // the agent channel: the loop's own, never waits
+      if (const auto* send = a.as<SendVcpusOnline>()) {  // the agent channel: the loop's own, never waits
         AgentChannel* ch = channels_.find(a.vm);
+        const protocol::VcpusCommand command{static_cast<std::uint64_t>(send->online)};
         // Not a libvirt failure: the VM's other actions go on, and the reconciler sends it again later.
-        if ((!ch || !ch->send(protocol::VcpusCommand{a.value})) &&
+        if ((!ch || !ch->send(command)) &&
             failures_.failed(a.vm + ": " + lever_name(a), "agent channel not connected or full", clock_.now()))
           spdlog::warn("vm {}: agent channel not connected or full; 'vcpus online={}' dropped (logged again when "
-                       "this stops)", a.vm, a.value);
+                       "this stops)", a.vm, command.online);
       } else if (!bounded(a.vm, call_timeout(), [this, a] { apply_one(a); }).ok()) {
         mark_unresponsive(a.vm, fmt::format("libvirt did not return within {} ms from: {}",
                                             options_.config.libvirt_timeout_ms, line), clock_.wall());
@@ -463,7 +464,7 @@ void Daemon::apply(const std::vector<Action>& actions, std::vector<Action>& appl
       applied.push_back(a);
       std::string& c = changes[a.vm];
       c += (c.empty() ? "" : "; ") + line;
-      if (a.kind == Action::Kind::SetMemory) status_.balloon_change[a.vm] = {clock_.wall(), a.reason};
+      if (a.is<SetMemory>()) status_.balloon_change[a.vm] = {clock_.wall(), a.reason};
     } catch (const HypervisorError& e) {
       // Logged when it starts or changes, not every tick (a lever the driver lacks fails every tick).
       if (failures_.failed(a.vm + ": " + lever_name(a), e.what(), clock_.now()))
@@ -495,15 +496,17 @@ void Daemon::record_report_latency(bool applied_any, Clock::TimePoint applied_at
 }
 
 void Daemon::apply_one(const Action& a) {
-  switch (a.kind) {
-    case Action::Kind::SetCpuShares: hv_.set_cpu_shares(a.vm, a.value); break;
-    case Action::Kind::SetVcpus: hv_.set_vcpus(a.vm, static_cast<int>(a.value)); break;
-    case Action::Kind::PinVcpu: hv_.pin_vcpu(a.vm, static_cast<int>(a.value), a.cpus); break;
-    case Action::Kind::PinEmulator: hv_.pin_emulator(a.vm, a.cpus); break;
-    case Action::Kind::SetMetadata: hv_.set_metadata(a.vm, a.facts); break;
-    case Action::Kind::SetMemory: hv_.set_memory_mib(a.vm, a.value); break;
-    case Action::Kind::SendVcpusOnline: break;  // apply() sends it on the loop's thread
-  }
+  const std::string& vm = a.vm;
+  std::visit(Overloaded{
+                 [&](const SetCpuShares& c) { hv_.set_cpu_shares(vm, c.shares); },
+                 [&](const SetVcpus& c) { hv_.set_vcpus(vm, c.count); },
+                 [&](const PinVcpu& c) { hv_.pin_vcpu(vm, c.vcpu, c.cpus); },
+                 [&](const PinEmulator& c) { hv_.pin_emulator(vm, c.cpus); },
+                 [&](const SetMetadata& c) { hv_.set_metadata(vm, c.facts); },
+                 [&](const SetMemory& c) { hv_.set_memory_mib(vm, c.target_mib); },
+                 [](const SendVcpusOnline&) {},  // apply() sends it on the loop's thread
+             },
+             a.change);
 }
 
 void Daemon::write_status() {

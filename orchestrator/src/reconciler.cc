@@ -248,24 +248,35 @@ Plan make_plan(const Snapshot& snapshot) {
 }
 
 std::string describe(const Action& a) {
-  switch (a.kind) {
-    case Action::Kind::SetCpuShares:
-      return fmt::format("vm {}: cpu_shares {} -> {} ({})", a.vm, a.from ? std::to_string(a.from) : "?", a.value,
-                         a.reason);
-    case Action::Kind::SetVcpus:
-      return fmt::format("vm {}: vCPUs {} -> {} (hot-add; {})", a.vm, a.from, a.value, a.reason);
-    case Action::Kind::PinVcpu:
-      return fmt::format("vm {}: pin vCPU {} to {} ({})", a.vm, a.value, cpu_list(a.cpus), a.reason);
-    case Action::Kind::PinEmulator:
-      return fmt::format("vm {}: pin emulator threads to {} ({})", a.vm, cpu_list(a.cpus), a.reason);
-    case Action::Kind::SendVcpusOnline:
-      return fmt::format("vm {}: ask agent for {} online vCPUs ({})", a.vm, a.value, a.reason);
-    case Action::Kind::SetMetadata:
-      return fmt::format("vm {}: record placement CPUs {} in metadata ({})", a.vm, cpu_list(a.cpus), a.reason);
-    case Action::Kind::SetMemory:
-      return fmt::format("vm {}: balloon {} -> {} MiB ({})", a.vm, a.from, a.value, a.reason);
-  }
-  return {};
+  const std::string& vm = a.vm;
+  const std::string& why = a.reason;
+  return std::visit(
+      Overloaded{
+          [&](const SetCpuShares& c) {
+            return fmt::format("vm {}: cpu_shares {} -> {} ({})", vm, c.live ? std::to_string(*c.live) : "?",
+                               c.shares, why);
+          },
+          [&](const SetVcpus& c) {
+            return fmt::format("vm {}: vCPUs {} -> {} (hot-add; {})", vm, c.current, c.count, why);
+          },
+          [&](const PinVcpu& c) {
+            return fmt::format("vm {}: pin vCPU {} to {} ({})", vm, c.vcpu, cpu_list(c.cpus), why);
+          },
+          [&](const PinEmulator& c) {
+            return fmt::format("vm {}: pin emulator threads to {} ({})", vm, cpu_list(c.cpus), why);
+          },
+          [&](const SendVcpusOnline& c) {
+            return fmt::format("vm {}: ask agent for {} online vCPUs ({})", vm, c.online, why);
+          },
+          [&](const SetMetadata& c) {
+            return fmt::format("vm {}: record placement CPUs {} in metadata ({})", vm,
+                               cpu_list(c.facts.placement.cpus), why);
+          },
+          [&](const SetMemory& c) {
+            return fmt::format("vm {}: balloon {} -> {} MiB ({})", vm, c.actual_mib, c.target_mib, why);
+          },
+      },
+      a.change);
 }
 
 bool Reconciler::dwell_blocks(policy::NodeId node, TimePoint now) const {
@@ -334,13 +345,8 @@ std::map<std::string, PriorityHold> Reconciler::hold_priorities(const Snapshot& 
 
 namespace {
 
-Action make_action(Action::Kind kind, const std::string& vm, std::uint64_t value, std::string reason) {
-  Action a;
-  a.kind = kind;
-  a.vm = vm;
-  a.value = value;
-  a.reason = std::move(reason);
-  return a;
+Action make_action(const std::string& vm, Change change, std::string reason) {
+  return Action{.vm = vm, .change = std::move(change), .reason = std::move(reason)};
 }
 
 void shares_action(const ManagedDomain& d, const VmPlan& p, std::uint64_t tol_abs, double tol,
@@ -353,8 +359,7 @@ void shares_action(const ManagedDomain& d, const VmPlan& p, std::uint64_t tol_ab
     const auto limit = std::max<std::uint64_t>(tol_abs, static_cast<std::uint64_t>(tol * static_cast<double>(live)));
     if (delta <= limit) return;
   }
-  out.push_back(make_action(Action::Kind::SetCpuShares, d.name, want, p.reason));
-  out.back().from = d.cpu_shares.value_or(0);
+  out.push_back(make_action(d.name, SetCpuShares{.live = d.cpu_shares, .shares = want}, p.reason));
 }
 
 // Pins that make vCPU i run on set[i] (i < k) and the rest on the whole set; only those that differ.
@@ -368,8 +373,7 @@ void pin_actions(const ManagedDomain& d, const std::vector<policy::CpuId>& set, 
         i < static_cast<int>(set.size()) ? std::vector<policy::CpuId>{set[static_cast<std::size_t>(i)]} : whole;
     const bool same = i < static_cast<int>(d.vcpu_pins.size()) && d.vcpu_pins[static_cast<std::size_t>(i)] == want;
     if (same) continue;
-    out.push_back(make_action(Action::Kind::PinVcpu, d.name, static_cast<std::uint64_t>(i), reason));
-    out.back().cpus = std::move(want);
+    out.push_back(make_action(d.name, PinVcpu{.vcpu = i, .cpus = std::move(want)}, reason));
   }
 }
 
@@ -382,12 +386,10 @@ void pool_pin_actions(const ManagedDomain& d, const VmPlan& p, std::vector<Actio
   for (int i = 0; i < total; ++i) {
     const bool same = i < static_cast<int>(d.vcpu_pins.size()) && d.vcpu_pins[static_cast<std::size_t>(i)] == p.cpus;
     if (same) continue;
-    out.push_back(make_action(Action::Kind::PinVcpu, d.name, static_cast<std::uint64_t>(i), reason));
-    out.back().cpus = p.cpus;
+    out.push_back(make_action(d.name, PinVcpu{.vcpu = i, .cpus = p.cpus}, reason));
   }
   if (d.emulator_pins != p.cpus) {
-    out.push_back(make_action(Action::Kind::PinEmulator, d.name, 0, reason));
-    out.back().cpus = p.cpus;
+    out.push_back(make_action(d.name, PinEmulator{.cpus = p.cpus}, reason));
   }
 }
 
@@ -396,8 +398,8 @@ void memory_action(const VmMemoryPlan* m, const std::map<std::string, std::uint6
   if (!m || !m->target_mib || !m->actual_mib || *m->target_mib == *m->actual_mib) return;
   auto pending = requested.find(m->name);
   if (pending != requested.end() && pending->second == *m->target_mib) return;
-  out.push_back(make_action(Action::Kind::SetMemory, m->name, *m->target_mib, m->reason));
-  out.back().from = *m->actual_mib;
+  out.push_back(
+      make_action(m->name, SetMemory{.actual_mib = *m->actual_mib, .target_mib = *m->target_mib}, m->reason));
 }
 
 }  // namespace
@@ -432,8 +434,7 @@ std::vector<Action> Reconciler::diff(const Snapshot& snapshot, const Plan& plan,
                                                    p->repaired.empty() ? p->reason : "repair: " + p->repaired)
                                      : "restore the recorded placement";
     if (k > d.vcpus_current) {
-      out.push_back(make_action(Action::Kind::SetVcpus, d.name, static_cast<std::uint64_t>(k), p->reason));
-      out.back().from = static_cast<std::uint64_t>(d.vcpus_current);
+      out.push_back(make_action(d.name, SetVcpus{.current = d.vcpus_current, .count = k}, p->reason));
     }
     pin_actions(d, p->cpus, reason, out);
     const auto last_sent = vcpus_sent_.find(d.name);
@@ -441,14 +442,12 @@ std::vector<Action> Reconciler::diff(const Snapshot& snapshot, const Plan& plan,
                                vm.agent.last_report->ncpu_online != static_cast<std::uint64_t>(k);
     const bool resend_due = last_sent == vcpus_sent_.end() || now - last_sent->second >= config_.min_dwell;
     if (moves || (guest_differs && resend_due))
-      out.push_back(make_action(Action::Kind::SendVcpusOnline, d.name, static_cast<std::uint64_t>(k),
+      out.push_back(make_action(d.name, SendVcpusOnline{.online = k},
                                 moves ? p->reason : "the guest reports a different number of online CPUs"));
     if (moves) {
-      Action meta = make_action(Action::Kind::SetMetadata, d.name, 0, "so a restart rebuilds the same placement");
-      meta.cpus = p->cpus;
-      meta.facts = d.facts;
+      SetMetadata meta{.facts = d.facts};
       meta.facts.placement.cpus = p->cpus;
-      out.push_back(std::move(meta));
+      out.push_back(make_action(d.name, std::move(meta), "so a restart rebuilds the same placement"));
     }
   }
   return out;
@@ -484,9 +483,9 @@ void Reconciler::commit(const std::vector<Action>& applied, const Plan& plan, Ti
     return !m || m->actual_mib == kv.second;  // gone, or reached
   });
   for (const Action& a : applied) {
-    if (a.kind == Action::Kind::SetMemory) memory_requested_[a.vm] = a.value;
-    if (a.kind == Action::Kind::SendVcpusOnline) vcpus_sent_[a.vm] = now;
-    if (a.kind != Action::Kind::SetMetadata) continue;
+    if (const auto* m = a.as<SetMemory>()) memory_requested_[a.vm] = m->target_mib;
+    if (a.is<SendVcpusOnline>()) vcpus_sent_[a.vm] = now;
+    if (!a.is<SetMetadata>()) continue;  // a node's re-pin is recorded by its metadata
     const VmPlan* p = plan.find(a.vm);
     if (!p || !p->rebalanced_node) continue;
     nodes_[*p->rebalanced_node].repinned_at = now;

@@ -42,24 +42,26 @@ Snapshot snapshot_of(const std::vector<ManagedDomain>& domains, std::map<std::st
   return s;
 }
 
-std::size_t count(const std::vector<Action>& actions, Action::Kind kind, const std::string& vm = "") {
+template <class T>
+std::size_t count(const std::vector<Action>& actions, const std::string& vm = "") {
   return static_cast<std::size_t>(std::count_if(actions.begin(), actions.end(), [&](const Action& a) {
-    return a.kind == kind && (vm.empty() || a.vm == vm);
+    return a.is<T>() && (vm.empty() || a.vm == vm);
   }));
 }
 
 // Applies actions to the fake, as the daemon would.
 void apply_to(FakeHypervisor& hv, const std::vector<Action>& actions) {
   for (const Action& a : actions) {
-    switch (a.kind) {
-      case Action::Kind::SetCpuShares: hv.set_cpu_shares(a.vm, a.value); break;
-      case Action::Kind::SetVcpus: hv.set_vcpus(a.vm, static_cast<int>(a.value)); break;
-      case Action::Kind::PinVcpu: hv.pin_vcpu(a.vm, static_cast<int>(a.value), a.cpus); break;
-      case Action::Kind::PinEmulator: hv.pin_emulator(a.vm, a.cpus); break;
-      case Action::Kind::SetMetadata: hv.set_metadata(a.vm, a.facts); break;
-      case Action::Kind::SetMemory: hv.set_memory_mib(a.vm, a.value); break;
-      case Action::Kind::SendVcpusOnline: break;
-    }
+    std::visit(Overloaded{
+                   [&](const SetCpuShares& c) { hv.set_cpu_shares(a.vm, c.shares); },
+                   [&](const SetVcpus& c) { hv.set_vcpus(a.vm, c.count); },
+                   [&](const PinVcpu& c) { hv.pin_vcpu(a.vm, c.vcpu, c.cpus); },
+                   [&](const PinEmulator& c) { hv.pin_emulator(a.vm, c.cpus); },
+                   [&](const SetMetadata& c) { hv.set_metadata(a.vm, c.facts); },
+                   [&](const SetMemory& c) { hv.set_memory_mib(a.vm, c.target_mib); },
+                   [](const SendVcpusOnline&) {},
+               },
+               a.change);
   }
 }
 
@@ -137,7 +139,9 @@ TEST(Reconciler, SharesActionsOnlyWhenOutsideTolerance) {
   auto actions = r.diff(snap, make_plan(snap), t);
   ASSERT_EQ(actions.size(), 2u);
   EXPECT_EQ(describe(actions[0]), "vm a: cpu_shares 1024 -> 1455 (priority 1 from template, weight 0.711 of 2 VMs)");
-  EXPECT_EQ(actions[1].value, 593u);
+  ASSERT_TRUE(actions[1].is<SetCpuShares>());
+  EXPECT_EQ(actions[1].as<SetCpuShares>()->shares, 593u);
+  EXPECT_EQ(actions[1].as<SetCpuShares>()->live, std::optional<std::uint64_t>(1024));
 
   doms[0].cpu_shares = 1450;  // within 2%
   doms[1].cpu_shares = 600;   // within 8 shares
@@ -145,13 +149,13 @@ TEST(Reconciler, SharesActionsOnlyWhenOutsideTolerance) {
   EXPECT_TRUE(r.diff(snap, make_plan(snap), t).empty());
   doms[1].cpu_shares = 610;  // 17 off: more than max(8, 2%)
   snap = snapshot_of(doms);
-  EXPECT_EQ(count(r.diff(snap, make_plan(snap), t), Action::Kind::SetCpuShares), 1u);
+  EXPECT_EQ(count<SetCpuShares>(r.diff(snap, make_plan(snap), t)), 1u);
   doms[1].cpu_shares.reset();  // unknown live value: always set
   snap = snapshot_of(doms);
-  EXPECT_EQ(count(r.diff(snap, make_plan(snap), t), Action::Kind::SetCpuShares, "b"), 1u);
+  EXPECT_EQ(count<SetCpuShares>(r.diff(snap, make_plan(snap), t), "b"), 1u);
   doms[1].cpu_shares_unreadable = true;  // the read failed (libvirtd reconnecting): no reason to write
   snap = snapshot_of(doms);
-  EXPECT_EQ(count(r.diff(snap, make_plan(snap), t), Action::Kind::SetCpuShares, "b"), 0u);
+  EXPECT_EQ(count<SetCpuShares>(r.diff(snap, make_plan(snap), t), "b"), 0u);
 }
 
 TEST(Reconciler, InactiveDomainsAreLeftOut) {
@@ -199,23 +203,23 @@ TEST_F(Dedicated, IdleVmGivesCpusToBusyOne) {
   EXPECT_EQ(plan.vms[0].cpus, (std::vector<int>{0, 1, 3}));
   EXPECT_EQ(plan.vms[1].cpus, (std::vector<int>{2}));
   const auto actions = r.diff(s, plan, t0);
-  EXPECT_EQ(count(actions, Action::Kind::SetVcpus, "a"), 1u);  // 2 -> 3: hot-add
-  EXPECT_EQ(count(actions, Action::Kind::SetVcpus, "b"), 0u);  // going down is the agent's job
-  EXPECT_EQ(count(actions, Action::Kind::SendVcpusOnline, "a"), 1u);
-  EXPECT_EQ(count(actions, Action::Kind::SendVcpusOnline, "b"), 1u);
-  EXPECT_EQ(count(actions, Action::Kind::SetMetadata), 2u);
+  EXPECT_EQ(count<SetVcpus>(actions, "a"), 1u);  // 2 -> 3: hot-add
+  EXPECT_EQ(count<SetVcpus>(actions, "b"), 0u);  // going down is the agent's job
+  EXPECT_EQ(count<SendVcpusOnline>(actions, "a"), 1u);
+  EXPECT_EQ(count<SendVcpusOnline>(actions, "b"), 1u);
+  EXPECT_EQ(count<SetMetadata>(actions), 2u);
   // a: vCPU 2 -> {3}, vCPU 3 -> {0,1,3}; b: vCPUs 1-3 -> {2} (vCPU 0 is on 2 already).
   std::vector<std::string> pins;
   for (const Action& a : actions)
-    if (a.kind == Action::Kind::PinVcpu) pins.push_back(describe(a).substr(0, describe(a).find(" (")));
+    if (a.is<PinVcpu>()) pins.push_back(describe(a).substr(0, describe(a).find(" (")));
   EXPECT_EQ(pins, (std::vector<std::string>{"vm a: pin vCPU 2 to 3", "vm a: pin vCPU 3 to 0-1,3",
                                             "vm b: pin vCPU 1 to 2",
                                             "vm b: pin vCPU 2 to 2", "vm b: pin vCPU 3 to 2"}));
-  const Action* online = nullptr;
+  const SendVcpusOnline* online = nullptr;
   for (const Action& a : actions)
-    if (a.kind == Action::Kind::SendVcpusOnline && a.vm == "b") online = &a;
+    if (a.vm == "b" && a.is<SendVcpusOnline>()) online = a.as<SendVcpusOnline>();
   ASSERT_NE(online, nullptr);
-  EXPECT_EQ(online->value, 1u);
+  EXPECT_EQ(online->online, 1);
 
   // Applied, the next diff on the same input is empty: the live state is the plan.
   apply_to(hv, actions);
@@ -275,10 +279,10 @@ TEST_F(Dedicated, DwellHoldsRepinsWhateverChanged) {
   s = snap();
   plan = make_plan(s);
   actions = r.diff(s, plan, t0 + seconds(1));
-  EXPECT_EQ(count(actions, Action::Kind::SetMetadata), 0u);
-  EXPECT_EQ(count(actions, Action::Kind::SetCpuShares), 2u);
+  EXPECT_EQ(count<SetMetadata>(actions), 0u);
+  EXPECT_EQ(count<SetCpuShares>(actions), 2u);
   // After the dwell time it moves.
-  EXPECT_EQ(count(r.diff(s, plan, t0 + seconds(6)), Action::Kind::SetMetadata), 2u);
+  EXPECT_EQ(count<SetMetadata>(r.diff(s, plan, t0 + seconds(6))), 2u);
 }
 
 TEST_F(Dedicated, DriftedLivePinsAreRepairedWithoutMovingTheSet) {
@@ -286,8 +290,10 @@ TEST_F(Dedicated, DriftedLivePinsAreRepairedWithoutMovingTheSet) {
   Snapshot s = snap();
   const auto actions = r.diff(s, make_plan(s), t0);
   ASSERT_EQ(actions.size(), 1u);
-  EXPECT_EQ(actions[0].kind, Action::Kind::PinVcpu);
-  EXPECT_EQ(actions[0].cpus, (std::vector<int>{1}));
+  const auto* pin = actions[0].as<PinVcpu>();
+  ASSERT_NE(pin, nullptr) << describe(actions[0]);
+  EXPECT_EQ(pin->vcpu, 1);
+  EXPECT_EQ(pin->cpus, (std::vector<int>{1}));
 }
 
 TEST_F(Dedicated, GuestThatDidNotOnlineGetsTheCommandAgainAfterDwell) {
@@ -295,10 +301,10 @@ TEST_F(Dedicated, GuestThatDidNotOnlineGetsTheCommandAgainAfterDwell) {
   Snapshot s = snap();
   Plan plan = make_plan(s);
   auto actions = r.diff(s, plan, t0);
-  ASSERT_EQ(count(actions, Action::Kind::SendVcpusOnline, "a"), 1u);
+  ASSERT_EQ(count<SendVcpusOnline>(actions, "a"), 1u);
   r.commit(actions, plan, t0);
-  EXPECT_EQ(count(r.diff(s, plan, t0 + seconds(1)), Action::Kind::SendVcpusOnline), 0u);
-  EXPECT_EQ(count(r.diff(s, plan, t0 + seconds(6)), Action::Kind::SendVcpusOnline), 1u);
+  EXPECT_EQ(count<SendVcpusOnline>(r.diff(s, plan, t0 + seconds(1))), 0u);
+  EXPECT_EQ(count<SendVcpusOnline>(r.diff(s, plan, t0 + seconds(6))), 1u);
 }
 
 policy::CpuHost node0(std::vector<policy::CpuId> cpus) {
@@ -336,14 +342,12 @@ TEST_F(Dedicated, ACpuClaimedTwiceIsRepairedAndTheOthersArePlanned) {
   EXPECT_EQ(plan.find("s")->cpus, std::vector<policy::CpuId>{5});  // the pool: neither a's nor b's
 
   // Applied within the re-pin dwell of the node (a was just re-pinned): the repair is not held.
-  Action fake_repin;
-  fake_repin.kind = Action::Kind::SetMetadata;
-  fake_repin.vm = "a";
+  const Action fake_repin{.vm = "a", .change = SetMetadata{}, .reason = {}};
   r.commit({fake_repin}, plan, t0);
   const auto actions = r.diff(s, plan, t0 + seconds(1));
-  EXPECT_EQ(count(actions, Action::Kind::SetMetadata, "b"), 1u);
-  EXPECT_EQ(count(actions, Action::Kind::SetCpuShares, "s"), 1u);  // the neighbour is managed as usual
-  EXPECT_EQ(count(actions, Action::Kind::PinEmulator, "s"), 1u);
+  EXPECT_EQ(count<SetMetadata>(actions, "b"), 1u);
+  EXPECT_EQ(count<SetCpuShares>(actions, "s"), 1u);  // the neighbour is managed as usual
+  EXPECT_EQ(count<PinEmulator>(actions, "s"), 1u);
   apply_to(hv, actions);
   Snapshot after = snap();
   after.cpu_host = s.cpu_host;
@@ -361,7 +365,7 @@ TEST(Reconciler, AVmThePlanCannotHandleIsLeftAsItIsAndTheOthersAreManaged) {
   EXPECT_EQ(plan.problems[0].kind, "plan_error");
   EXPECT_NE(plan.find("a")->reason.find("left as it is"), std::string::npos) << plan.find("a")->reason;
   const auto actions = Reconciler().diff(snap, plan, {});
-  EXPECT_EQ(count(actions, Action::Kind::SetCpuShares, "a"), 0u);
+  EXPECT_EQ(count<SetCpuShares>(actions, "a"), 0u);
   EXPECT_EQ(plan.find("b")->weight, 1.0);
   EXPECT_EQ(plan.find("b")->reason, "priority 3 from template, weight 1.000 of 1 VMs");
 }
@@ -380,7 +384,7 @@ TEST(Reconciler, SharedVmsArePinnedToThePoolLeftByDedicatedVms) {
   const auto actions = r.diff(snap, plan, {});
   std::vector<std::string> pins;
   for (const Action& a : actions)
-    if (a.vm == "s" && (a.kind == Action::Kind::PinVcpu || a.kind == Action::Kind::PinEmulator))
+    if (a.vm == "s" && (a.is<PinVcpu>() || a.is<PinEmulator>()))
       pins.push_back(describe(a).substr(0, describe(a).find(" (")));
   EXPECT_EQ(pins, (std::vector<std::string>{"vm s: pin vCPU 0 to 1", "vm s: pin vCPU 1 to 1",
                                             "vm s: pin emulator threads to 1"}));
@@ -400,7 +404,7 @@ TEST(Reconciler, SharedVmsArePinnedToThePoolLeftByDedicatedVms) {
   Snapshot gone = snapshot_of(hv.domains);
   gone.cpu_host = snap.cpu_host;
   EXPECT_EQ(make_plan(gone).find("s")->cpus, (std::vector<policy::CpuId>{0, 1}));
-  EXPECT_EQ(count(r.diff(gone, make_plan(gone), {}), Action::Kind::PinEmulator), 1u);
+  EXPECT_EQ(count<PinEmulator>(r.diff(gone, make_plan(gone), {})), 1u);
 }
 
 // Issue 11 B, with simulated time.
@@ -415,9 +419,9 @@ class PriorityDwell : public ::testing::Test {
     const Plan plan = make_plan(s);
     const auto actions = r.diff(s, plan, t);
     for (const Action& a : actions)
-      if (a.kind == Action::Kind::SetCpuShares) {
+      if (const auto* c = a.as<SetCpuShares>()) {
         for (auto& d : doms)
-          if (d.name == a.vm) d.cpu_shares = a.value;
+          if (d.name == a.vm) d.cpu_shares = c->shares;
         if (a.vm == "honest") ++honest_rewrites;
       }
     r.commit(actions, plan, t);
@@ -506,9 +510,9 @@ TEST(MemoryPlan, AgentFloorAndUnitsReachTheBalloonRule) {
   ASSERT_TRUE(a->target_mib.has_value()) << a->reason;
   EXPECT_EQ(*a->target_mib, 200u) << a->reason;  // squeezed to the agent's floor, not the template's
   const auto actions = Reconciler().diff(s, plan, Clock::now());
-  ASSERT_EQ(count(actions, Action::Kind::SetMemory, "a"), 1u);
+  ASSERT_EQ(count<SetMemory>(actions, "a"), 1u);
   for (const Action& act : actions)
-    if (act.kind == Action::Kind::SetMemory) {
+    if (act.is<SetMemory>()) {
       EXPECT_EQ(describe(act).rfind("vm a: balloon 256 -> 200 MiB (", 0), 0u);
     }
 
@@ -516,7 +520,7 @@ TEST(MemoryPlan, AgentFloorAndUnitsReachTheBalloonRule) {
   s.vms[0].agent.fresh = false;
   const Plan stale = make_plan(s);
   EXPECT_TRUE(stale.memory.find("a")->left_alone);
-  EXPECT_EQ(count(Reconciler().diff(s, stale, Clock::now()), Action::Kind::SetMemory), 0u);
+  EXPECT_EQ(count<SetMemory>(Reconciler().diff(s, stale, Clock::now())), 0u);
 }
 
 TEST(MemoryPlan, AVmWithoutAMaxSizeLeavesEveryBalloonAloneButTheCpuPlanStands) {
@@ -551,13 +555,13 @@ TEST(MemoryPlan, HugepageBackedVmIsLeftAloneButCounted) {
   EXPECT_NE(a->reason.find("hugepage-backed"), std::string::npos) << a->reason;
   EXPECT_EQ(plan.memory.find("b")->target_mib, std::optional<std::uint64_t>(144)) << plan.memory.find("b")->reason;
   const auto actions = Reconciler().diff(s, plan, Clock::now());
-  EXPECT_EQ(count(actions, Action::Kind::SetMemory, "a"), 0u);
-  EXPECT_EQ(count(actions, Action::Kind::SetMemory, "b"), 1u);
+  EXPECT_EQ(count<SetMemory>(actions, "a"), 0u);
+  EXPECT_EQ(count<SetMemory>(actions, "b"), 1u);
 }
 
 std::uint64_t memory_target(const std::vector<Action>& actions) {
   for (const Action& a : actions)
-    if (a.kind == Action::Kind::SetMemory) return a.value;
+    if (const auto* m = a.as<SetMemory>()) return m->target_mib;
   return 0;
 }
 
@@ -575,7 +579,7 @@ TEST(MemoryPlan, APendingBalloonTargetIsNotRequestedAgainUntilItChanges) {
   const auto now = Clock::now();
   Plan plan = make_plan(s);
   auto actions = rec.diff(s, plan, now);
-  ASSERT_EQ(count(actions, Action::Kind::SetMemory), 1u);
+  ASSERT_EQ(count<SetMemory>(actions), 1u);
   rec.commit(actions, plan, now);
   EXPECT_EQ(memory_target(actions), 150u);  // 256 - (256 - 150 over the limit)
   // The guest gave only part of it: the same target (150) stays pending, no second request.
@@ -583,13 +587,13 @@ TEST(MemoryPlan, APendingBalloonTargetIsNotRequestedAgainUntilItChanges) {
   s.vms[0].balloon.stats->usable_kib = 150 * 1024;
   plan = make_plan(s);
   ASSERT_EQ(plan.memory.find("a")->target_mib, std::optional<std::uint64_t>(150));
-  EXPECT_EQ(count(rec.diff(s, plan, now), Action::Kind::SetMemory), 0u);
-  EXPECT_EQ(count(Reconciler().diff(s, plan, now), Action::Kind::SetMemory), 1u);  // without the history
+  EXPECT_EQ(count<SetMemory>(rec.diff(s, plan, now)), 0u);
+  EXPECT_EQ(count<SetMemory>(Reconciler().diff(s, plan, now)), 1u);  // without the history
   // A new target is requested at once.
   s.memory.limit_mib = 120;
   plan = make_plan(s);
   actions = rec.diff(s, plan, now);
-  ASSERT_EQ(count(actions, Action::Kind::SetMemory), 1u);
+  ASSERT_EQ(count<SetMemory>(actions), 1u);
   EXPECT_EQ(memory_target(actions), 120u);
 }
 

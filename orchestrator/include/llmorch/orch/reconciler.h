@@ -65,6 +65,7 @@
 #include <set>
 #include <string>
 #include <string_view>
+#include <variant>
 #include <vector>
 
 #include "llmorch/orch/agent_session.h"
@@ -195,17 +196,52 @@ Plan make_plan(const Snapshot& snapshot);
 policy::CpuHost cpu_host(const policy::HostTopology& topology, const std::set<policy::CpuId>& reserved,
                          const std::set<policy::CpuId>& shared);
 
-struct Action {
-  enum class Kind { SetCpuShares, SetVcpus, PinVcpu, PinEmulator, SendVcpusOnline, SetMetadata, SetMemory };
-  Kind kind = Kind::SetCpuShares;
-  std::string vm;
-  std::uint64_t from = 0;  // SetCpuShares: the live value (0: unknown); SetVcpus: current count;
-                           // SetMemory: the balloon's actual MiB
-  std::uint64_t value = 0;  // shares, vCPU count, vCPU index (PinVcpu), online count or MiB (SetMemory)
-  std::vector<policy::CpuId> cpus;  // PinVcpu, PinEmulator: the CPUs; SetMetadata: the new placement.cpus
-  VmFacts facts;                    // SetMetadata
-  std::string reason;
+// What the reconciler asks for, one type per lever: every consumer (Daemon::apply_one, describe, the
+// daemon's failure log) visits them all, so the compiler names the case one forgets.
+struct SetCpuShares {
+  std::optional<std::uint64_t> live;  // the live value; absent: unknown
+  std::uint64_t shares = 0;
 };
+struct SetVcpus {  // hot-add (going down is the agent's job: SendVcpusOnline)
+  int current = 0;
+  int count = 0;
+};
+struct PinVcpu {
+  int vcpu = 0;
+  std::vector<policy::CpuId> cpus;
+};
+struct PinEmulator {
+  std::vector<policy::CpuId> cpus;
+};
+struct SendVcpusOnline {  // "vcpus online=N" to the VM's agent, sent on the daemon's loop
+  int online = 1;
+};
+struct SetMetadata {  // the VM's facts with its new placement.cpus
+  VmFacts facts;
+};
+struct SetMemory {  // the balloon's target
+  std::uint64_t actual_mib = 0;
+  std::uint64_t target_mib = 0;
+};
+using Change = std::variant<SetCpuShares, SetVcpus, PinVcpu, PinEmulator, SendVcpusOnline, SetMetadata, SetMemory>;
+
+struct Action {
+  std::string vm;
+  Change change;
+  std::string reason;
+
+  template <class T>
+  bool is() const { return std::holds_alternative<T>(change); }
+  template <class T>
+  const T* as() const { return std::get_if<T>(&change); }
+};
+
+// std::visit(Overloaded{[](const SetCpuShares&) {...}, ...}, action.change): one lambda per type.
+template <class... Fs>
+struct Overloaded : Fs... {
+  using Fs::operator()...;
+};
+
 // One log line: "vm a: cpu_shares 1024 -> 1456 (priority 1 reported by agent, weight 0.711 of 2 VMs)".
 std::string describe(const Action& action);
 
