@@ -235,7 +235,7 @@ void Daemon::apply_reports() {
     return;
   }
   std::vector<Action> actions = reconciler_.diff(snap, plan, now);
-  std::erase_if(actions, [](const Action& a) { return a.kind == Action::Kind::SetMemory; });
+  std::erase_if(actions, [](const Action& a) { return a.is<SetMemory>(); });
   std::vector<Action> applied;
   apply(actions, applied);
   spdlog::debug("{} report(s) applied first: {} change(s) from the last tick's view, before reading libvirt",

@@ -459,21 +459,23 @@ void record_applied(Snapshot& snapshot, const std::vector<Action>& applied) {
                            [&](const VmSnapshot& v) { return v.domain.name == a.vm; });
     if (vm == snapshot.vms.end()) continue;
     ManagedDomain& d = vm->domain;
-    switch (a.kind) {
-      case Action::Kind::SetCpuShares:
-        d.cpu_shares = a.value;
-        d.cpu_shares_unreadable = false;
-        break;
-      case Action::Kind::SetVcpus: d.vcpus_current = static_cast<int>(a.value); break;
-      case Action::Kind::PinVcpu:
-        if (d.vcpu_pins.size() <= a.value) d.vcpu_pins.resize(a.value + 1);
-        d.vcpu_pins[a.value] = a.cpus;
-        break;
-      case Action::Kind::PinEmulator: d.emulator_pins = a.cpus; break;
-      case Action::Kind::SetMetadata: d.facts = a.facts; break;
-      case Action::Kind::SetMemory:
-      case Action::Kind::SendVcpusOnline: break;
-    }
+    std::visit(Overloaded{
+                   [&](const SetCpuShares& c) {
+                     d.cpu_shares = c.shares;
+                     d.cpu_shares_unreadable = false;
+                   },
+                   [&](const SetVcpus& c) { d.vcpus_current = c.count; },
+                   [&](const PinVcpu& c) {
+                     const auto i = static_cast<std::size_t>(c.vcpu);
+                     if (d.vcpu_pins.size() <= i) d.vcpu_pins.resize(i + 1);
+                     d.vcpu_pins[i] = c.cpus;
+                   },
+                   [&](const PinEmulator& c) { d.emulator_pins = c.cpus; },
+                   [&](const SetMetadata& c) { d.facts = c.facts; },
+                   [](const SetMemory&) {},        // the balloon's size follows the guest
+                   [](const SendVcpusOnline&) {},  // the guest's business; its agent reports it
+               },
+               a.change);
   }
 }
 

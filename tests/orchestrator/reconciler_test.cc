@@ -237,8 +237,8 @@ TEST_F(Dedicated, RecordAppliedIsWhatLibvirtHoldsAfterTheActions) {
   Snapshot s = snap();
   const Plan plan = make_plan(s);
   const auto actions = r.diff(s, plan, t0);
-  ASSERT_GE(count(actions, Action::Kind::PinVcpu), 1u);
-  ASSERT_EQ(count(actions, Action::Kind::SetVcpus), 1u);
+  ASSERT_GE(count<PinVcpu>(actions), 1u);
+  ASSERT_EQ(count<SetVcpus>(actions), 1u);
   apply_to(hv, actions);
   r.commit(actions, plan, t0);
   record_applied(s, actions);
