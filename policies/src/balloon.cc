@@ -32,6 +32,8 @@ struct VmState {
   std::string pressure_why;
   bool corrected = false;       // moved into [floor, max]
   bool gave = false, grew = false;
+  std::string squeeze_stop;     // non-empty: not squeezed below keep, and why (see ShrinkReturn)
+  bool stop_noted = false;
   std::vector<std::size_t> nodes;  // indices into the host's node list
 
   void note(const std::string& s) { reason += (reason.empty() ? "" : "; ") + s; }
@@ -136,6 +138,12 @@ class Planner {
       s.step_left = static_cast<Mib>(c_.step_mib);
       s.pressure_why = pressure_cause(s, c_);
       s.pressure = !s.pressure_why.empty();
+      std::optional<std::uint64_t> node_free;
+      if (!s.nodes.empty()) {
+        node_free = 0;
+        for (std::size_t n : s.nodes) *node_free += host_.nodes[n].free_mib;
+      }
+      s.squeeze_stop = squeeze_stop(vm, node_free, c_);
     }
     return s;
   }
@@ -230,6 +238,12 @@ class Planner {
     for (VmState* s : by_weight_ascending(offers)) {
       const auto [need, why] = shortage_for(*s);
       if (need <= 0) continue;
+      if (squeeze && !s->squeeze_stop.empty()) {
+        if (!s->stop_noted)
+          s->note(why + ", but not below keep " + std::to_string(s->keep) + " MiB: " + s->squeeze_stop);
+        s->stop_noted = true;
+        continue;
+      }
       const Mib above = s->planned - (squeeze ? s->floor : s->keep);
       const Mib amount = std::min({s->step_left, above, std::max(need, dead_band(*s))});
       // The dead band stops jitter around `keep` (which follows the guest's use); the floor does not
@@ -242,7 +256,8 @@ class Planner {
       if (squeeze)
         s->note("squeeze " + std::to_string(amount) + " MiB: " + why + "; " + weight +
                 "; no reclaimable memory left, " + std::to_string(above) + " MiB above floor " +
-                std::to_string(s->floor));
+                std::to_string(s->floor) +
+                (s->vm->rss_mib ? "" : "; QEMU RSS not reported: not checked whether the host gets it back"));
       else
         s->note("reclaim " + std::to_string(amount) + " MiB: " + why + "; " + weight + "; " +
                 std::to_string(above) + " MiB reclaimable above keep " + std::to_string(s->keep) +
@@ -368,6 +383,29 @@ class Planner {
 std::uint64_t effective_floor(const BalloonVm& vm) {
   const std::uint64_t agent = vm.agent ? vm.agent->floor_mib : 0;
   return std::min(std::max(vm.template_floor_mib, agent), vm.max_memory_mib);
+}
+
+std::string squeeze_stop(const BalloonVm& vm, std::optional<std::uint64_t> node_free_now_mib,
+                         const BalloonConfig& config) {
+  if (!vm.last_shrink || !vm.rss_mib) return {};
+  const ShrinkReturn& r = *vm.last_shrink;
+  if (r.taken_mib == 0 || !r.rss_before_mib || !r.rss_after_mib) return {};  // nothing (yet) to judge by
+  const std::uint64_t returned = *r.rss_before_mib > *r.rss_after_mib ? *r.rss_before_mib - *r.rss_after_mib : 0;
+  const auto enough = static_cast<std::uint64_t>(std::ceil(kMinReturnedFraction * static_cast<double>(r.taken_mib)));
+  if (returned >= enough) return {};
+  // RSS moved since: the guest touched memory (a squeeze would free it) or the return came late.
+  const std::uint64_t move = std::max<std::uint64_t>(config.dead_band_mib, enough);
+  const std::uint64_t now = *vm.rss_mib;
+  const std::uint64_t moved = now > *r.rss_after_mib ? now - *r.rss_after_mib : *r.rss_after_mib - now;
+  if (moved >= move) return {};
+  // The host got the memory back after all, in a way RSS does not show (e.g. shared memory backing).
+  if (node_free_now_mib && r.node_free_before_mib && *node_free_now_mib >= *r.node_free_before_mib + r.taken_mib)
+    return {};
+  return "the last " + std::to_string(r.taken_mib) + " MiB taken gave the host back " + std::to_string(returned) +
+         " MiB (QEMU RSS " + std::to_string(*r.rss_before_mib) + " -> " + std::to_string(*r.rss_after_mib) +
+         " MiB, now " + std::to_string(now) + "; less than " + std::to_string(enough) +
+         "): the guest's pages were never touched, so squeezing it frees nothing; squeezed again once its RSS "
+         "moves by " + std::to_string(move) + " MiB";
 }
 
 std::vector<BalloonDecision> plan_balloon(const BalloonHost& host, std::span<const BalloonVm> vms,

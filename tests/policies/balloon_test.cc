@@ -136,6 +136,101 @@ TEST(Balloon, ReclaimTakesFromTheLowestWeightFirstAndSaysWhy) {
   EXPECT_NE(out[1].reason.find("weight 0.20"), std::string::npos) << out[1].reason;
 }
 
+// Issue 11: an idle 1 GiB guest that already gave 400 MiB of free memory of which QEMU's RSS fell by
+// only 37 MiB (its pages had never been touched): squeezing it further frees nothing on the host.
+// It sits at its keep (600 MiB, 100 free: keep = 600 − 100 + 120 = 620), the host is over its limit.
+BalloonVm untouched_guest() {
+  BalloonVm v;
+  v.name = "idle";
+  v.stats.actual_mib = 600;
+  v.stats.usable_mib = 100;
+  v.template_floor_mib = 128;
+  v.max_memory_mib = 1024;
+  v.weight = 0.5;
+  v.nodes = {0};
+  v.rss_mib = 207;
+  v.last_shrink = ShrinkReturn{.taken_mib = 400, .rss_before_mib = 244, .rss_after_mib = 207,
+                               .node_free_before_mib = 5000};
+  return v;
+}
+const BalloonHost kOverLimit{{{0, 5000, 0}}, 300};  // over by 300 MiB
+
+TEST(Balloon, SqueezeStopsAtKeepWhenTheLastShrinkGaveTheHostNothingBack) {
+  const BalloonVm vm = untouched_guest();
+  const auto out = plan_balloon(kOverLimit, std::vector<BalloonVm>{vm});
+  EXPECT_FALSE(out[0].target_mib) << out[0].reason;
+  EXPECT_NE(out[0].reason.find("host over limit by 300 MiB, but not below keep 620 MiB: the last 400 MiB taken gave "
+                               "the host back 37 MiB (QEMU RSS 244 -> 207 MiB"),
+            std::string::npos)
+      << out[0].reason;
+  EXPECT_NE(out[0].reason.find("never touched"), std::string::npos) << out[0].reason;
+  EXPECT_FALSE(squeeze_stop(vm, 5000).empty());
+
+  // The same guest without that history is squeezed by a full step: the stop is what held it.
+  BalloonVm fresh = vm;
+  fresh.last_shrink.reset();
+  const auto squeezed = plan_balloon(kOverLimit, std::vector<BalloonVm>{fresh});
+  ASSERT_TRUE(squeezed[0].target_mib) << squeezed[0].reason;
+  EXPECT_EQ(*squeezed[0].target_mib, 600u - 256u);
+  EXPECT_NE(squeezed[0].reason.find("squeeze 256 MiB"), std::string::npos) << squeezed[0].reason;
+}
+
+TEST(Balloon, ASqueezeWhoseMemoryCameBackGoesOn) {
+  BalloonVm vm = untouched_guest();
+  vm.last_shrink->rss_after_mib = 144;  // 100 of 400 came back: exactly a quarter is enough
+  vm.rss_mib = 144;
+  const auto out = plan_balloon(kOverLimit, std::vector<BalloonVm>{vm});
+  ASSERT_TRUE(out[0].target_mib) << out[0].reason;
+  EXPECT_EQ(*out[0].target_mib, 600u - 256u);
+  vm.last_shrink->rss_after_mib = 145;  // 99: not enough
+  vm.rss_mib = 145;
+  EXPECT_FALSE(plan_balloon(kOverLimit, std::vector<BalloonVm>{vm})[0].target_mib);
+}
+
+TEST(Balloon, TheStopLiftsWhenRssMovesOrTheNodeShowsTheMemoryBack) {
+  // RSS rose by a quarter of what was taken (100 MiB): the guest touched memory a squeeze would free.
+  BalloonVm vm = untouched_guest();
+  vm.rss_mib = 207 + 99;
+  EXPECT_FALSE(plan_balloon(kOverLimit, std::vector<BalloonVm>{vm})[0].target_mib);
+  vm.rss_mib = 207 + 100;
+  EXPECT_TRUE(plan_balloon(kOverLimit, std::vector<BalloonVm>{vm})[0].target_mib);
+  // RSS fell late by as much: the return came after the measurement.
+  vm.rss_mib = 107;
+  EXPECT_TRUE(plan_balloon(kOverLimit, std::vector<BalloonVm>{vm})[0].target_mib);
+  // The node's free memory rose by the whole 400 MiB since the shrink: the host has it back.
+  vm.rss_mib = 207;
+  const BalloonHost node_got_it{{{0, 5400, 0}}, 300};
+  EXPECT_TRUE(plan_balloon(node_got_it, std::vector<BalloonVm>{vm})[0].target_mib);
+  const BalloonHost node_did_not{{{0, 5399, 0}}, 300};
+  EXPECT_FALSE(plan_balloon(node_did_not, std::vector<BalloonVm>{vm})[0].target_mib);
+}
+
+TEST(Balloon, WithoutRssSqueezesGoOnAndTheReasonSaysItWasNotChecked) {
+  BalloonVm vm = untouched_guest();
+  vm.rss_mib.reset();  // a driver that does not report QEMU's RSS
+  vm.last_shrink->rss_before_mib.reset();
+  vm.last_shrink->rss_after_mib.reset();
+  const auto out = plan_balloon(kOverLimit, std::vector<BalloonVm>{vm});
+  ASSERT_TRUE(out[0].target_mib) << out[0].reason;
+  EXPECT_EQ(*out[0].target_mib, 600u - 256u);
+  EXPECT_NE(out[0].reason.find("QEMU RSS not reported: not checked whether the host gets it back"), std::string::npos)
+      << out[0].reason;
+}
+
+TEST(Balloon, ReclaimAboveKeepGoesOnWhileSqueezesAreStopped) {
+  BalloonVm vm = untouched_guest();
+  vm.stats.actual_mib = 1024;
+  vm.stats.usable_mib = 600;  // keep = 1024 − 600 + 205 = 629: 395 MiB reclaimable
+  BalloonConfig c;
+  c.step_mib = 1024;
+  const BalloonHost host{{{0, 5000, 0}}, 300};  // over by 724: more than it can give above keep
+  const auto out = plan_balloon(host, std::vector<BalloonVm>{vm}, c);
+  ASSERT_TRUE(out[0].target_mib) << out[0].reason;
+  EXPECT_EQ(*out[0].target_mib, 629u);
+  EXPECT_NE(out[0].reason.find("reclaim 395 MiB"), std::string::npos) << out[0].reason;
+  EXPECT_NE(out[0].reason.find("but not below keep 629 MiB"), std::string::npos) << out[0].reason;
+}
+
 TEST(Balloon, ReclaimSpreadsOverVmsInWeightOrderWhenOneStepIsNotEnough) {
   Sim sim;
   sim.limit = 3 * 1024 - 400;

@@ -34,6 +34,14 @@
 //      weight that share a node (lowest weight first).
 //   4. Dead band: a change smaller than max(dead_band_mib, dead_band_fraction · actual) is dropped
 //      (corrections excepted). A stable guest (no shortage, no pressure) is never touched.
+// Squeezes are checked against what the host got back (ShrinkReturn, gathered by the daemon): when the
+// VM's last shrink gave the host back less than kMinReturnedFraction of the memory taken (QEMU's RSS
+// fell by less: the guest had never touched those pages, so the balloon freed nothing on the host), it
+// is not squeezed below its keep again until its RSS moves by at least
+// max(dead_band_mib, kMinReturnedFraction · taken) either way (the guest touched memory, or the return
+// showed up late), or its nodes' free memory has risen by the whole amount taken since the shrink (the
+// host got it back some other way). Reclaiming memory above keep goes on. Without RSS figures (a driver
+// that does not report them) squeezes go on as before, and the reason says that it was not checked.
 // The low/high watermark gap is the host-side hysteresis: reclaims start below reserve + low, grows
 // only spend free memory above reserve + high.
 //
@@ -75,6 +83,17 @@ struct AgentMemory {
   std::uint64_t floor_mib = 0;
 };
 
+// The host's side of a VM's last balloon shrink (the step(s) since the previous measurement).
+struct ShrinkReturn {
+  std::uint64_t taken_mib = 0;                        // how far the balloon went down
+  std::optional<std::uint64_t> rss_before_mib = std::nullopt;        // QEMU's RSS just before the shrink
+  std::optional<std::uint64_t> rss_after_mib = std::nullopt;         // from the first statistics newer than it
+  std::optional<std::uint64_t> node_free_before_mib = std::nullopt;  // Σ free of the VM's nodes before it
+};
+
+// A shrink that gave the host back less than this share of what it took stops further squeezes.
+inline constexpr double kMinReturnedFraction = 0.25;
+
 struct BalloonVm {
   std::string name;
   BalloonStats stats;
@@ -85,6 +104,8 @@ struct BalloonVm {
   std::uint64_t max_memory_mib = 0;      // > 0
   double weight = 0.0;                   // from the CPU plan, in [0, 1]
   std::vector<NodeId> nodes;             // host nodes holding its memory; empty: limit only
+  std::optional<std::uint64_t> rss_mib = std::nullopt;  // QEMU's resident memory now (libvirt balloon.rss)
+  std::optional<ShrinkReturn> last_shrink = std::nullopt;  // none measured since llmorchd watches it, or it grew
 };
 
 struct BalloonNode {
@@ -121,6 +142,12 @@ struct BalloonDecision {
 
 // The floor the rule enforces for `vm` (see the terms above).
 std::uint64_t effective_floor(const BalloonVm& vm);
+
+// Why `vm` must not be squeezed below its keep (its last shrink gave the host back too little and
+// nothing has moved since), or empty. node_free_now_mib: Σ free memory of its nodes now (absent:
+// unknown). The planner prepends "not below keep K MiB: ".
+std::string squeeze_stop(const BalloonVm& vm, std::optional<std::uint64_t> node_free_now_mib,
+                         const BalloonConfig& config = {});
 
 // One decision per VM, in input order. Throws std::invalid_argument (naming the VM) for a max of 0,
 // a weight outside [0, 1], a node the host does not list, a config with high < low watermark, or
