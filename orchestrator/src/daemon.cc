@@ -271,10 +271,65 @@ BalloonSample Daemon::sample_balloon(const ManagedDomain& d, const AgentState& a
   }
   h.last_update = update;
   h.last = *sample.stats;
+  h.nodes = d.facts.placement.nodes;
   if (update == 0 && sample.hold.empty() && now - h.watched_since < kFirstStatsGrace)
     sample.hold = "waiting for the guest's first balloon statistics (its driver reports once the kernel is up)";
+  if (!sample.stats->rss_kib && !h.rss_missing_logged) {
+    spdlog::info("vm {}: libvirt reports no QEMU RSS for it; balloon squeezes go on without checking what the "
+                 "host gets back", d.name);
+    h.rss_missing_logged = true;
+  }
   sample.fresh = update != 0 && now - h.moved_at <= std::chrono::seconds(kStaleStatsPeriods * kBalloonStatsPeriodS);
+  if (h.changed_at) {
+    // last_update has whole seconds: only a later second is surely after the change.
+    const auto changed_s = std::chrono::duration_cast<std::chrono::seconds>(h.changed_at->time_since_epoch()).count();
+    if (static_cast<std::int64_t>(update) <= changed_s) {
+      // Statistics that stopped altogether are not a wait: the rule leaves the VM alone with a warning.
+      if (sample.hold.empty() && sample.fresh) {
+        sample.hold = fmt::format("waiting for the guest's statistics newer than the last balloon change ({} s ago)",
+                                  std::chrono::duration_cast<std::chrono::seconds>(clock_.wall() - *h.changed_at).count());
+        sample.settling = true;
+      }
+    } else if (h.shrink && !h.shrink_measured) {
+      const std::uint64_t actual = sample.stats->actual_kib.value_or(0) / 1024;
+      h.shrink->taken_mib = h.shrink_from_mib > actual ? h.shrink_from_mib - actual : 0;
+      if (sample.stats->rss_kib) h.shrink->rss_after_mib = *sample.stats->rss_kib / 1024;
+      h.shrink_measured = true;
+      if (h.shrink->rss_before_mib && h.shrink->rss_after_mib)
+        spdlog::debug("vm {}: balloon shrink took {} MiB; QEMU RSS {} -> {} MiB", d.name, h.shrink->taken_mib,
+                      *h.shrink->rss_before_mib, *h.shrink->rss_after_mib);
+    }
+  }
+  if (h.shrink_measured) sample.last_shrink = h.shrink;
   return sample;
+}
+
+// An applied balloon change: later decisions wait for statistics newer than it; a shrink opens a new
+// measurement (or extends one not measured yet) with the size, RSS and node free memory before it.
+void Daemon::note_balloon_change(const Action& a) {
+  const SetMemory* m = a.as<SetMemory>();
+  auto it = balloons_.find(a.vm);
+  if (!m || it == balloons_.end()) return;
+  BalloonHistory& h = it->second;
+  h.changed_at = clock_.wall();
+  if (m->target_mib >= m->actual_mib) {  // a grow: the guest has the memory again, nothing to measure
+    h.shrink.reset();
+    h.shrink_measured = false;
+    return;
+  }
+  if (h.shrink && !h.shrink_measured) return;  // one measurement from the first step's "before"
+  h.shrink = policy::ShrinkReturn{};
+  h.shrink_measured = false;
+  h.shrink_from_mib = m->actual_mib;
+  if (h.last.rss_kib) h.shrink->rss_before_mib = *h.last.rss_kib / 1024;
+  std::uint64_t free = 0;
+  bool known = !h.nodes.empty();
+  for (policy::NodeId n : h.nodes) {
+    auto f = last_free_mib_.find(n);
+    if (f == last_free_mib_.end()) known = false;
+    else free += f->second;
+  }
+  if (known) h.shrink->node_free_before_mib = free;
 }
 
 // The host's CPUs for the plan (shared pools, repairs). The topology is read once; until it is, the
@@ -305,7 +360,7 @@ HostMemory Daemon::host_memory() {
     BoundedCalls::Result r;
     auto free = calls_.get<std::map<policy::NodeId, std::uint64_t>>(
         "free-memory", host_call_timeout(), [this] { return hv_.free_memory_mib(); }, r);
-    if (free) m.free_mib = std::move(*free);
+    if (free) m.free_mib = last_free_mib_ = std::move(*free);
     else if (r.status == BoundedCalls::Status::Error) std::rethrow_exception(r.error);
     else spdlog::debug("free memory per node not read this tick (libvirt slow); the balloon follows the host limit only");
   } catch (const HypervisorError& e) {
@@ -318,6 +373,11 @@ void Daemon::report_left_alone(const MemoryPlan& memory) {
   std::map<std::string, std::string> now_alone;
   for (const VmMemoryPlan& m : memory.vms) {
     auto before = left_alone_.find(m.name);
+    if (m.settling) {  // waiting for statistics after our own step: expected, every step
+      spdlog::debug("vm {}: balloon {}", m.name, m.reason);
+      if (before != left_alone_.end()) now_alone[m.name] = before->second;
+      continue;
+    }
     if (m.left_alone) {
       if (before == left_alone_.end() || before->second != m.reason) {
         // A hold is a normal passing state (a guest booting, an agent not yet heard): not a warning.
@@ -464,7 +524,10 @@ void Daemon::apply(const std::vector<Action>& actions, std::vector<Action>& appl
       applied.push_back(a);
       std::string& c = changes[a.vm];
       c += (c.empty() ? "" : "; ") + line;
-      if (a.is<SetMemory>()) status_.balloon_change[a.vm] = {clock_.wall(), a.reason};
+      if (a.is<SetMemory>()) {
+        status_.balloon_change[a.vm] = {clock_.wall(), a.reason};
+        note_balloon_change(a);
+      }
     } catch (const HypervisorError& e) {
       // Logged when it starts or changes, not every tick (a lever the driver lacks fails every tick).
       if (failures_.failed(a.vm + ": " + lever_name(a), e.what(), clock_.now()))

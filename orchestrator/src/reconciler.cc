@@ -113,6 +113,8 @@ policy::BalloonVm balloon_vm(const VmSnapshot& vm, double weight, const HostMemo
   if (vm.balloon.stats) b.stats = balloon_stats(*vm.balloon.stats);
   if (vm.balloon.previous) b.previous = balloon_stats(*vm.balloon.previous);
   b.stats_fresh = vm.balloon.fresh;
+  if (vm.balloon.stats) b.rss_mib = kib_to_mib(vm.balloon.stats->rss_kib);
+  b.last_shrink = vm.balloon.last_shrink;
   b.agent = agent_memory(vm.agent);
   // A claimed floor goes no higher than the operator allows (memory_floor_max_mib), and expires with its
   // report: a stale or distrusted agent leaves the template's floor only.
@@ -133,9 +135,11 @@ policy::BalloonVm balloon_vm(const VmSnapshot& vm, double weight, const HostMemo
 MemoryPlan make_memory_plan(const Snapshot& snapshot, const std::vector<VmPlan>& cpu) {
   std::vector<policy::BalloonVm> vms;
   std::vector<std::string> holds;
+  std::vector<bool> settling;
   for (const VmSnapshot& vm : snapshot.vms) {
     if (!vm.domain.active()) continue;
     holds.push_back(balloon_hold(vm));
+    settling.push_back(vm.balloon.settling && vm.domain.facts.hugepage_kib == 0);
     const VmPlan* p = nullptr;
     for (const VmPlan& c : cpu)
       if (c.name == vm.domain.name) p = &c;
@@ -166,6 +170,7 @@ MemoryPlan make_memory_plan(const Snapshot& snapshot, const std::vector<VmPlan>&
     if (!holds[i].empty()) {
       m.reason = "left alone: " + holds[i];
       m.left_alone = m.held = true;
+      m.settling = settling[i];
     }
     out.vms.push_back(std::move(m));
   }

@@ -797,6 +797,109 @@ TEST_F(BalloonDaemonTest, ABootingGuestWithoutStatsYetIsHeldThenLeftAloneWithAWa
   for (const auto& c : hv.calls) EXPECT_EQ(c.find("set_memory_mib b"), std::string::npos) << c;
 }
 
+// Issue 11, "balloon decisions on facts, not echoes". a cannot give (floor = max); b (floor 32) is
+// squeezed 64 MiB a step towards a limit of 288: 256 + 32. Its guest keeps 40 MiB free (keep 216 at
+// 192), so everything below 256 is a squeeze. QEMU's RSS (MiB; absent: the driver reports none) is
+// what the fake reports before the step, and after it once the guest's statistics are newer.
+class BalloonFactsDaemonTest : public BalloonDaemonTest {
+ protected:
+  void SetUp() override {
+    BalloonDaemonTest::SetUp();
+    hv.dom("a").facts.memory_floor_mib = 256;
+    hv.dom("b").facts.memory_floor_mib = 32;
+    hv.memory["b"] = stats(256, 40);
+    options.config.host_memory_limit_mib = 288;
+    options.config.balloon.step_mib = 64;
+  }
+  // Runs the first step (256 -> 192), a tick whose statistics predate it, and a tick with statistics
+  // newer than it carrying RSS `after`; returns the set_memory_mib calls of that last tick for b.
+  std::vector<std::string> squeeze_then(Daemon& d, std::optional<std::uint64_t> before,
+                                        std::optional<std::uint64_t> after) {
+    if (before) hv.memory["b"].rss_kib = *before * 1024;
+    pass_first_report_grace(d);
+    EXPECT_TRUE(d.tick());
+    EXPECT_EQ(std::count(hv.calls.begin(), hv.calls.end(), "set_memory_mib b 192"), 1) << ::testing::PrintToString(hv.calls);
+
+    // One second later: the balloon is at 192 (the fake moved actual), but the guest's statistics are
+    // still those of the second of the step. Over the limit by 160 still, yet nothing is decided.
+    hv.calls.clear();
+    clock.t += 1s;
+    EXPECT_TRUE(d.tick());
+    const VmMemoryPlan* b = d.plan().memory.find("b");
+    EXPECT_TRUE(b && b->left_alone && b->held && b->settling);
+    if (b) {
+      EXPECT_NE(b->reason.find("statistics newer than the last balloon change"), std::string::npos) << b->reason;
+    }
+    for (const auto& c : hv.calls) EXPECT_EQ(c.find("set_memory_mib b"), std::string::npos) << c;
+    const auto j = read_status_file(options.state_dir);
+    EXPECT_TRUE(balloon_of(j, "b")["left_alone"].get<bool>());
+
+    hv.calls.clear();
+    clock.t += 1s;
+    hv.memory["b"].last_update_s = wall_s();
+    if (after) hv.memory["b"].rss_kib = *after * 1024;
+    EXPECT_TRUE(d.tick());
+    std::vector<std::string> out;
+    for (const auto& c : hv.calls)
+      if (c.rfind("set_memory_mib b", 0) == 0) out.push_back(c);
+    return out;
+  }
+};
+
+TEST_F(BalloonFactsDaemonTest, ASqueezeThatGaveTheHostNothingBackStopsAtKeepAndSaysSo) {
+  Daemon d(hv, clock, options);
+  EXPECT_TRUE(squeeze_then(d, 300, 295).empty());  // 64 MiB taken, 5 MiB back
+  const VmMemoryPlan* b = d.plan().memory.find("b");
+  ASSERT_NE(b, nullptr);
+  EXPECT_FALSE(b->left_alone);
+  EXPECT_NE(b->reason.find("not below keep 216 MiB: the last 64 MiB taken gave the host back 5 MiB (QEMU RSS 300 "
+                           "-> 295 MiB"),
+            std::string::npos)
+      << b->reason;
+  EXPECT_EQ(balloon_of(read_status_file(options.state_dir), "b")["reason"], b->reason);
+
+  // Still stopped while RSS stays put; squeezed again once it moves (the guest touched 16 MiB+).
+  hv.calls.clear();
+  clock.t += 1s;
+  hv.memory["b"].last_update_s = wall_s();
+  ASSERT_TRUE(d.tick());
+  for (const auto& c : hv.calls) EXPECT_EQ(c.find("set_memory_mib b"), std::string::npos) << c;
+  hv.memory["b"].rss_kib = 311 * 1024;
+  clock.t += 1s;
+  hv.memory["b"].last_update_s = wall_s();
+  ASSERT_TRUE(d.tick());
+  EXPECT_EQ(std::count(hv.calls.begin(), hv.calls.end(), "set_memory_mib b 128"), 1) << ::testing::PrintToString(hv.calls);
+}
+
+TEST_F(BalloonFactsDaemonTest, ASqueezeWhoseMemoryCameBackGoesOn) {
+  Daemon d(hv, clock, options);
+  EXPECT_EQ(squeeze_then(d, 300, 240), std::vector<std::string>{"set_memory_mib b 128"});  // 60 of 64 back
+  EXPECT_NE(d.plan().memory.find("b")->reason.find("squeeze 64 MiB"), std::string::npos)
+      << d.plan().memory.find("b")->reason;
+}
+
+TEST_F(BalloonFactsDaemonTest, WithoutRssSqueezesGoOnAndThatIsLoggedOnce) {
+  std::ostringstream out;
+  const auto previous = spdlog::default_logger();
+  spdlog::set_default_logger(
+      std::make_shared<spdlog::logger>("test", std::make_shared<spdlog::sinks::ostream_sink_mt>(out)));
+  {
+    Daemon d(hv, clock, options);
+    EXPECT_EQ(squeeze_then(d, std::nullopt, std::nullopt), std::vector<std::string>{"set_memory_mib b 128"});
+    EXPECT_NE(d.plan().memory.find("b")->reason.find("QEMU RSS not reported: not checked whether the host gets it back"),
+              std::string::npos)
+        << d.plan().memory.find("b")->reason;
+  }
+  spdlog::set_default_logger(previous);
+  const std::string log = out.str();
+  std::size_t n = 0;
+  for (std::size_t at = log.find("vm b: libvirt reports no QEMU RSS"); at != std::string::npos;
+       at = log.find("vm b: libvirt reports no QEMU RSS", at + 1))
+    ++n;
+  EXPECT_EQ(n, 1u) << log;
+  EXPECT_EQ(log.find("waiting for the guest's statistics newer"), std::string::npos) << "a settling hold is not news\n" << log;
+}
+
 TEST_F(BalloonDaemonTest, OldStatsAtStartAndAMissingBalloonAreLeftAlone) {
   hv.memory["a"].last_update_s = wall_s() - 60;  // seen first a minute after the guest's last stats
   hv.memory["b"] = MemoryStats{};                // no balloon driver: nothing reported

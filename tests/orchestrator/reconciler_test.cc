@@ -523,6 +523,46 @@ TEST(MemoryPlan, AgentFloorAndUnitsReachTheBalloonRule) {
   EXPECT_EQ(count<SetMemory>(Reconciler().diff(s, stale, Clock::now())), 0u);
 }
 
+// What the host got back from the last shrink (gathered by the daemon) and QEMU's RSS (KiB) reach the
+// balloon rule: an idle VM whose 100 MiB shrink returned 5 MiB is not squeezed below its keep; a
+// settling hold (statistics older than the last change) decides nothing and says so.
+TEST(MemoryPlan, RssAndTheLastShrinkReachTheBalloonRuleAndASettlingHoldDecidesNothing) {
+  ManagedDomain d = make_domain("a", 1, {0});
+  d.facts.max_memory_mib = 256;
+  d.facts.memory_floor_mib = 32;
+  Snapshot s = snapshot_of({d});
+  MemoryStats m;
+  m.actual_kib = 156 * 1024;
+  m.usable_kib = 40 * 1024;  // keep = 156 − 40 + 64 = 180: nothing reclaimable, 124 MiB squeezable
+  m.rss_kib = 195 * 1024;
+  s.vms[0].balloon = {.stats = m, .previous = std::nullopt, .fresh = true, .hold = {}, .settling = false,
+                      .last_shrink = policy::ShrinkReturn{.taken_mib = 100, .rss_before_mib = 200,
+                                                          .rss_after_mib = 195, .node_free_before_mib = 8192}};
+  s.memory = {.free_mib = {{0, 8192}}, .reserve_mib = 512, .limit_mib = 100, .config = {}};
+  const Plan stopped = make_plan(s);
+  const VmMemoryPlan* a = stopped.memory.find("a");
+  ASSERT_NE(a, nullptr);
+  EXPECT_FALSE(a->target_mib.has_value()) << a->reason;
+  EXPECT_NE(a->reason.find("not below keep 180 MiB: the last 100 MiB taken gave the host back 5 MiB (QEMU RSS "
+                           "200 -> 195 MiB"),
+            std::string::npos)
+      << a->reason;
+  EXPECT_EQ(count<SetMemory>(Reconciler().diff(s, stopped, Clock::now())), 0u);
+
+  s.vms[0].balloon.stats->rss_kib = 170 * 1024;  // RSS moved by 25 MiB (a quarter of 100): squeezed again
+  const Plan moved = make_plan(s);
+  EXPECT_EQ(moved.memory.find("a")->target_mib, std::optional<std::uint64_t>(100)) << moved.memory.find("a")->reason;
+
+  s.vms[0].balloon.hold = "waiting for the guest's statistics newer than the last balloon change (1 s ago)";
+  s.vms[0].balloon.settling = true;
+  const Plan settling = make_plan(s);
+  a = settling.memory.find("a");
+  EXPECT_TRUE(a->left_alone && a->held && a->settling);
+  EXPECT_FALSE(a->target_mib.has_value());
+  EXPECT_NE(a->reason.find("newer than the last balloon change"), std::string::npos) << a->reason;
+  EXPECT_EQ(count<SetMemory>(Reconciler().diff(s, settling, Clock::now())), 0u);
+}
+
 TEST(MemoryPlan, AVmWithoutAMaxSizeLeavesEveryBalloonAloneButTheCpuPlanStands) {
   ManagedDomain d = make_domain("a", 1, {0});  // max_memory_mib 0 in facts and domain
   const Plan plan = make_plan(snapshot_of({d}));

@@ -5,7 +5,11 @@
 // Balloon: each tick reads every active VM's balloon statistics (fresh while their last_update moved
 // within kStaleStatsPeriods stats periods) and the nodes' free memory, and plans memory with the CPU
 // plan. A VM whose balloon is left alone is logged once when that starts (and when its reason
-// changes), and once when it is managed again.
+// changes), and once when it is managed again. After each balloon change it applies, llmorchd holds
+// that VM's balloon (quietly) until the guest's statistics are newer than the change (last_update, in
+// whole seconds, after it), so no decision rests on figures from before its own step; for a shrink it
+// records the balloon size, QEMU's RSS and the nodes' free memory before, and from those first newer
+// statistics the RSS after and what was taken (policy::ShrinkReturn), for the balloon rule to judge.
 // Bounded libvirt calls: every hypervisor call of the loop runs through BoundedCalls with the config's
 // libvirt_timeout_ms. Statistics are one bulk call per tick that never waits for a busy domain's job.
 // A VM whose call does not return in time, or whose QEMU libvirt has been waiting on for longer than
@@ -146,14 +150,23 @@ class Daemon {
   std::optional<Snapshot> last_snapshot_;
   LatencyWindow report_to_apply_{kLatencySamples};
 
-  // Per active VM: the previous tick's balloon stats and when their last_update last moved.
+  // Per active VM: the previous tick's balloon stats and when their last_update last moved; when
+  // llmorchd last changed its balloon, and what the host got back from its last shrink.
   struct BalloonHistory {
     MemoryStats last;
     std::uint64_t last_update = 0;
     Clock::TimePoint moved_at{};
     Clock::TimePoint watched_since{};
+    std::optional<std::chrono::system_clock::time_point> changed_at;  // our last SetMemory applied
+    std::optional<policy::ShrinkReturn> shrink;  // the last shrink step(s); reset by a grow
+    std::uint64_t shrink_from_mib = 0;           // the balloon before those step(s)
+    bool shrink_measured = false;                // rss_after/taken filled from stats newer than the step
+    std::vector<policy::NodeId> nodes;
+    bool rss_missing_logged = false;
   };
+  void note_balloon_change(const Action& a);
   std::map<std::string, BalloonHistory> balloons_;
+  std::map<policy::NodeId, std::uint64_t> last_free_mib_;  // the latest node free memory read
   std::map<std::string, std::string> left_alone_;  // VMs whose balloon is left alone, and why
   std::optional<policy::HostTopology> topology_;   // read once, for the CPU plan
 

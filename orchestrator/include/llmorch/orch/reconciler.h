@@ -45,7 +45,8 @@
 //   - "vcpus online=k" again when a fresh report shows ncpu_online != k, at most once per min_dwell.
 //
 // Memory plan: policy::plan_balloon over the active VMs (balloon.h has the rule). Inputs per VM: its
-// balloon statistics (KiB -> MiB) and the previous tick's, whether they are fresh, the agent's memory
+// balloon statistics (KiB -> MiB) and the previous tick's, whether they are fresh, QEMU's RSS and what
+// the host got back from its last shrink (BalloonSample::last_shrink), the agent's memory
 // figures and floor from a fresh report of an agent that is not distrusted (agent_distrusted) only, the
 // floor capped at memory_floor_max_mib (floor_claim_cap): a floor expires with its report, so one huge
 // claim followed by silence cannot hold the VM at its maximum; the template floor and max memory
@@ -96,6 +97,10 @@ struct BalloonSample {
   std::optional<MemoryStats> previous;  // the previous tick's
   bool fresh = false;                   // last_update moved within the last few stats periods
   std::string hold;                     // non-empty: leave this balloon alone, for this reason
+  // The hold only waits for statistics newer than llmorchd's own last balloon change (after every
+  // step, for a stats period or two): expected, so not worth a log line.
+  bool settling = false;
+  std::optional<policy::ShrinkReturn> last_shrink = std::nullopt;  // what the host got back from the last shrink
 };
 
 struct VmSnapshot {
@@ -168,6 +173,7 @@ struct VmMemoryPlan {
   bool left_alone = false;                  // no usable stats: not managed this tick
   bool held = false;                        // left alone for an expected reason: a first report or statistics
                                             // still to come (BalloonSample::hold), or hugepage-backed memory
+  bool settling = false;                    // held until statistics newer than the last change come
 };
 
 // Per active VM, in plan order.
