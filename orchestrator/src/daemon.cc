@@ -289,8 +289,10 @@ BalloonSample Daemon::sample_balloon(const ManagedDomain& d, const AgentState& a
         sample.hold = fmt::format("waiting for the guest's statistics newer than the last balloon change ({} s ago)",
                                   std::chrono::duration_cast<std::chrono::seconds>(clock_.wall() - *h.changed_at).count());
         sample.settling = true;
+        sample.requested_mib = h.requested_mib;
       }
-    } else if (h.shrink && !h.shrink_measured) {
+    } else if (h.shrink && !h.shrink_measured &&
+               sample.stats->actual_kib.value_or(0) / 1024 <= h.requested_mib + 1) {  // reached its target
       const std::uint64_t actual = sample.stats->actual_kib.value_or(0) / 1024;
       h.shrink->taken_mib = h.shrink_from_mib > actual ? h.shrink_from_mib - actual : 0;
       if (sample.stats->rss_kib) h.shrink->rss_after_mib = *sample.stats->rss_kib / 1024;
@@ -312,6 +314,7 @@ void Daemon::note_balloon_change(const Action& a) {
   if (!m || it == balloons_.end()) return;
   BalloonHistory& h = it->second;
   h.changed_at = clock_.wall();
+  h.requested_mib = m->target_mib;
   if (m->target_mib >= m->actual_mib) {  // a grow: the guest has the memory again, nothing to measure
     h.shrink.reset();
     h.shrink_measured = false;

@@ -114,6 +114,8 @@ policy::BalloonVm balloon_vm(const VmSnapshot& vm, double weight, const HostMemo
   if (vm.balloon.previous) b.previous = balloon_stats(*vm.balloon.previous);
   b.stats_fresh = vm.balloon.fresh;
   if (vm.balloon.stats) b.rss_mib = kib_to_mib(vm.balloon.stats->rss_kib);
+  // Held until statistics newer than its last change come: counted at the target it is moving to.
+  if (vm.balloon.settling && vm.balloon.requested_mib && b.stats.actual_mib) b.stats.actual_mib = vm.balloon.requested_mib;
   b.last_shrink = vm.balloon.last_shrink;
   b.agent = agent_memory(vm.agent);
   // A claimed floor goes no higher than the operator allows (memory_floor_max_mib), and expires with its
@@ -136,10 +138,12 @@ MemoryPlan make_memory_plan(const Snapshot& snapshot, const std::vector<VmPlan>&
   std::vector<policy::BalloonVm> vms;
   std::vector<std::string> holds;
   std::vector<bool> settling;
+  std::vector<std::optional<std::uint64_t>> actuals;  // the balloons now (a settling VM is planned at its target)
   for (const VmSnapshot& vm : snapshot.vms) {
     if (!vm.domain.active()) continue;
     holds.push_back(balloon_hold(vm));
     settling.push_back(vm.balloon.settling && vm.domain.facts.hugepage_kib == 0);
+    actuals.push_back(vm.balloon.stats ? kib_to_mib(vm.balloon.stats->actual_kib) : std::nullopt);
     const VmPlan* p = nullptr;
     for (const VmPlan& c : cpu)
       if (c.name == vm.domain.name) p = &c;
@@ -159,7 +163,7 @@ MemoryPlan make_memory_plan(const Snapshot& snapshot, const std::vector<VmPlan>&
   MemoryPlan out;
   for (std::size_t i = 0; i < vms.size(); ++i) {
     const policy::BalloonVm& vm = vms[i];
-    VmMemoryPlan m{.name = vm.name, .actual_mib = vm.stats.actual_mib, .target_mib = std::nullopt,
+    VmMemoryPlan m{.name = vm.name, .actual_mib = actuals[i], .target_mib = std::nullopt,
                    .floor_mib = policy::effective_floor(vm), .max_mib = vm.max_memory_mib, .reason = error,
                    .left_alone = true};
     if (error.empty()) {
@@ -171,6 +175,8 @@ MemoryPlan make_memory_plan(const Snapshot& snapshot, const std::vector<VmPlan>&
       m.reason = "left alone: " + holds[i];
       m.left_alone = m.held = true;
       m.settling = settling[i];
+      if (m.settling && vm.stats.actual_mib && vm.stats.actual_mib != m.actual_mib)
+        m.reason += fmt::format("; counted at its target {} MiB", *vm.stats.actual_mib);
     }
     out.vms.push_back(std::move(m));
   }

@@ -797,6 +797,22 @@ TEST_F(BalloonDaemonTest, ABootingGuestWithoutStatsYetIsHeldThenLeftAloneWithAWa
   for (const auto& c : hv.calls) EXPECT_EQ(c.find("set_memory_mib b"), std::string::npos) << c;
 }
 
+// A guest inflates its balloon over a few seconds: while b is held after its step (statistics older
+// than it), it counts at the target it is moving to, so a is not asked for the same memory.
+TEST_F(BalloonDaemonTest, AVmSettlingAfterItsStepCountsAtItsTargetSoNoNeighbourGivesTheSameMemory) {
+  Daemon d(hv, clock, options);
+  pass_first_report_grace(d);
+  ASSERT_TRUE(d.tick());
+  ASSERT_EQ(std::count(hv.calls.begin(), hv.calls.end(), "set_memory_mib b 144"), 1) << ::testing::PrintToString(hv.calls);
+  hv.memory["b"].actual_kib = 250 * 1024;  // 6 MiB of 112 inflated so far; statistics from before the step
+  hv.calls.clear();
+  clock.t += 1s;
+  ASSERT_TRUE(d.tick());
+  EXPECT_TRUE(d.plan().memory.find("b")->settling);
+  EXPECT_EQ(d.plan().memory.find("b")->actual_mib, std::optional<std::uint64_t>(250));
+  for (const auto& c : hv.calls) EXPECT_EQ(c.find("set_memory_mib"), std::string::npos) << c;
+}
+
 // Issue 11, "balloon decisions on facts, not echoes". a cannot give (floor = max); b (floor 32) is
 // squeezed 64 MiB a step towards a limit of 288: 256 + 32. Its guest keeps 40 MiB free (keep 216 at
 // 192), so everything below 256 is a squeeze. QEMU's RSS (MiB; absent: the driver reports none) is

@@ -9,7 +9,8 @@
 // that VM's balloon (quietly) until the guest's statistics are newer than the change (last_update, in
 // whole seconds, after it), so no decision rests on figures from before its own step; for a shrink it
 // records the balloon size, QEMU's RSS and the nodes' free memory before, and from those first newer
-// statistics the RSS after and what was taken (policy::ShrinkReturn), for the balloon rule to judge.
+// statistics once the balloon has reached the target the RSS after and what was taken
+// (policy::ShrinkReturn), for the balloon rule to judge. While held, the VM counts at its target.
 // Bounded libvirt calls: every hypervisor call of the loop runs through BoundedCalls with the config's
 // libvirt_timeout_ms. Statistics are one bulk call per tick that never waits for a busy domain's job.
 // A VM whose call does not return in time, or whose QEMU libvirt has been waiting on for longer than
@@ -160,6 +161,7 @@ class Daemon {
     std::optional<std::chrono::system_clock::time_point> changed_at;  // our last SetMemory applied
     std::optional<policy::ShrinkReturn> shrink;  // the last shrink step(s); reset by a grow
     std::uint64_t shrink_from_mib = 0;           // the balloon before those step(s)
+    std::uint64_t requested_mib = 0;             // the target of our last change
     bool shrink_measured = false;                // rss_after/taken filled from stats newer than the step
     std::vector<policy::NodeId> nodes;
     bool rss_missing_logged = false;

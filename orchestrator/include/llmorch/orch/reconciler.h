@@ -100,6 +100,9 @@ struct BalloonSample {
   // The hold only waits for statistics newer than llmorchd's own last balloon change (after every
   // step, for a stats period or two): expected, so not worth a log line.
   bool settling = false;
+  // While settling: the target llmorchd asked for; the VM counts at it (its balloon is on its way), so
+  // that its neighbours are not asked for the same memory meanwhile.
+  std::optional<std::uint64_t> requested_mib = std::nullopt;
   std::optional<policy::ShrinkReturn> last_shrink = std::nullopt;  // what the host got back from the last shrink
 };
 
