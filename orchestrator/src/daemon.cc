@@ -291,18 +291,19 @@ BalloonSample Daemon::sample_balloon(const ManagedDomain& d, const AgentState& a
         sample.settling = true;
         sample.requested_mib = h.requested_mib;
       }
-    } else if (h.shrink && !h.shrink_measured &&
-               sample.stats->actual_kib.value_or(0) / 1024 <= h.requested_mib + 1) {  // reached its target
+    } else if (h.shrink && !h.shrink_measured &&  // and the balloon reached its target (within the dead band)
+               sample.stats->actual_kib.value_or(0) / 1024 <= h.requested_mib + options_.config.balloon.dead_band_mib) {
       const std::uint64_t actual = sample.stats->actual_kib.value_or(0) / 1024;
       h.shrink->taken_mib = h.shrink_from_mib > actual ? h.shrink_from_mib - actual : 0;
       if (sample.stats->rss_kib) h.shrink->rss_after_mib = *sample.stats->rss_kib / 1024;
       h.shrink_measured = true;
+      h.measured = h.shrink;
       if (h.shrink->rss_before_mib && h.shrink->rss_after_mib)
         spdlog::debug("vm {}: balloon shrink took {} MiB; QEMU RSS {} -> {} MiB", d.name, h.shrink->taken_mib,
                       *h.shrink->rss_before_mib, *h.shrink->rss_after_mib);
     }
   }
-  if (h.shrink_measured) sample.last_shrink = h.shrink;
+  sample.last_shrink = h.measured;
   return sample;
 }
 
@@ -317,6 +318,7 @@ void Daemon::note_balloon_change(const Action& a) {
   h.requested_mib = m->target_mib;
   if (m->target_mib >= m->actual_mib) {  // a grow: the guest has the memory again, nothing to measure
     h.shrink.reset();
+    h.measured.reset();
     h.shrink_measured = false;
     return;
   }

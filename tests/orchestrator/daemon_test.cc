@@ -887,6 +887,31 @@ TEST_F(BalloonFactsDaemonTest, ASqueezeThatGaveTheHostNothingBackStopsAtKeepAndS
   EXPECT_EQ(std::count(hv.calls.begin(), hv.calls.end(), "set_memory_mib b 128"), 1) << ::testing::PrintToString(hv.calls);
 }
 
+// Seen live: after the stop, a reclaim above keep whose balloon lagged its target left no measured
+// shrink for a tick, and the VM went on to its floor. The last measured shrink stands until the next
+// one is measured.
+TEST_F(BalloonFactsDaemonTest, TheStopHoldsWhileALaterReclaimIsStillBeingMeasured) {
+  Daemon d(hv, clock, options);
+  EXPECT_TRUE(squeeze_then(d, 300, 295).empty());
+  // The guest frees memory: keep = 192 − 120 + 64 = 136, a reclaim above keep goes on.
+  hv.memory["b"].usable_kib = 120 * 1024;
+  hv.calls.clear();
+  clock.t += 1s;
+  hv.memory["b"].last_update_s = wall_s();
+  ASSERT_TRUE(d.tick());
+  EXPECT_EQ(std::count(hv.calls.begin(), hv.calls.end(), "set_memory_mib b 136"), 1) << ::testing::PrintToString(hv.calls);
+  // Its balloon lags (170 MiB, target 136) while newer statistics come: keep 134, reclaim to it, no squeeze.
+  hv.memory["b"].actual_kib = 170 * 1024;
+  hv.memory["b"].usable_kib = 100 * 1024;
+  hv.calls.clear();
+  clock.t += 1s;
+  hv.memory["b"].last_update_s = wall_s();
+  ASSERT_TRUE(d.tick());
+  EXPECT_EQ(std::count(hv.calls.begin(), hv.calls.end(), "set_memory_mib b 134"), 1) << ::testing::PrintToString(hv.calls);
+  EXPECT_NE(d.plan().memory.find("b")->reason.find("not below keep 134 MiB"), std::string::npos)
+      << d.plan().memory.find("b")->reason;
+}
+
 TEST_F(BalloonFactsDaemonTest, ASqueezeWhoseMemoryCameBackGoesOn) {
   Daemon d(hv, clock, options);
   EXPECT_EQ(squeeze_then(d, 300, 240), std::vector<std::string>{"set_memory_mib b 128"});  // 60 of 64 back

@@ -159,10 +159,12 @@ class Daemon {
     Clock::TimePoint moved_at{};
     Clock::TimePoint watched_since{};
     std::optional<std::chrono::system_clock::time_point> changed_at;  // our last SetMemory applied
-    std::optional<policy::ShrinkReturn> shrink;  // the last shrink step(s); reset by a grow
+    std::optional<policy::ShrinkReturn> shrink;  // the shrink step(s) being measured; reset by a grow
     std::uint64_t shrink_from_mib = 0;           // the balloon before those step(s)
     std::uint64_t requested_mib = 0;             // the target of our last change
     bool shrink_measured = false;                // rss_after/taken filled from stats newer than the step
+    // The last shrink measured in full: what the rule judges by until the next one is (reset by a grow).
+    std::optional<policy::ShrinkReturn> measured;
     std::vector<policy::NodeId> nodes;
     bool rss_missing_logged = false;
   };
