@@ -283,11 +283,22 @@ BalloonSample Daemon::sample_balloon(const ManagedDomain& d, const AgentState& a
   if (h.changed_at) {
     // last_update has whole seconds: only a later second is surely after the change.
     const auto changed_s = std::chrono::duration_cast<std::chrono::seconds>(h.changed_at->time_since_epoch()).count();
-    if (static_cast<std::int64_t>(update) <= changed_s) {
+    const std::uint64_t actual = sample.stats->actual_kib.value_or(0) / 1024;
+    const std::uint64_t band = options_.config.balloon.dead_band_mib;
+    const bool reached = actual + band >= h.requested_mib && actual <= h.requested_mib + band;
+    // A guest inflates or deflates over seconds (slower under load): while its balloon still moves
+    // towards the target, figures taken mid-way are not a basis either (bounded by kBalloonSettleMax).
+    const bool moving = !reached && sample.previous && sample.previous->actual_kib &&
+                        *sample.previous->actual_kib / 1024 != actual && clock_.wall() - *h.changed_at < kBalloonSettleMax;
+    const bool old_stats = static_cast<std::int64_t>(update) <= changed_s;
+    if (old_stats || moving) {
       // Statistics that stopped altogether are not a wait: the rule leaves the VM alone with a warning.
       if (sample.hold.empty() && sample.fresh) {
-        sample.hold = fmt::format("waiting for the guest's statistics newer than the last balloon change ({} s ago)",
-                                  std::chrono::duration_cast<std::chrono::seconds>(clock_.wall() - *h.changed_at).count());
+        const auto ago = std::chrono::duration_cast<std::chrono::seconds>(clock_.wall() - *h.changed_at).count();
+        sample.hold = old_stats ? fmt::format("waiting for the guest's statistics newer than the last balloon change "
+                                              "({} s ago)", ago)
+                                : fmt::format("waiting for the balloon to reach the target set {} s ago ({} MiB, now "
+                                              "{} MiB and moving)", ago, h.requested_mib, actual);
         sample.settling = true;
         sample.requested_mib = h.requested_mib;
       }

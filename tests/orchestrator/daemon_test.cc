@@ -900,10 +900,18 @@ TEST_F(BalloonFactsDaemonTest, TheStopHoldsWhileALaterReclaimIsStillBeingMeasure
   hv.memory["b"].last_update_s = wall_s();
   ASSERT_TRUE(d.tick());
   EXPECT_EQ(std::count(hv.calls.begin(), hv.calls.end(), "set_memory_mib b 136"), 1) << ::testing::PrintToString(hv.calls);
-  // Its balloon lags (170 MiB, target 136) while newer statistics come: keep 134, reclaim to it, no squeeze.
+  // Its balloon lags (170 MiB, target 136) while newer statistics come: held while it moves ...
   hv.memory["b"].actual_kib = 170 * 1024;
   hv.memory["b"].usable_kib = 100 * 1024;
   hv.calls.clear();
+  clock.t += 1s;
+  hv.memory["b"].last_update_s = wall_s();
+  ASSERT_TRUE(d.tick());
+  EXPECT_TRUE(d.plan().memory.find("b")->settling) << d.plan().memory.find("b")->reason;
+  EXPECT_NE(d.plan().memory.find("b")->reason.find("waiting for the balloon to reach the target"), std::string::npos)
+      << d.plan().memory.find("b")->reason;
+  for (const auto& c : hv.calls) EXPECT_EQ(c.find("set_memory_mib b"), std::string::npos) << c;
+  // ... and once it stalls there: keep 134, reclaim to it, no squeeze.
   clock.t += 1s;
   hv.memory["b"].last_update_s = wall_s();
   ASSERT_TRUE(d.tick());

@@ -7,7 +7,9 @@
 // plan. A VM whose balloon is left alone is logged once when that starts (and when its reason
 // changes), and once when it is managed again. After each balloon change it applies, llmorchd holds
 // that VM's balloon (quietly) until the guest's statistics are newer than the change (last_update, in
-// whole seconds, after it), so no decision rests on figures from before its own step; for a shrink it
+// whole seconds, after it) and its balloon has stopped moving towards the target or reached it (at
+// most kBalloonSettleMax), so no decision rests on figures from before or halfway through its own
+// step; for a shrink it
 // records the balloon size, QEMU's RSS and the nodes' free memory before, and from those first newer
 // statistics once the balloon has reached the target the RSS after and what was taken
 // (policy::ShrinkReturn), for the balloon rule to judge. While held, the VM counts at its target.
@@ -75,6 +77,8 @@ inline constexpr std::chrono::seconds kFirstReportGrace{5};
 // A booting guest's balloon driver has not reported yet (libvirt's last-update is 0): its balloon is
 // held, quietly, this long; after that it is left alone with a warning (no driver, or no stats period).
 inline constexpr std::chrono::seconds kFirstStatsGrace{60};
+// After a balloon change, a VM whose balloon still moves towards the target is held at most this long.
+inline constexpr std::chrono::seconds kBalloonSettleMax{10};
 
 class Daemon {
  public:
