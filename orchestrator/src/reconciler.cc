@@ -21,17 +21,40 @@ std::string_view to_string(PrioritySource s) {
   return "unknown";
 }
 
-const VmPlan* Plan::find(std::string_view name) const {
-  for (const VmPlan& vm : vms)
-    if (vm.name == name) return &vm;
-  return nullptr;
+namespace {
+
+// Positions of `vms` sorted by name (stable: of equal names, the first in plan order comes first).
+template <typename Vm>
+std::vector<std::uint32_t> name_index(const std::vector<Vm>& vms) {
+  std::vector<std::uint32_t> order(vms.size());
+  for (std::size_t i = 0; i < vms.size(); ++i) order[i] = static_cast<std::uint32_t>(i);
+  std::stable_sort(order.begin(), order.end(), [&](std::uint32_t a, std::uint32_t b) { return vms[a].name < vms[b].name; });
+  return order;
 }
 
-const VmMemoryPlan* MemoryPlan::find(std::string_view name) const {
-  for (const VmMemoryPlan& vm : vms)
-    if (vm.name == name) return &vm;
-  return nullptr;
+// O(log n) with an index that covers `vms`, else the first VM of that name by a linear scan.
+template <typename Vm>
+const Vm* find_by_name(const std::vector<Vm>& vms, const std::vector<std::uint32_t>& by_name, std::string_view name) {
+  if (by_name.size() != vms.size()) {
+    for (const Vm& vm : vms)
+      if (vm.name == name) return &vm;
+    return nullptr;
+  }
+  auto it = std::lower_bound(by_name.begin(), by_name.end(), name,
+                             [&](std::uint32_t i, std::string_view n) { return std::string_view(vms[i].name) < n; });
+  return it != by_name.end() && vms[*it].name == name ? &vms[*it] : nullptr;
 }
+
+}  // namespace
+
+const VmPlan* Plan::find(std::string_view name) const { return find_by_name(vms, by_name, name); }
+void Plan::index_by_name() {
+  by_name = name_index(vms);
+  memory.index_by_name();
+}
+
+const VmMemoryPlan* MemoryPlan::find(std::string_view name) const { return find_by_name(vms, by_name, name); }
+void MemoryPlan::index_by_name() { by_name = name_index(vms); }
 
 bool agent_distrusted(const AgentState& agent) { return agent.hostile; }
 
@@ -144,9 +167,9 @@ MemoryPlan make_memory_plan(const Snapshot& snapshot, const std::vector<VmPlan>&
     holds.push_back(balloon_hold(vm));
     settling.push_back(vm.balloon.settling && vm.domain.facts.hugepage_kib == 0);
     actuals.push_back(vm.balloon.stats ? kib_to_mib(vm.balloon.stats->actual_kib) : std::nullopt);
-    const VmPlan* p = nullptr;
-    for (const VmPlan& c : cpu)
-      if (c.name == vm.domain.name) p = &c;
+    // The CPU plan holds the active VMs in the same (snapshot) order: its next entry is this VM's.
+    const std::size_t k = vms.size();
+    const VmPlan* p = k < cpu.size() && cpu[k].name == vm.domain.name ? &cpu[k] : nullptr;
     vms.push_back(balloon_vm(vm, p ? p->weight : 0.0, snapshot.memory));
   }
   policy::BalloonHost host;
@@ -255,6 +278,7 @@ Plan make_plan(const Snapshot& snapshot) {
     if (out.flapping) plan.problems.push_back({out.name, "flapping", out.held});
   }
   plan.memory = make_memory_plan(snapshot, plan.vms);
+  plan.index_by_name();
   return plan;
 }
 

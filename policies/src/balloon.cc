@@ -285,7 +285,15 @@ class Planner {
   // would still be inside the dead band.
   void grow_one(VmState& g) {
     const Mib want = std::min(g.step_left, g.max - g.planned);
-    const auto saved_states = states_;
+    // What an undo restores: the host's totals (a few numbers per node) and each donor as it was, not
+    // a copy of every VM's state (that made a tick with many growers quadratic).
+    struct Donation {
+      VmState* donor;
+      Mib planned, step_left;
+      bool gave;
+      std::size_t reason_size;
+    };
+    std::vector<Donation> donations;
     const auto saved_free = node_free_;
     const Mib saved_total = total_;
 
@@ -302,9 +310,11 @@ class Planner {
         if (before >= want) break;
         const Mib avail = std::min(d->step_left, d->planned - d->keep);
         const Mib amount = std::min(avail, std::max(want - before, dead_band(*d)));
+        donations.push_back({d, d->planned, d->step_left, d->gave, d->reason.size()});
         move(*d, -amount);
         if (room_for(g) <= before) {  // its memory is on nodes `g` cannot use
           move(*d, amount);
+          donations.pop_back();
           continue;
         }
         d->step_left -= amount;
@@ -318,7 +328,12 @@ class Planner {
     }
     const Mib amount = std::min(want, room_for(g));
     if (amount < dead_band(g)) {
-      states_ = saved_states;
+      for (auto it = donations.rbegin(); it != donations.rend(); ++it) {
+        it->donor->planned = it->planned;
+        it->donor->step_left = it->step_left;
+        it->donor->gave = it->gave;
+        it->donor->reason.resize(it->reason_size);
+      }
       node_free_ = saved_free;
       total_ = saved_total;
       return;

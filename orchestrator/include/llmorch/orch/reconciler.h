@@ -179,17 +179,23 @@ struct VmMemoryPlan {
   bool settling = false;                    // held until statistics newer than the last change come
 };
 
-// Per active VM, in plan order.
+// Per active VM, in plan order. find() is a binary search over `by_name` (positions of vms sorted by
+// name) when it covers vms, which make_plan sees to; a plan whose vms were edited since (tests) calls
+// index_by_name() again, or is searched linearly while by_name has another size.
 struct MemoryPlan {
   std::vector<VmMemoryPlan> vms;
+  std::vector<std::uint32_t> by_name;
   const VmMemoryPlan* find(std::string_view name) const;
+  void index_by_name();
 };
 
 struct Plan {
   std::vector<VmPlan> vms;  // active managed VMs, in snapshot order
   MemoryPlan memory;
   std::vector<PlanProblem> problems;  // in snapshot order
+  std::vector<std::uint32_t> by_name;  // as MemoryPlan::by_name
   const VmPlan* find(std::string_view name) const;
+  void index_by_name();  // this plan's and its memory plan's
 };
 
 // Whether what this VM's agent claims is disbelieved: it is flagged hostile (one place to add other
