@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <numeric>
 #include <stdexcept>
 #include <string_view>
@@ -48,41 +49,62 @@ std::vector<int> mins_by_weight(std::span<const double> weights, int total, std:
   return cpus;
 }
 
+// The λ where f(λ) = Σ clamp(λ·w_i, lo_i, hi_i) reaches total; needs Σlo <= total < Σhi. f is piecewise
+// linear, continuous and non-decreasing: VM i grows with slope w_i between its breakpoints lo_i/w_i and
+// hi_i/w_i. The segment where f reaches total is found by selection rather than by sorting the
+// breakpoints: evaluate f at the median breakpoint still inside the bracket (left, right), keep the half
+// that holds the crossing, and settle every VM whose breakpoints both lie outside the bracket (within it,
+// it is constant or linear). A round costs the breakpoints and unsettled VMs left, and halves the
+// breakpoints: O(n) expected, where sorting the 2n breakpoints was O(n log n) (and 3x slower at 10,000).
+double crossing(std::span<const double> weights, double total, std::span<const double> lo,
+                std::span<const double> hi) {
+  struct Open {  // a VM not settled yet: its breakpoints a, b and what f needs, side by side
+    double a, b, w, lo, hi;
+  };
+  const std::size_t n = weights.size();
+  std::vector<double> points;
+  points.reserve(2 * n);
+  std::vector<Open> open;
+  open.reserve(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    open.push_back({lo[i] / weights[i], hi[i] / weights[i], weights[i], lo[i], hi[i]});
+    points.push_back(open.back().a);
+    points.push_back(open.back().b);
+  }
+  double left = 0.0, right = std::numeric_limits<double>::infinity();
+  double fixed = 0.0, slope = 0.0;  // within (left, right), the settled VMs add fixed + slope·λ
+  const auto settle = [&] {
+    std::erase_if(open, [&](const Open& v) {
+      if (v.b <= left) fixed += v.hi;
+      else if (v.a >= right) fixed += v.lo;
+      else if (v.a <= left && v.b >= right) slope += v.w;
+      else return false;
+      return true;
+    });
+    std::erase_if(points, [&](double p) { return p <= left || p >= right; });
+  };
+  settle();
+  while (!points.empty()) {  // a VM still open has a breakpoint strictly inside the bracket
+    const auto mid = points.begin() + static_cast<std::ptrdiff_t>(points.size() / 2);
+    std::nth_element(points.begin(), mid, points.end());
+    const double m = *mid;
+    double f = fixed + slope * m;
+    for (const Open& v : open) f += std::clamp(m * v.w, v.lo, v.hi);
+    (f >= total ? right : left) = m;
+    settle();
+  }
+  // Every VM is settled: f is linear on the bracket and reaches total in it (Σhi > total: slope > 0).
+  assert(open.empty() && slope > 0.0);
+  return std::clamp((total - fixed) / slope, left, right);
+}
+
 // Fractional ideal x_i = clamp(λ·w_i, lo_i, hi_i) with Σx_i = total; needs Σlo <= total < Σhi.
-// f(λ) = Σx_i is piecewise linear and non-decreasing: VM i grows with slope w_i between
-// λ = lo_i/w_i and λ = hi_i/w_i. Sweep those breakpoints until f reaches total.
 std::vector<double> bounded_proportional(std::span<const double> weights, int total,
                                          std::span<const int> lo, std::span<const int> hi) {
-  struct Breakpoint {
-    double lambda;
-    double slope_change;
-  };
-  std::vector<Breakpoint> points;
-  points.reserve(2 * weights.size());
-  double f = 0.0;
-  for (std::size_t i = 0; i < weights.size(); ++i) {
-    points.push_back({lo[i] / weights[i], weights[i]});
-    points.push_back({hi[i] / weights[i], -weights[i]});
-    f += lo[i];
-  }
-  std::sort(points.begin(), points.end(),
-            [](const Breakpoint& a, const Breakpoint& b) { return a.lambda < b.lambda; });
-  double lambda = 0.0;
-  double slope = 0.0;
-  for (const Breakpoint& p : points) {
-    const double f_at_point = f + slope * (p.lambda - lambda);
-    if (f_at_point >= total) break;
-    f = f_at_point;
-    lambda = p.lambda;
-    slope += p.slope_change;
-  }
-  assert(slope > 0.0);  // Σhi > total, so f reaches total on a rising segment
-  lambda += (total - f) / slope;
-
+  const std::vector<double> lo_d(lo.begin(), lo.end()), hi_d(hi.begin(), hi.end());
+  const double lambda = crossing(weights, total, lo_d, hi_d);
   std::vector<double> x(weights.size());
-  for (std::size_t i = 0; i < weights.size(); ++i) {
-    x[i] = std::clamp(lambda * weights[i], double(lo[i]), double(hi[i]));
-  }
+  for (std::size_t i = 0; i < weights.size(); ++i) x[i] = std::clamp(lambda * weights[i], lo_d[i], hi_d[i]);
   return x;
 }
 
@@ -156,37 +178,12 @@ std::vector<double> waterfill(std::span<const double> weights, std::span<const d
   }
   // The common case on a host that is not saturated: nobody is short, everybody gets its demand.
   if (std::accumulate(demand.begin(), demand.end(), 0.0) <= capacity) return {demand.begin(), demand.end()};
-  // Serve VMs by demand per unit of weight, smallest first. If the smallest does not fit in its
-  // weighted share of what is left, nobody after it does either: they split the rest by weight.
-  struct Vm {
-    double demand_per_weight;
-    std::size_t index;
-  };
-  std::vector<Vm> order;
-  order.reserve(weights.size());
-  for (std::size_t i = 0; i < weights.size(); ++i) order.push_back({demand[i] / weights[i], i});
-  std::sort(order.begin(), order.end(), [](const Vm& a, const Vm& b) {
-    if (a.demand_per_weight != b.demand_per_weight) return a.demand_per_weight < b.demand_per_weight;
-    return a.index < b.index;
-  });
-  // weight_after[k]: Σ weights of order[k..], summed exactly once rather than by repeated subtraction.
-  std::vector<double> weight_after(order.size() + 1, 0.0);
-  for (std::size_t k = order.size(); k-- > 0;) weight_after[k] = weight_after[k + 1] + weights[order[k].index];
-
-  std::vector<double> share(weights.size(), 0.0);
-  double left = capacity;
-  for (std::size_t k = 0; k < order.size(); ++k) {
-    const double level = left / weight_after[k];  // capacity per unit of weight still unclaimed
-    if (order[k].demand_per_weight > level) {
-      for (std::size_t j = k; j < order.size(); ++j) {
-        const std::size_t i = order[j].index;
-        share[i] = std::min(level * weights[i], demand[i]);
-      }
-      break;
-    }
-    share[order[k].index] = demand[order[k].index];
-    left -= demand[order[k].index];
-  }
+  // Max-min fair by weight: every VM gets min(level·w_i, demand_i), the level where that sums to the
+  // capacity (a VM whose demand fits below the level gets exactly its demand).
+  const std::vector<double> zero(weights.size(), 0.0);
+  const double level = crossing(weights, capacity, zero, demand);
+  std::vector<double> share(weights.size());
+  for (std::size_t i = 0; i < weights.size(); ++i) share[i] = std::min(level * weights[i], demand[i]);
   return share;
 }
 
