@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <set>
+#include <string_view>
 
 #include <fmt/format.h>
 
@@ -489,11 +491,12 @@ std::vector<Action> Reconciler::diff(const Snapshot& snapshot, const Plan& plan,
 }
 
 void record_applied(Snapshot& snapshot, const std::vector<Action>& applied) {
+  std::map<std::string_view, ManagedDomain*> by_name;
+  for (VmSnapshot& v : snapshot.vms) by_name.emplace(v.domain.name, &v.domain);
   for (const Action& a : applied) {
-    auto vm = std::find_if(snapshot.vms.begin(), snapshot.vms.end(),
-                           [&](const VmSnapshot& v) { return v.domain.name == a.vm; });
-    if (vm == snapshot.vms.end()) continue;
-    ManagedDomain& d = vm->domain;
+    auto vm = by_name.find(a.vm);
+    if (vm == by_name.end()) continue;
+    ManagedDomain& d = *vm->second;
     std::visit(Overloaded{
                    [&](const SetCpuShares& c) {
                      d.cpu_shares = c.shares;
