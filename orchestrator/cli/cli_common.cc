@@ -11,8 +11,8 @@
 #include <set>
 #include <sstream>
 
-#include "llmorch/orch/bounded_calls.h"
 #include "llmorch/orch/libvirt_hypervisor.h"
+#include "llmorch/orch/place_vm.h"
 #include "llmorch/orch/po_error.h"
 #include "llmorch/orch/status_file.h"
 #include "llmorch/orch/template.h"
@@ -57,61 +57,14 @@ VmArgs parse_vm_args(const std::vector<std::string>& args, const po::options_des
 
 orch::HostConfig load_host_config(const CommonOptions& common) { return orch::load_config(common.config); }
 
-namespace {
-HypervisorFactory& factory() {
-  static HypervisorFactory f;
-  return f;
-}
-}  // namespace
-
-void set_hypervisor_factory(HypervisorFactory f) { factory() = std::move(f); }
-
-std::unique_ptr<orch::Hypervisor> connect(const CommonOptions& common) {
+std::shared_ptr<orch::Hypervisor> connect(const CommonOptions& common, const Io& io) {
   const std::string uri = orch::resolve_uri(common.connect);
-  if (factory()) return factory()(uri);
+  if (io.hypervisors) return io.hypervisors(uri);
   return orch::connect_libvirt(uri);
 }
 
-namespace {
-// One bounded read; a call that does not return in time is an error that says so.
-template <typename T>
-T bounded_read(orch::BoundedCalls& calls, const std::string& what, std::function<T()> fn) {
-  orch::BoundedCalls::Result r;
-  auto value = calls.get<T>(what, kCliCallTimeout, std::move(fn), r);
-  if (value) return std::move(*value);
-  if (r.status == orch::BoundedCalls::Status::Error) std::rethrow_exception(r.error);
-  throw orch::HypervisorError(orch::HypervisorError::Kind::Connection, "cannot read " + what,
-                              "libvirt did not answer within " + std::to_string(kCliCallTimeout.count()) + " s",
-                              "is libvirtd overloaded or stuck? Check `virsh list`, then try again");
-}
-}  // namespace
-
 orch::HostSnapshot read_host(const std::shared_ptr<orch::Hypervisor>& hv, std::ostream& warn) {
-  orch::BoundedCalls calls([hv](const std::string&) { hv->abandon_connection(); });
-  orch::HostSnapshot host;
-  host.topology = orch::parse_capabilities(
-      bounded_read<std::string>(calls, "the host capabilities", [hv] { return hv->capabilities_xml(); }));
-  host.domains = bounded_read<std::vector<orch::ManagedDomain>>(calls, "the domain list", [hv] { return hv->list_managed(); });
-  // A VM whose llmorch metadata is bad says nothing usable about what it holds (llmorchd reports it).
-  std::erase_if(host.domains, [](const orch::ManagedDomain& d) { return d.metadata_error.has_value(); });
-  host.free_mib = bounded_read<std::map<policy::NodeId, std::uint64_t>>(calls, "the free memory per node",
-                                                                        [hv] { return hv->free_memory_mib(); });
-  orch::BoundedCalls::Result r;
-  auto stats = calls.get<std::map<std::string, orch::DomainStats>>("stats", kCliCallTimeout, [hv] { return hv->domain_stats(); }, r);
-  if (r.status == orch::BoundedCalls::Status::TimedOut) {
-    warn << "warning: libvirt did not return the VMs' statistics within " << kCliCallTimeout.count()
-         << " s (a VM's QEMU may not be answering: `virsh domcontrol NAME` shows which); their balloon sizes "
-            "stand in for their resident memory\n";
-  }
-  // An error (a VM stopped meanwhile, no stats): balloon sizes stand in too (host_state.h).
-  if (stats) {
-    for (const auto& d : host.domains) {
-      auto it = stats->find(d.name);
-      if (d.active() && it != stats->end() && it->second.memory.rss_kib)
-        host.resident_mib[d.name] = *it->second.memory.rss_kib / 1024;
-    }
-  }
-  return host;
+  return orch::read_host(hv, kCliCallTimeout, warn);
 }
 
 int guarded(const std::string& command, Io io, const std::function<int()>& body) {
@@ -162,40 +115,22 @@ double now_unix_seconds() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
-std::string json_string(const nlohmann::json& j, const char* key, const std::string& fallback) {
-  if (!j.is_object() || !j.contains(key) || !j[key].is_string()) return fallback;
-  return j[key].get<std::string>();
-}
-
-double json_number(const nlohmann::json& j, const char* key, double fallback) {
-  if (!j.is_object() || !j.contains(key) || !j[key].is_number()) return fallback;
-  return j[key].get<double>();
-}
-
-const nlohmann::json* DaemonView::vm(const std::string& name) const {
-  if (!status.is_object() || !status.contains("vms") || !status["vms"].is_array()) return nullptr;
-  for (const auto& v : status["vms"])
-    if (json_string(v, "name", "") == name) return &v;
-  return nullptr;
+const orch::StatusFileVm* DaemonView::vm(const std::string& name) const {
+  return status ? status->vm(name) : nullptr;
 }
 
 DaemonView read_daemon_view(const std::string& state_dir, double now_unix_s) {
   DaemonView view;
   const std::string path = state_dir + "/status.json";
   try {
-    view.status = orch::read_status_file(state_dir);
-  } catch (const std::runtime_error& e) {
+    view.status = orch::status_from_json(orch::read_status_file(state_dir));
+  } catch (const std::runtime_error& e) {  // missing, not JSON, or not what llmorchd writes
     view.why_not = e.what();
     return view;
   }
-  if (!view.status.is_object()) {
-    view.status = nullptr;
-    view.why_not = path + " is not a JSON object";
-    return view;
-  }
-  if (auto tick = parse_iso8601(json_string(view.status, "last_tick_at", ""))) view.age_s = now_unix_s - *tick;
-  const int pid = static_cast<int>(json_number(view.status, "pid", 0));
-  const double interval_s = json_number(view.status, "interval_ms", 1000) / 1000.0;
+  if (auto tick = parse_iso8601(view.status->last_tick_at)) view.age_s = now_unix_s - *tick;
+  const int pid = view.status->pid;
+  const double interval_s = view.status->interval_ms / 1000.0;
   if (pid > 0 && ::kill(pid, 0) != 0 && errno == ESRCH) {
     view.why_not = "llmorchd (process " + std::to_string(pid) + ") is not running; " + path + " is left over";
   } else if (view.age_s < 0) {
@@ -208,15 +143,16 @@ DaemonView read_daemon_view(const std::string& state_dir, double now_unix_s) {
   return view;
 }
 
-policy::CpuPlan offline_plan(const std::vector<orch::ManagedDomain>& domains, double alpha) {
-  std::vector<policy::VmCpuInput> inputs;
-  for (const auto& d : domains) {
-    if (!d.active()) continue;
-    const auto& p = d.facts.placement;
-    inputs.push_back({d.name, p.cpu_policy, p.nodes, p.cpus, 1, std::max(1, d.facts.max_vcpus), d.facts.priority, -1.0,
-                      d.vcpu_pins});
-  }
-  return policy::plan_cpus(inputs, alpha);
+orch::Plan offline_plan(orch::Hypervisor& hypervisor, const std::vector<orch::ManagedDomain>& domains,
+                        const orch::HostConfig& config) {
+  const policy::HostTopology topology = orch::parse_capabilities(hypervisor.capabilities_xml());
+  return orch::offline_plan(domains, topology, config);
+}
+
+const orch::VmPlan* find_vm(const orch::Plan& plan, const std::string& name) {
+  for (const auto& v : plan.vms)
+    if (v.name == name) return &v;
+  return nullptr;
 }
 
 // ---------------------------------------------------------------------------------------------

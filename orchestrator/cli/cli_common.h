@@ -18,6 +18,8 @@
 #include "llmorch/orch/config.h"
 #include "llmorch/orch/host_state.h"
 #include "llmorch/orch/hypervisor.h"
+#include "llmorch/orch/reconciler.h"
+#include "llmorch/orch/status_file.h"
 #include "llmorch/policy/cpu_plan.h"
 
 namespace llmorch::cli {
@@ -61,35 +63,30 @@ VmArgs parse_vm_args(const std::vector<std::string>& args,
 // The host config named by --config (or the default file, or built-in defaults). Throws ConfigError.
 orch::HostConfig load_host_config(const CommonOptions& common);
 
-// Opens the hypervisor at -c URI / $LIBVIRT_DEFAULT_URI / qemu:///system. Throws HypervisorError.
-std::unique_ptr<orch::Hypervisor> connect(const CommonOptions& common);
+// Opens the hypervisor at -c URI / $LIBVIRT_DEFAULT_URI / qemu:///system, through io.hypervisors when
+// set, else libvirt. Throws HypervisorError.
+std::shared_ptr<orch::Hypervisor> connect(const CommonOptions& common, const Io& io);
 
 // How long a CLI command waits for one libvirt call that reads the host. A VM whose QEMU stopped
 // answering costs a warning (its statistics are skipped), never a hang while `place` holds its lock.
 inline constexpr std::chrono::seconds kCliCallTimeout{5};
 
-// Topology, managed domains, free memory and the running VMs' resident memory, as libvirt reports them
-// now, each call bounded by kCliCallTimeout. Statistics that do not come back in time are skipped with a
-// warning on `warn` (balloon sizes stand in for resident memory); a listing that does not is an error.
-// Shared: a call still running after its deadline keeps the hypervisor alive.
+// orch::read_host (place_vm.h) with kCliCallTimeout.
 orch::HostSnapshot read_host(const std::shared_ptr<orch::Hypervisor>& hypervisor, std::ostream& warn);
-
-// Replaces how connect() opens a hypervisor (unit tests pass a fake); an empty function restores libvirt.
-using HypervisorFactory = std::function<std::unique_ptr<orch::Hypervisor>(const std::string& uri)>;
-void set_hypervisor_factory(HypervisorFactory factory);
 
 // Runs `body` and turns the exceptions every command may meet into a message on io.err and an exit
 // code: UsageError, ConfigError, TemplateError -> kExitUsage (with a pointer to --help for UsageError);
 // HypervisorError, CapabilitiesError, EnvironmentError -> kExitFailure.
 int guarded(const std::string& command, Io io, const std::function<int()>& body);
 
-// llmorchd's status file (DIR/status.json), read without trusting it to be there or well-formed.
+// llmorchd's status file (DIR/status.json), read (orch::status_from_json) without trusting it to be
+// there or well-formed.
 struct DaemonView {
   bool running = false;
-  std::string why_not;      // when not running: "no status file at ...", "process 123 is gone", ...
-  nlohmann::json status;    // the parsed file (null when there is none or it is unreadable)
-  double age_s = -1;        // seconds since last_tick_at; < 0 when unknown
-  const nlohmann::json* vm(const std::string& name) const;  // its entry in status["vms"], or null
+  std::string why_not;                     // when not running: "cannot read ...", "process 123 is gone", ...
+  std::optional<orch::StatusFile> status;  // the file; absent when there is none or it is unreadable
+  double age_s = -1;                       // seconds since last_tick_at; < 0 when unknown
+  const orch::StatusFileVm* vm(const std::string& name) const;  // its entry in status->vms, or null
 };
 // now_unix_s: the current time (seconds since the epoch), a parameter so tests can fix it.
 DaemonView read_daemon_view(const std::string& state_dir, double now_unix_s);
@@ -97,13 +94,12 @@ double now_unix_seconds();
 // "2026-11-25T10:00:00.123Z" -> seconds since the epoch; nullopt when malformed.
 std::optional<double> parse_iso8601(const std::string& text);
 
-// j[key] when j is an object holding a value of that type there, else `fallback` (never throws).
-std::string json_string(const nlohmann::json& j, const char* key, const std::string& fallback);
-double json_number(const nlohmann::json& j, const char* key, double fallback);
-
-// The CPU plan llmorchd would make without agent reports: every active managed VM (in `domains`
-// order) at its template priority, demand unknown. What status/explain show when the daemon is down.
-policy::CpuPlan offline_plan(const std::vector<orch::ManagedDomain>& domains, double alpha);
+// The plan llmorchd would make without agent reports (orch::offline_plan: its own make_plan), on the
+// host's topology read from `hypervisor`. What status/explain show when the daemon is down.
+orch::Plan offline_plan(orch::Hypervisor& hypervisor, const std::vector<orch::ManagedDomain>& domains,
+                        const orch::HostConfig& config);
+// Its entry for `name`, or null.
+const orch::VmPlan* find_vm(const orch::Plan& plan, const std::string& name);
 
 // Aligned text columns: the first row is the header.
 class Table {

@@ -45,9 +45,9 @@ std::vector<Term> terms_of(const std::vector<orch::ManagedDomain>& domains, cons
   for (const auto& d : domains) {
     if (!d.active()) continue;
     Term t{d.name, d.facts.priority, "template"};
-    if (const nlohmann::json* v = daemon.running ? daemon.vm(d.name) : nullptr) {
-      t.priority = json_number(*v, "effective_priority", t.priority);
-      t.source = json_string(*v, "priority_source", "daemon");
+    if (const orch::StatusFileVm* v = daemon.running ? daemon.vm(d.name) : nullptr) {
+      t.priority = v->effective_priority;
+      t.source = v->priority_source;
     }
     terms.push_back(t);
   }
@@ -77,8 +77,8 @@ void explain_weight(std::ostream& out, const std::string& name, const std::vecto
       << fixed(sum, 4) << " = " << fixed(*weight, 4) << "\n";
 }
 
-void explain_cpus(std::ostream& out, const orch::ManagedDomain& d, const nlohmann::json* daemon_vm,
-                  const policy::VmCpuPlan* computed) {
+void explain_cpus(std::ostream& out, const orch::ManagedDomain& d, const orch::StatusFileVm* daemon_vm,
+                  const orch::VmPlan* computed) {
   const auto& p = d.facts.placement;
   if (p.cpu_policy == policy::CpuPolicy::Shared) {
     out << "CPUs: shared; its " << d.vcpus_current << " vCPUs float over " << cpu_list(p.cpus) << " on node(s) "
@@ -94,17 +94,15 @@ void explain_cpus(std::ostream& out, const orch::ManagedDomain& d, const nlohman
     return;
   }
   std::vector<int> planned;
-  std::string share;
-  if (daemon_vm && daemon_vm->contains("cpus") && (*daemon_vm)["cpus"].is_array()) {
-    planned = (*daemon_vm)["cpus"].get<std::vector<int>>();
+  if (daemon_vm) {
+    planned = daemon_vm->cpus;
   } else if (computed) {
     planned = computed->cpus;
-    if (computed->node_share) share = ", fair share " + fixed(*computed->node_share, 2) + " CPUs";
   }
   std::string plan;
   for (auto c : planned) plan += (plan.empty() ? "" : ",") + std::to_string(c);
   out << "  Its node's dedicated CPUs are re-divided among that node's dedicated VMs by weight and load: "
-      << "planned " << (plan.empty() ? "-" : plan) << " (" << planned.size() << " vCPUs online" << share << ").\n";
+      << "planned " << (plan.empty() ? "-" : plan) << " (" << planned.size() << " vCPUs online).\n";
 }
 
 }  // namespace
@@ -118,7 +116,8 @@ int cmd_explain(const std::vector<std::string>& args, Io io) {
     }
     if (name.empty()) throw UsageError("name the VM to explain");
     const orch::HostConfig config = load_host_config(common);
-    const auto domains = connect(common)->list_managed();
+    const auto hypervisor = connect(common, io);
+    const auto domains = hypervisor->list_managed();
     auto it = std::find_if(domains.begin(), domains.end(), [&](const auto& d) { return d.name == name; });
     if (it == domains.end()) {
       io.err << "llmorch explain: no VM named '" << name << "' is managed by llmorch; 'llmorch list' shows them\n";
@@ -131,7 +130,7 @@ int cmd_explain(const std::vector<std::string>& args, Io io) {
       return kExitFailure;
     }
     const DaemonView daemon = read_daemon_view(common.state_dir, now_unix_seconds());
-    const nlohmann::json* dv = daemon.running ? daemon.vm(name) : nullptr;
+    const orch::StatusFileVm* dv = daemon.running ? daemon.vm(name) : nullptr;
     std::ostream& out = io.out;
     out << "vm " << name << " (" << orch::to_string(d.state) << ", template priority " << d.facts.priority
         << " in [" << d.facts.priority_min << ", " << d.facts.priority_max << "])\n";
@@ -145,25 +144,22 @@ int cmd_explain(const std::vector<std::string>& args, Io io) {
       out << "It is not running, so it has no weight: weights are shared among running VMs only.\n";
       return kExitOk;
     }
-    const double alpha = daemon.running ? json_number(daemon.status, "alpha", config.alpha) : config.alpha;
+    const double alpha = daemon.running ? daemon.status->alpha : config.alpha;
     const auto terms = terms_of(domains, daemon);
     double weight = 0;
     explain_weight(out, name, terms, alpha, &weight);
     const int shares = policy::cpu_shares(weight, terms.size());
     out << "cpu_shares = round(w * n * 1024) = round(" << fixed(weight, 4) << " * " << terms.size()
         << " * 1024) = " << shares << " (live: " << (d.cpu_shares ? std::to_string(*d.cpu_shares) : "unknown");
-    if (dv && dv->contains("cpu_shares")) out << ", llmorchd's plan: " << (*dv)["cpu_shares"].dump();
+    if (dv) out << ", llmorchd's plan: " << dv->cpu_shares;
     out << ")\n";
-    const policy::CpuPlan offline = offline_plan(domains, config.alpha);
-    const policy::VmCpuPlan* computed = nullptr;
-    for (const auto& v : offline.vms)
-      if (v.name == name) computed = &v;
+    const orch::Plan offline = offline_plan(*hypervisor, domains, config);
+    const orch::VmPlan* computed = find_vm(offline, name);
     explain_cpus(out, d, dv, computed);
     if (dv) {
-      out << "Last decision: " << json_string(*dv, "reason", "(none recorded)") << "\n";
-      const std::string change = json_string(*dv, "last_change", "");
+      out << "Last decision: " << (dv->reason.empty() ? "(none recorded)" : dv->reason) << "\n";
       out << "Last change: "
-          << (change.empty() ? "none since llmorchd started" : change + " at " + json_string(*dv, "last_change_at", "?"))
+          << (dv->last_change ? *dv->last_change + " at " + dv->last_change_at.value_or("?") : "none since llmorchd started")
           << "\n";
     } else if (daemon.running) {
       out << "llmorchd has no entry for this VM yet (it appears after the next tick).\n";

@@ -116,7 +116,7 @@ int cmd_host(const std::vector<std::string>& args, Io io) {
       return kExitOk;
     }
     const orch::HostConfig config = load_host_config(common);
-    const orch::HostSnapshot host = read_host(connect(common), io.err);
+    const orch::HostSnapshot host = read_host(connect(common, io), io.err);
     orch::check_config(host.topology, config);
     const auto nodes = orch::describe_nodes(host, config);
     if (json) {

@@ -45,7 +45,7 @@ int cmd_list(const std::vector<std::string>& args, Io io) {
       return kExitOk;
     }
     load_host_config(common);  // a broken --config is reported, as by every command
-    const auto domains = connect(common)->list_managed();
+    const auto domains = connect(common, io)->list_managed();
     Table table;
     table.row({"NAME", "STATE", "POLICY", "NODES", "CPUS", "VCPUS", "MEMORY"});
     std::vector<std::string> bad;

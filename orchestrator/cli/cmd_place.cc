@@ -1,25 +1,14 @@
 // llmorch place: starts a VM from a template on the NUMA node(s) the live host has room on.
-#include <fcntl.h>
-#include <sys/file.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
-#include <cerrno>
-#include <cstring>
-#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <ostream>
 #include <string>
-#include <variant>
 #include <vector>
 
 #include "cli_common.h"
 #include "commands.h"
 #include "llmorch/orch/domain_xml.h"
-#include "llmorch/orch/host_state.h"
-#include "llmorch/orch/status_file.h"
+#include "llmorch/orch/place_vm.h"
 #include "llmorch/orch/template.h"
-#include "llmorch/policy/weighting.h"
 
 namespace llmorch::cli {
 
@@ -98,47 +87,6 @@ Options parse(const std::vector<std::string>& args) {
   return o;
 }
 
-// Holds an exclusive flock on DIR/place.lock for its lifetime. DIR is checked as llmorchd's state
-// directory is (orch::open_state_dir: created 0755, refused when others may write to it), and the lock
-// file is never opened through a symlink.
-class PlaceLock {
- public:
-  explicit PlaceLock(const std::string& dir) {
-    int dir_fd = -1;
-    try {
-      dir_fd = orch::open_state_dir(dir);
-    } catch (const std::runtime_error& e) {
-      throw EnvironmentError(std::string("cannot take the place lock: ") + e.what());
-    }
-    const std::string path = dir + "/place.lock";
-    fd_ = ::openat(dir_fd, "place.lock", O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
-    const int open_errno = errno;
-    ::close(dir_fd);
-    if (fd_ < 0) throw EnvironmentError("cannot open the lock file " + path + ": " + std::strerror(open_errno));
-    if (::flock(fd_, LOCK_EX) != 0) {
-      const int err = errno;
-      ::close(fd_);
-      throw EnvironmentError("cannot lock " + path + ": " + std::strerror(err));
-    }
-  }
-  ~PlaceLock() { ::close(fd_); }  // closing releases the lock
-  PlaceLock(const PlaceLock&) = delete;
-  PlaceLock& operator=(const PlaceLock&) = delete;
-
- private:
-  int fd_ = -1;
-};
-
-// The new VM's cpu_shares among the running VMs, by their template priorities.
-int initial_shares(const std::vector<orch::ManagedDomain>& domains, double priority, double alpha) {
-  std::vector<double> priorities;
-  for (const auto& d : domains)
-    if (d.active()) priorities.push_back(d.facts.priority);
-  priorities.push_back(priority);
-  const auto weights = policy::compute_weights(priorities, alpha);
-  return policy::cpu_shares(weights.back(), weights.size());
-}
-
 nlohmann::ordered_json placement_json(const policy::Placement& p) {
   nlohmann::ordered_json j;
   j["nodes"] = p.nodes;
@@ -167,46 +115,34 @@ void print_text(std::ostream& out, const orch::DomainSpec& s, bool dry_run, cons
   if (dry_run) out << "dry run: nothing was defined or started. Domain XML:\n" << xml;
 }
 
+// Parses nothing and decides nothing: orch::place_vm does; this prints what it did.
 int run_place(const Options& o, Io io) {
-  const orch::HostConfig config = load_host_config(o.common);
-  orch::VmTemplate tmpl = orch::load_template(o.template_path, o.overrides);
-  std::shared_ptr<orch::Hypervisor> hypervisor = connect(o.common);
-  std::optional<PlaceLock> lock;
-  if (!o.dry_run) lock.emplace(o.common.state_dir);
+  orch::PlaceVmRequest request;
+  request.config = load_host_config(o.common);
+  request.tmpl = orch::load_template(o.template_path, o.overrides);
+  request.name = o.name;
+  request.template_path = o.template_path;
+  request.dry_run = o.dry_run;
+  request.lock_dir = o.common.state_dir;
+  request.call_timeout = kCliCallTimeout;
+  orch::PlaceVmProgress progress;
+  progress.defining = [&](const orch::DomainSpec& spec) {
+    io.err << "defining vm " << o.name << " on " << where(spec) << "... " << std::flush;
+  };
+  progress.defined = [&](bool ok) { io.err << (ok ? "started\n" : "failed\n"); };
+  const orch::PlaceVmResult result = orch::place_vm(connect(o.common, io), request, io.err, progress);
 
-  const orch::HostSnapshot host = read_host(hypervisor, io.err);
-  orch::check_config(host.topology, config);
-  if (hypervisor->domain_exists(o.name)) {
+  using Outcome = orch::PlaceVmResult::Outcome;
+  if (result.outcome == Outcome::NameTaken) {
     io.err << "llmorch place: a libvirt domain named '" << o.name
            << "' exists already; pick another --name (nothing was changed)\n";
     return kExitUsage;
   }
-
-  const policy::PlacementRequest request{o.name, tmpl.vcpus, tmpl.max_memory_mib, tmpl.cpu_policy, tmpl.hugepage_kib};
-  auto result = orch::place_on_host(host, config, request);
-  if (auto* r = std::get_if<policy::Rejection>(&result)) {
-    io.err << "llmorch place: cannot place vm " << o.name << ": " << r->reason << "; nothing was changed\n";
+  if (result.outcome == Outcome::NoFit) {
+    io.err << "llmorch place: cannot place vm " << o.name << ": " << result.rejection << "; nothing was changed\n";
     return kExitNoFit;
   }
-  orch::DomainSpec spec;
-  spec.name = o.name;
-  spec.template_path = std::filesystem::absolute(o.template_path).lexically_normal().string();
-  spec.placement = orch::cells_up_to(std::get<policy::Placement>(result), tmpl.max_vcpus);
-  spec.domain_type = tmpl.domain_type.empty() ? config.domain_type : tmpl.domain_type;
-  spec.cpu_shares = static_cast<std::uint64_t>(initial_shares(host.domains, tmpl.priority, config.alpha));
-  spec.tmpl = std::move(tmpl);
-  const std::string xml = orch::render_domain_xml(spec);
-
-  if (!o.dry_run) {
-    io.err << "defining vm " << o.name << " on " << where(spec) << "... " << std::flush;
-    try {
-      hypervisor->define_and_start(xml);
-    } catch (...) {
-      io.err << "failed\n";
-      throw;
-    }
-    io.err << "started\n";
-  }
+  const orch::DomainSpec& spec = result.spec;
   if (o.json) {
     nlohmann::ordered_json j;
     j["name"] = o.name;
@@ -215,10 +151,10 @@ int run_place(const Options& o, Io io) {
     j["cpu_shares"] = spec.cpu_shares;
     j["domain_type"] = spec.domain_type;
     j["dry_run"] = o.dry_run;
-    if (o.dry_run) j["xml"] = xml;
+    if (o.dry_run) j["xml"] = result.xml;
     io.out << j.dump() << "\n";
   } else {
-    print_text(io.out, spec, o.dry_run, xml);
+    print_text(io.out, spec, o.dry_run, result.xml);
   }
   return kExitOk;
 }

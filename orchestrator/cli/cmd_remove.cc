@@ -36,7 +36,7 @@ int cmd_remove(const std::vector<std::string>& args, Io io) {
     }
     if (name.empty()) throw UsageError("name the VM to remove");
     load_host_config(common);
-    auto hypervisor = connect(common);
+    auto hypervisor = connect(common, io);
     const auto vm = hypervisor->find_managed(name);
     if (!vm) {
       if (hypervisor->domain_exists(name)) {

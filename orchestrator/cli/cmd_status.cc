@@ -1,6 +1,7 @@
 // llmorch status: every VM llmorch manages, with libvirt's live values and what llmorchd last decided.
 #include <nlohmann/json.hpp>
 #include <cctype>
+#include <optional>
 #include <ostream>
 #include <string>
 #include <vector>
@@ -27,7 +28,7 @@ requests running/waiting); age of the agent's last report; weight among the runn
 (the agent sent garbage or flooded and is ignored).
 
 When llmorchd is not running (no status file, its process is gone, or the file is stale), the weights
-are computed here from the template priorities with the daemon's own CPU plan (plan_cpus), and the
+are computed here from the template priorities with the daemon's own plan (make_plan), and the
 output says so; reported priority, load and report age are then unknown.
 
   --json             one JSON object:
@@ -49,28 +50,30 @@ output says so; reported priority, load and report age are then unknown.
 Exit status: 0 shown; 1 libvirt failed, or no VM named NAME is managed by llmorch; 2 bad arguments.
 )";
 
-ordered_json field(const nlohmann::json* j, const char* key) {
-  if (!j || !j->is_object() || !j->contains(key)) return nullptr;
-  return ordered_json(j->at(key));
+template <typename T>
+ordered_json opt(const std::optional<T>& v) {
+  return v ? ordered_json(*v) : ordered_json(nullptr);
 }
 
-ordered_json load_of(const nlohmann::json* daemon_vm) {
-  const ordered_json report = field(daemon_vm, "report");
-  if (!report.is_object()) return nullptr;
+ordered_json load_of(const orch::StatusFileVm* dv) {
+  if (!dv || !dv->report) return nullptr;
+  const protocol::Report& r = *dv->report;
   ordered_json load;
-  for (const char* key : {"cpu_pct", "runnable", "ncpu_online", "psi_cpu_some10", "mem_avail_kib", "llm_running",
-                          "llm_waiting"})
-    load[key] = report.contains(key) ? report[key] : ordered_json(nullptr);
-  load["demand_cpus"] = field(daemon_vm, "demand_cpus");
+  load["cpu_pct"] = r.cpu_pct;
+  load["runnable"] = r.runnable;
+  load["ncpu_online"] = r.ncpu_online;
+  load["psi_cpu_some10"] = opt(r.psi_cpu_some10);
+  load["mem_avail_kib"] = r.mem_avail_kib;
+  load["llm_running"] = opt(r.llm_running);
+  load["llm_waiting"] = opt(r.llm_waiting);
+  load["demand_cpus"] = dv->demand_cpus;
   return load;
 }
 
-ordered_json vm_json(const orch::ManagedDomain& d, const DaemonView& daemon, const policy::CpuPlan& offline) {
+ordered_json vm_json(const orch::ManagedDomain& d, const DaemonView& daemon, const orch::Plan& offline) {
   const auto& p = d.facts.placement;
-  const nlohmann::json* dv = daemon.running ? daemon.vm(d.name) : nullptr;
-  const policy::VmCpuPlan* computed = nullptr;
-  for (const auto& v : offline.vms)
-    if (v.name == d.name) computed = &v;
+  const orch::StatusFileVm* dv = daemon.running ? daemon.vm(d.name) : nullptr;
+  const orch::VmPlan* computed = find_vm(offline, d.name);
   ordered_json j;
   j["name"] = d.name;
   j["state"] = std::string(orch::to_string(d.state));
@@ -78,10 +81,10 @@ ordered_json vm_json(const orch::ManagedDomain& d, const DaemonView& daemon, con
   j["policy"] = p.cpu_policy == policy::CpuPolicy::Shared ? "shared" : "dedicated";
   j["nodes"] = p.nodes;
   j["cpus"] = p.cpus;
-  j["cpu_shares"] = d.cpu_shares ? ordered_json(*d.cpu_shares) : ordered_json(nullptr);
-  j["priority"] = dv ? field(dv, "effective_priority") : ordered_json(d.facts.priority);
+  j["cpu_shares"] = opt(d.cpu_shares);
+  j["priority"] = dv ? dv->effective_priority : d.facts.priority;
   if (dv) {
-    j["weight"] = field(dv, "weight");
+    j["weight"] = dv->weight;
     j["weight_source"] = "daemon";
   } else if (computed) {
     j["weight"] = computed->weight;
@@ -96,18 +99,18 @@ ordered_json vm_json(const orch::ManagedDomain& d, const DaemonView& daemon, con
   j["memory_max_mib"] = d.memory_max_kib / 1024;
   j["memory_floor_mib"] = d.facts.memory_floor_mib;
   j["priority_template"] = d.facts.priority;
-  j["priority_reported"] = field(dv, "reported_priority");
-  j["priority_source"] = dv ? field(dv, "priority_source") : ordered_json("template");
+  j["priority_reported"] = dv ? opt(dv->reported_priority) : ordered_json(nullptr);
+  j["priority_source"] = dv ? dv->priority_source : "template";
   j["load"] = load_of(dv);
-  j["report_age_s"] = field(dv, "report_age_s");
-  j["hostile"] = dv && field(dv, "hostile").is_boolean() ? field(dv, "hostile").get<bool>() : false;
+  j["report_age_s"] = dv ? opt(dv->report_age_s) : ordered_json(nullptr);
+  j["hostile"] = dv && dv->hostile;
   j["problems"] = ordered_json::array();
-  if (daemon.running && daemon.status.contains("problems") && daemon.status["problems"].is_array())
-    for (const auto& p : daemon.status["problems"])
-      if (p.value("vm", "") == d.name)
-        j["problems"].push_back({{"kind", p.value("kind", "")}, {"detail", p.value("detail", "")}, {"since", p.value("since", "")}});
-  j["reason"] = field(dv, "reason");
-  j["balloon"] = field(dv, "balloon");  // llmorchd's balloon view (status_file.h), null without it
+  if (daemon.running)
+    for (const auto& problem : daemon.status->problems)
+      if (problem.vm == d.name)
+        j["problems"].push_back({{"kind", problem.kind}, {"detail", problem.detail}, {"since", problem.since}});
+  j["reason"] = dv ? ordered_json(dv->reason) : ordered_json(nullptr);
+  j["balloon"] = dv ? ordered_json(orch::to_json(dv->balloon)) : ordered_json(nullptr);  // llmorchd's view, or null
   return j;
 }
 
@@ -115,12 +118,12 @@ ordered_json daemon_json(const DaemonView& daemon) {
   ordered_json j;
   j["running"] = daemon.running;
   j["why_not"] = daemon.running ? ordered_json(nullptr) : ordered_json(daemon.why_not);
-  const nlohmann::json* s = daemon.status.is_object() ? &daemon.status : nullptr;
-  j["pid"] = field(s, "pid");
+  const orch::StatusFile* s = daemon.status ? &*daemon.status : nullptr;
+  j["pid"] = s ? ordered_json(s->pid) : ordered_json(nullptr);
   j["last_tick_age_s"] = daemon.age_s >= 0 ? ordered_json(daemon.age_s) : ordered_json(nullptr);
-  j["alpha"] = field(s, "alpha");
-  j["dry_run"] = field(s, "dry_run");
-  j["health"] = daemon.running ? field(s, "health") : ordered_json(nullptr);
+  j["alpha"] = s ? ordered_json(s->alpha) : ordered_json(nullptr);
+  j["dry_run"] = s ? ordered_json(s->dry_run) : ordered_json(nullptr);
+  j["health"] = daemon.running ? ordered_json(s->health) : ordered_json(nullptr);
   return j;
 }
 
@@ -213,14 +216,15 @@ int cmd_status(const std::vector<std::string>& args, Io io) {
       return kExitOk;
     }
     const orch::HostConfig config = load_host_config(common);
-    auto domains = connect(common)->list_managed();
+    const auto hypervisor = connect(common, io);
+    auto domains = hypervisor->list_managed();
     std::erase_if(domains, [](const orch::ManagedDomain& d) { return d.metadata_error.has_value(); });  // see list
     if (!name.empty() && std::none_of(domains.begin(), domains.end(), [&](const auto& d) { return d.name == name; })) {
       io.err << "llmorch status: no VM named '" << name << "' is managed by llmorch; 'llmorch list' shows them\n";
       return kExitFailure;
     }
     const DaemonView daemon = read_daemon_view(common.state_dir, now_unix_seconds());
-    const policy::CpuPlan offline = offline_plan(domains, config.alpha);
+    const orch::Plan offline = offline_plan(*hypervisor, domains, config);
     ordered_json doc;
     doc["vms"] = ordered_json::array();
     for (const auto& d : domains)

@@ -1,10 +1,16 @@
 // The ops CLI's subcommands. Each lives in its own cmd_NAME.cc and is listed in commands.cc.
 #pragma once
 
+#include <functional>
 #include <iosfwd>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
+
+namespace llmorch::orch {
+class Hypervisor;
+}
 
 namespace llmorch::cli {
 
@@ -14,9 +20,16 @@ inline constexpr int kExitFailure = 1;   // the environment failed: libvirt erro
 inline constexpr int kExitUsage = 2;     // bad arguments, malformed template/config/capabilities
 inline constexpr int kExitNoFit = 3;     // the host cannot fit the VM (nothing was changed)
 
+// Opens the hypervisor at a libvirt URI. Shared: a bounded call still running after its deadline keeps
+// the hypervisor alive (read_host).
+using HypervisorFactory = std::function<std::shared_ptr<orch::Hypervisor>(const std::string& uri)>;
+
+// What a command runs with: where it prints, and how it reaches the hypervisor (empty: libvirt; tests
+// pass one that hands out a fake).
 struct Io {
   std::ostream& out;
   std::ostream& err;
+  HypervisorFactory hypervisors = {};
 };
 
 // args: the subcommand's own arguments (without the program and subcommand names).

@@ -12,6 +12,7 @@
 #include <fstream>
 #include <iterator>
 #include <stdexcept>
+#include <type_traits>
 #include <utility>
 
 #include <fmt/chrono.h>
@@ -36,45 +37,231 @@ nlohmann::json opt(const std::optional<T>& v) {
   return v ? nlohmann::json(*v) : nlohmann::json(nullptr);
 }
 
-nlohmann::json balloon_to_json(const VmMemoryPlan* m, const LastChange* change) {
+StatusFileVm::Balloon balloon_of(const VmMemoryPlan* m, const LastChange* change) {
+  StatusFileVm::Balloon b;
+  if (m) {
+    b.actual_mib = m->actual_mib;
+    b.target_mib = m->target_mib;
+    b.floor_mib = m->floor_mib;
+    b.max_mib = m->max_mib;
+    b.left_alone = m->left_alone;
+    b.reason = m->reason;
+  } else {
+    b.reason = "not planned";
+  }
+  if (change) {
+    b.last_change_at = iso8601(change->at);
+    b.last_change_reason = change->what;
+  }
+  return b;
+}
+
+StatusFileVm vm_of(const VmPlan& p, const AgentState& a, const LastChange* change) {
+  StatusFileVm v;
+  v.name = p.name;
+  v.effective_priority = p.priority;
+  v.priority_source = std::string(to_string(p.source));
+  v.template_priority = p.template_priority;
+  v.reported_priority = p.reported_priority;
+  v.report = a.last_report;
+  if (a.last_report) v.report_age_s = a.last_report_age_s;
+  v.report_fresh = a.fresh;
+  v.agent = {.connected = a.connected,
+             .ok = a.counters.frames_ok,
+             .malformed = a.counters.malformed,
+             .oversized = a.counters.oversized,
+             .rate_limited = a.counters.rate_limited,
+             .unknown_keys = a.counters.unknown_keys,
+             .clamped = a.counters.clamped,
+             .hostile = a.hostile,
+             .last_error = a.last_error};
+  v.hostile = a.hostile;
+  v.flapping = p.flapping;
+  v.demand_cpus = p.demand_cpus;
+  v.weight = p.weight;
+  v.cpu_shares = p.cpu_shares;
+  v.cpus = p.cpus;
+  v.vcpus_online = p.vcpus_online;
+  v.reason = p.reason;
+  if (change) {
+    v.last_change_at = iso8601(change->at);
+    v.last_change = change->what;
+  }
+  return v;
+}
+
+}  // namespace
+
+nlohmann::json to_json(const StatusFileVm::Balloon& b) {
   nlohmann::json j;
-  j["actual_mib"] = m ? opt(m->actual_mib) : nlohmann::json(nullptr);
-  j["target_mib"] = m ? opt(m->target_mib) : nlohmann::json(nullptr);
-  j["floor_mib"] = m ? m->floor_mib : 0;
-  j["max_mib"] = m ? m->max_mib : 0;
-  j["left_alone"] = m ? m->left_alone : true;
-  j["reason"] = m ? m->reason : "not planned";
-  j["last_change_at"] = change ? nlohmann::json(iso8601(change->at)) : nlohmann::json(nullptr);
-  j["last_change_reason"] = change ? nlohmann::json(change->what) : nlohmann::json(nullptr);
+  j["actual_mib"] = opt(b.actual_mib);
+  j["target_mib"] = opt(b.target_mib);
+  j["floor_mib"] = b.floor_mib;
+  j["max_mib"] = b.max_mib;
+  j["left_alone"] = b.left_alone;
+  j["reason"] = b.reason;
+  j["last_change_at"] = opt(b.last_change_at);
+  j["last_change_reason"] = opt(b.last_change_reason);
   return j;
 }
 
-nlohmann::json vm_to_json(const VmPlan& p, const AgentState& a, const LastChange* change) {
+namespace {
+
+nlohmann::json vm_to_json(const StatusFileVm& v) {
   nlohmann::json j;
-  j["name"] = p.name;
-  j["effective_priority"] = p.priority;
-  j["priority_source"] = std::string(to_string(p.source));
-  j["template_priority"] = p.template_priority;
-  j["reported_priority"] = opt(p.reported_priority);
-  j["report"] = a.last_report ? report_to_json(*a.last_report) : nlohmann::json(nullptr);
-  j["report_age_s"] = a.last_report ? nlohmann::json(a.last_report_age_s) : nlohmann::json(nullptr);
-  j["report_fresh"] = a.fresh;
-  j["agent"] = {{"connected", a.connected},       {"ok", a.counters.frames_ok},
-                {"malformed", a.counters.malformed}, {"oversized", a.counters.oversized},
-                {"rate_limited", a.counters.rate_limited}, {"unknown_keys", a.counters.unknown_keys},
-                {"clamped", a.counters.clamped},   {"hostile", a.hostile},
+  j["name"] = v.name;
+  j["effective_priority"] = v.effective_priority;
+  j["priority_source"] = v.priority_source;
+  j["template_priority"] = v.template_priority;
+  j["reported_priority"] = opt(v.reported_priority);
+  j["report"] = v.report ? report_to_json(*v.report) : nlohmann::json(nullptr);
+  j["report_age_s"] = opt(v.report_age_s);
+  j["report_fresh"] = v.report_fresh;
+  const StatusFileVm::Agent& a = v.agent;
+  j["agent"] = {{"connected", a.connected},       {"ok", a.ok},
+                {"malformed", a.malformed},       {"oversized", a.oversized},
+                {"rate_limited", a.rate_limited}, {"unknown_keys", a.unknown_keys},
+                {"clamped", a.clamped},           {"hostile", a.hostile},
                 {"last_error", a.last_error}};
-  j["hostile"] = a.hostile;
-  j["flapping"] = p.flapping;
-  j["demand_cpus"] = p.demand_cpus;
-  j["weight"] = p.weight;
-  j["cpu_shares"] = p.cpu_shares;
-  j["cpus"] = p.cpus;
-  j["vcpus_online"] = opt(p.vcpus_online);
-  j["reason"] = p.reason;
-  j["last_change_at"] = change ? nlohmann::json(iso8601(change->at)) : nlohmann::json(nullptr);
-  j["last_change"] = change ? nlohmann::json(change->what) : nlohmann::json(nullptr);
+  j["hostile"] = v.hostile;
+  j["flapping"] = v.flapping;
+  j["demand_cpus"] = v.demand_cpus;
+  j["weight"] = v.weight;
+  j["cpu_shares"] = v.cpu_shares;
+  j["cpus"] = v.cpus;
+  j["vcpus_online"] = opt(v.vcpus_online);
+  j["reason"] = v.reason;
+  j["last_change_at"] = opt(v.last_change_at);
+  j["last_change"] = opt(v.last_change);
+  j["balloon"] = to_json(v.balloon);
   return j;
+}
+
+// Reads one object of status.json, naming fields by their path ("vms[1].balloon.max_mib") in errors.
+class Reader {
+ public:
+  Reader(const nlohmann::json& j, std::string path) : j_(j), path_(std::move(path)) {
+    if (!j_.is_object()) fail("", "is not a JSON object");
+  }
+
+  template <typename T>
+  T get(const char* key) const {
+    const nlohmann::json& v = field(key);
+    if (!fits<T>(v)) fail(key, "is not " + kind<T>());
+    return v.get<T>();
+  }
+  template <typename T>
+  std::optional<T> maybe(const char* key) const {
+    const nlohmann::json& v = field(key);
+    if (v.is_null()) return std::nullopt;
+    if (!fits<T>(v)) fail(key, "is neither null nor " + kind<T>());
+    return v.get<T>();
+  }
+  Reader object(const char* key) const { return Reader(field(key), where(key)); }
+  bool is_null(const char* key) const { return field(key).is_null(); }
+  const nlohmann::json& array(const char* key) const {
+    const nlohmann::json& v = field(key);
+    if (!v.is_array()) fail(key, "is not an array");
+    return v;
+  }
+  std::string where(const std::string& key) const { return path_.empty() ? key : path_ + "." + key; }
+
+  [[noreturn]] void fail(const std::string& key, const std::string& what) const {
+    const std::string name = key.empty() ? (path_.empty() ? "the file" : path_) : where(key);
+    throw StatusFileError("status.json: " + name + " " + what +
+                          "; was it written by another llmorchd version? Run the llmorch that matches llmorchd, "
+                          "or restart llmorchd to rewrite the file");
+  }
+
+ private:
+  const nlohmann::json& field(const char* key) const {
+    auto it = j_.find(key);
+    if (it == j_.end()) fail(key, "is missing");
+    return *it;
+  }
+  template <typename T>
+  static bool fits(const nlohmann::json& v) {
+    if constexpr (std::is_same_v<T, bool>) return v.is_boolean();
+    else if constexpr (std::is_same_v<T, std::string>) return v.is_string();
+    else if constexpr (std::is_floating_point_v<T>) return v.is_number();
+    else if constexpr (std::is_unsigned_v<T>) return v.is_number_unsigned();
+    else if constexpr (std::is_integral_v<T>) return v.is_number_integer();
+    else if constexpr (std::is_same_v<T, std::vector<policy::CpuId>>)
+      return v.is_array() && std::all_of(v.begin(), v.end(), [](const auto& e) { return e.is_number_integer(); });
+    else static_assert(sizeof(T) == 0, "a type status.json does not hold");
+  }
+  template <typename T>
+  static std::string kind() {
+    if constexpr (std::is_same_v<T, bool>) return "true or false";
+    else if constexpr (std::is_same_v<T, std::string>) return "a string";
+    else if constexpr (std::is_floating_point_v<T>) return "a number";
+    else if constexpr (std::is_unsigned_v<T>) return "a whole number >= 0";
+    else if constexpr (std::is_integral_v<T>) return "a whole number";
+    else return "an array of CPU numbers";
+  }
+
+  const nlohmann::json& j_;
+  std::string path_;
+};
+
+protocol::Report report_from(const Reader& r) {
+  protocol::Report out;
+  out.seq = r.get<std::uint64_t>("seq");
+  out.priority = r.maybe<double>("prio");
+  out.cpu_pct = r.get<double>("cpu_pct");
+  out.psi_cpu_some10 = r.maybe<double>("psi_cpu_some10");
+  out.runnable = r.get<std::uint64_t>("runnable");
+  out.ncpu_online = r.get<std::uint64_t>("ncpu_online");
+  out.mem_total_kib = r.get<std::uint64_t>("mem_total_kib");
+  out.mem_avail_kib = r.get<std::uint64_t>("mem_avail_kib");
+  out.psi_mem_some10 = r.maybe<double>("psi_mem_some10");
+  out.floor_mib = r.get<std::uint64_t>("floor_mib");
+  out.llm_running = r.maybe<std::uint64_t>("llm_running");
+  out.llm_waiting = r.maybe<std::uint64_t>("llm_waiting");
+  out.interval_ms = r.get<std::uint64_t>("interval_ms");
+  return out;
+}
+
+StatusFileVm vm_from(const Reader& r) {
+  StatusFileVm v;
+  v.name = r.get<std::string>("name");
+  v.effective_priority = r.get<double>("effective_priority");
+  v.priority_source = r.get<std::string>("priority_source");
+  v.template_priority = r.get<double>("template_priority");
+  v.reported_priority = r.maybe<double>("reported_priority");
+  if (!r.is_null("report")) v.report = report_from(r.object("report"));
+  v.report_age_s = r.maybe<double>("report_age_s");
+  v.report_fresh = r.get<bool>("report_fresh");
+  const Reader a = r.object("agent");
+  v.agent = {.connected = a.get<bool>("connected"),
+             .ok = a.get<std::uint64_t>("ok"),
+             .malformed = a.get<std::uint64_t>("malformed"),
+             .oversized = a.get<std::uint64_t>("oversized"),
+             .rate_limited = a.get<std::uint64_t>("rate_limited"),
+             .unknown_keys = a.get<std::uint64_t>("unknown_keys"),
+             .clamped = a.get<std::uint64_t>("clamped"),
+             .hostile = a.get<bool>("hostile"),
+             .last_error = a.get<std::string>("last_error")};
+  v.hostile = r.get<bool>("hostile");
+  v.flapping = r.get<bool>("flapping");
+  v.demand_cpus = r.get<double>("demand_cpus");
+  v.weight = r.get<double>("weight");
+  v.cpu_shares = r.get<int>("cpu_shares");
+  v.cpus = r.get<std::vector<policy::CpuId>>("cpus");
+  v.vcpus_online = r.maybe<int>("vcpus_online");
+  v.reason = r.get<std::string>("reason");
+  v.last_change_at = r.maybe<std::string>("last_change_at");
+  v.last_change = r.maybe<std::string>("last_change");
+  const Reader b = r.object("balloon");
+  v.balloon.actual_mib = b.maybe<std::uint64_t>("actual_mib");
+  v.balloon.target_mib = b.maybe<std::uint64_t>("target_mib");
+  v.balloon.floor_mib = b.get<std::uint64_t>("floor_mib");
+  v.balloon.max_mib = b.get<std::uint64_t>("max_mib");
+  v.balloon.left_alone = b.get<bool>("left_alone");
+  v.balloon.reason = b.get<std::string>("reason");
+  v.balloon.last_change_at = b.maybe<std::string>("last_change_at");
+  v.balloon.last_change_reason = b.maybe<std::string>("last_change_reason");
+  return v;
 }
 
 }  // namespace
@@ -102,37 +289,91 @@ std::string health(const DaemonStatus& s) {
   return "ok";
 }
 
-nlohmann::json status_to_json(const DaemonStatus& s) {
-  nlohmann::json j;
-  j["version"] = kStatusVersion;
-  j["pid"] = s.pid;
-  j["started_at"] = iso8601(s.started_at);
-  j["last_tick_at"] = iso8601(s.last_tick_at);
-  j["alpha"] = s.alpha;
-  j["interval_ms"] = s.interval_ms;
-  j["dry_run"] = s.dry_run;
-  j["connected"] = s.connected;
-  j["health"] = health(s);
-  j["problems"] = nlohmann::json::array();
+StatusFile status_file_of(const DaemonStatus& s) {
+  StatusFile f;
+  f.pid = s.pid;
+  f.started_at = iso8601(s.started_at);
+  f.last_tick_at = iso8601(s.last_tick_at);
+  f.alpha = s.alpha;
+  f.interval_ms = s.interval_ms;
+  f.dry_run = s.dry_run;
+  f.connected = s.connected;
+  f.health = health(s);
   for (const auto& [vm, problems] : s.problems)  // std::map: sorted by VM
-    for (const VmProblem& p : problems)
-      j["problems"].push_back({{"vm", vm}, {"kind", p.kind}, {"detail", p.detail}, {"since", iso8601(p.since)}});
-  const LatencySummary& l = s.report_to_apply_ms;
-  j["daemon"]["report_to_apply_ms"] = {{"n", l.n}, {"p50", opt(l.p50)}, {"p99", opt(l.p99)}, {"max", opt(l.max)}};
+    for (const VmProblem& p : problems) f.problems.push_back({vm, p.kind, p.detail, iso8601(p.since)});
+  f.report_to_apply_ms = s.report_to_apply_ms;
   std::vector<const VmPlan*> vms;
   for (const VmPlan& p : s.plan.vms) vms.push_back(&p);
   std::sort(vms.begin(), vms.end(), [](const VmPlan* a, const VmPlan* b) { return a->name < b->name; });
-  j["vms"] = nlohmann::json::array();
   for (const VmPlan* p : vms) {
     auto a = s.agents.find(p->name);
     auto c = s.last_change.find(p->name);
-    j["vms"].push_back(vm_to_json(*p, a == s.agents.end() ? AgentState{} : a->second,
-                                  c == s.last_change.end() ? nullptr : &c->second));
+    f.vms.push_back(vm_of(*p, a == s.agents.end() ? AgentState{} : a->second,
+                          c == s.last_change.end() ? nullptr : &c->second));
     auto b = s.balloon_change.find(p->name);
-    j["vms"].back()["balloon"] =
-        balloon_to_json(s.plan.memory.find(p->name), b == s.balloon_change.end() ? nullptr : &b->second);
+    f.vms.back().balloon =
+        balloon_of(s.plan.memory.find(p->name), b == s.balloon_change.end() ? nullptr : &b->second);
   }
+  return f;
+}
+
+nlohmann::json to_json(const StatusFile& f) {
+  nlohmann::json j;
+  j["version"] = f.version;
+  j["pid"] = f.pid;
+  j["started_at"] = f.started_at;
+  j["last_tick_at"] = f.last_tick_at;
+  j["alpha"] = f.alpha;
+  j["interval_ms"] = f.interval_ms;
+  j["dry_run"] = f.dry_run;
+  j["connected"] = f.connected;
+  j["health"] = f.health;
+  j["problems"] = nlohmann::json::array();
+  for (const StatusFileProblem& p : f.problems)
+    j["problems"].push_back({{"vm", p.vm}, {"kind", p.kind}, {"detail", p.detail}, {"since", p.since}});
+  const LatencySummary& l = f.report_to_apply_ms;
+  j["daemon"]["report_to_apply_ms"] = {{"n", l.n}, {"p50", opt(l.p50)}, {"p99", opt(l.p99)}, {"max", opt(l.max)}};
+  j["vms"] = nlohmann::json::array();
+  for (const StatusFileVm& v : f.vms) j["vms"].push_back(vm_to_json(v));
   return j;
+}
+
+nlohmann::json status_to_json(const DaemonStatus& s) { return to_json(status_file_of(s)); }
+
+StatusFile status_from_json(const nlohmann::json& j) {
+  const Reader r(j, "");
+  StatusFile f;
+  f.version = r.get<int>("version");
+  if (f.version != kStatusVersion)
+    r.fail("version", "is " + std::to_string(f.version) + ", not " + std::to_string(kStatusVersion));
+  f.pid = r.get<int>("pid");
+  f.started_at = r.get<std::string>("started_at");
+  f.last_tick_at = r.get<std::string>("last_tick_at");
+  f.alpha = r.get<double>("alpha");
+  f.interval_ms = r.get<int>("interval_ms");
+  f.dry_run = r.get<bool>("dry_run");
+  f.connected = r.get<bool>("connected");
+  f.health = r.get<std::string>("health");
+  const nlohmann::json& problems = r.array("problems");
+  for (std::size_t i = 0; i < problems.size(); ++i) {
+    const Reader p(problems[i], "problems[" + std::to_string(i) + "]");
+    f.problems.push_back(
+        {p.get<std::string>("vm"), p.get<std::string>("kind"), p.get<std::string>("detail"), p.get<std::string>("since")});
+  }
+  const Reader latency = r.object("daemon").object("report_to_apply_ms");
+  f.report_to_apply_ms = {.n = latency.get<std::size_t>("n"),
+                          .p50 = latency.maybe<double>("p50"),
+                          .p99 = latency.maybe<double>("p99"),
+                          .max = latency.maybe<double>("max")};
+  const nlohmann::json& vms = r.array("vms");
+  for (std::size_t i = 0; i < vms.size(); ++i) f.vms.push_back(vm_from(Reader(vms[i], "vms[" + std::to_string(i) + "]")));
+  return f;
+}
+
+const StatusFileVm* StatusFile::vm(const std::string& name) const {
+  for (const StatusFileVm& v : vms)
+    if (v.name == name) return &v;
+  return nullptr;
 }
 
 ProblemChanges set_problems(DaemonStatus& status, const std::string& kind,

@@ -6,6 +6,10 @@
 // VM's job), while later reads skip it (NOWAIT) and its control info says Occupied; release(vm) lets the
 // blocked calls return with an error, changing nothing. Calls run on BoundedCalls' worker threads:
 // state a blocked call could touch late is behind hang_mu_.
+// define_and_start keeps the XML in `defined` and adds the running domain its metadata and live values
+// describe; destroy_and_undefine(_uuid) remove a domain and record its name in `removed`. `unmanaged`
+// are names of domains without llmorch metadata (domain_exists sees them, list_managed does not);
+// `after_find` runs after each find_managed (another process changing the host meanwhile).
 #pragma once
 
 #include <chrono>
@@ -37,6 +41,11 @@ class FakeHypervisor : public Hypervisor {
   LifecycleCallback callback;
   std::map<std::string, MemoryStats> memory;  // balloon stats by VM; set_memory_mib moves actual_kib
   std::map<policy::NodeId, std::uint64_t> free_mib{{0, 1024}};
+  std::vector<std::string> defined;  // XML passed to define_and_start
+  std::vector<std::string> removed;  // names of the domains destroy_and_undefine(_uuid) removed
+  std::set<std::string> unmanaged;
+  std::function<void()> after_find;
+  int defines = 0;
 
   ManagedDomain& dom(const std::string& name) {
     for (auto& d : domains)
@@ -56,18 +65,52 @@ class FakeHypervisor : public Hypervisor {
   }
   std::optional<ManagedDomain> find_managed(const std::string& name) override {
     check();
+    std::optional<ManagedDomain> found;
     for (auto& d : domains)
-      if (d.name == name) return d;
-    return std::nullopt;
+      if (d.name == name) found = d;
+    if (after_find) {
+      const auto hook = after_find;  // the hook may replace itself
+      hook();
+    }
+    return found;
   }
-  void define_and_start(const std::string&) override { calls.push_back("define_and_start"); }
+  bool domain_exists(const std::string& name) override { return find_managed(name) || unmanaged.count(name); }
+  void define_and_start(const std::string& xml) override {
+    check();
+    calls.push_back("define_and_start");
+    const auto facts = parse_metadata(xml);
+    if (!facts) throw HypervisorError(HypervisorError::Kind::InvalidArgument, "define", "no llmorch metadata", "");
+    const LiveDomainXml live = parse_live_domain_xml(xml);
+    defined.push_back(xml);
+    ManagedDomain d;
+    d.name = facts->placement.name;
+    d.uuid = "00000000-0000-0000-0000-" + std::to_string(100000000000 + ++defines);
+    d.state = DomainState::Running;
+    d.facts = *facts;
+    d.vcpus_current = live.vcpus_current;
+    d.vcpus_max = live.vcpus_max;
+    for (const auto& [vcpu, cpus] : live.vcpu_pins) {
+      if (d.vcpu_pins.size() <= static_cast<std::size_t>(vcpu)) d.vcpu_pins.resize(static_cast<std::size_t>(vcpu) + 1);
+      d.vcpu_pins[static_cast<std::size_t>(vcpu)] = cpus;
+    }
+    d.emulator_pins = live.emulator_pins;
+    d.cpu_shares = live.cpu_shares;
+    d.memory_actual_kib = facts->memory_mib * 1024;
+    d.memory_max_kib = facts->max_memory_mib * 1024;
+    domains.push_back(d);
+  }
   bool destroy_and_undefine(const std::string& name) override {
+    check();
     calls.push_back("destroy_and_undefine " + name);
-    return true;
+    const bool gone = std::erase_if(domains, [&](const ManagedDomain& d) { return d.name == name; }) > 0;
+    if (gone) removed.push_back(name);
+    return gone;
   }
   bool destroy_and_undefine_uuid(const std::string& uuid) override {
     check();
     calls.push_back("destroy_and_undefine_uuid " + uuid);
+    for (const auto& d : domains)
+      if (d.uuid == uuid) removed.push_back(d.name);
     return std::erase_if(domains, [&](const ManagedDomain& d) { return d.uuid == uuid; }) > 0;
   }
   void set_cpu_shares(const std::string& name, std::uint64_t shares) override {

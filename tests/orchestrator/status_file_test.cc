@@ -16,7 +16,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-class StatusFile : public ::testing::Test {
+class StatusFileTest : public ::testing::Test {
  protected:
   void SetUp() override {
     dir = fs::temp_directory_path() / ("llmorch-status-" + std::to_string(::getpid()));
@@ -26,7 +26,7 @@ class StatusFile : public ::testing::Test {
   fs::path dir;
 };
 
-TEST_F(StatusFile, RoundTripWithEveryField) {
+TEST_F(StatusFileTest, RoundTripWithEveryField) {
   DaemonStatus s;
   s.pid = 42;
   s.started_at = std::chrono::system_clock::time_point{} + std::chrono::milliseconds(1'764'064'800'123);
@@ -87,6 +87,137 @@ TEST_F(StatusFile, RoundTripWithEveryField) {
   EXPECT_EQ(j["problems"], nlohmann::json::array());
 }
 
+// ---- issue 12, debt 4: status.json read back through a typed status_from_json ---------------------
+
+// Every field status.json has, set to something other than its default.
+DaemonStatus full_status() {
+  DaemonStatus s;
+  s.pid = 42;
+  s.started_at = std::chrono::system_clock::time_point{} + std::chrono::milliseconds(1'764'064'800'123);
+  s.last_tick_at = s.started_at + std::chrono::seconds(5);
+  s.alpha = 0.5;
+  s.interval_ms = 250;
+  s.dry_run = true;
+  s.connected = true;
+  for (const char* name : {"vm2", "vm1"}) {
+    VmPlan p;
+    p.name = name;
+    p.priority = 2;
+    p.source = PrioritySource::Stale;
+    p.template_priority = 4;
+    p.reported_priority = 2;
+    p.demand_cpus = 1.5;
+    p.weight = 0.25;
+    p.cpu_shares = 512;
+    p.cpus = {4, 5};
+    p.vcpus_online = 2;
+    p.reason = std::string("why ") + name;
+    p.flapping = true;
+    s.plan.vms.push_back(p);
+  }
+  s.plan.memory.vms.push_back({.name = "vm1", .actual_mib = 200, .target_mib = 180, .floor_mib = 96, .max_mib = 256,
+                               .reason = "shrink", .left_alone = false, .held = false});
+  AgentState a;
+  protocol::Report r;
+  r.seq = 7;
+  r.priority = 2;
+  r.cpu_pct = 12.5;
+  r.psi_cpu_some10 = 1.25;
+  r.runnable = 3;
+  r.ncpu_online = 2;
+  r.mem_total_kib = 4096;
+  r.mem_avail_kib = 1024;
+  r.psi_mem_some10 = 0.5;
+  r.floor_mib = 64;
+  r.llm_running = 1;
+  r.llm_waiting = 3;
+  r.interval_ms = 500;
+  a.last_report = r;
+  a.last_report_age_s = 0.5;
+  a.fresh = true;
+  a.connected = true;
+  a.counters = {.frames_ok = 1, .malformed = 2, .oversized = 3, .rate_limited = 4, .unknown_keys = 5, .clamped = 6};
+  a.hostile = true;
+  a.last_error = "oversized frame";
+  s.agents["vm1"] = a;
+  s.last_change["vm1"] = {s.last_tick_at, "vm vm1: cpu_shares 1024 -> 512 (why)"};
+  s.balloon_change["vm1"] = {s.last_tick_at, "balloon 256 -> 200 MiB"};
+  s.report_to_apply_ms = {.n = 3, .p50 = 4.5, .p99 = 9.25, .max = 9.25};
+  s.problems["vm2"].push_back({"flapping", "priority changed 9 times in 5 s", s.started_at});
+  return s;
+}
+
+TEST(StatusFromJson, ReadsBackEverythingTheDaemonWrites) {
+  const DaemonStatus s = full_status();
+  const nlohmann::json written = status_to_json(s);
+  // Through the text, as the CLI reads it.
+  const orch::StatusFile f = status_from_json(nlohmann::json::parse(written.dump(2)));
+  EXPECT_EQ(to_json(f), written);  // nothing written is lost or changed on the way back
+  EXPECT_EQ(f.pid, 42);
+  EXPECT_EQ(f.last_tick_at, "2025-11-25T10:00:05.123Z");
+  EXPECT_EQ(f.interval_ms, 250);
+  EXPECT_TRUE(f.dry_run);
+  EXPECT_EQ(f.health, "degraded");
+  ASSERT_EQ(f.problems.size(), 1u);
+  EXPECT_EQ(f.problems[0].vm, "vm2");
+  EXPECT_EQ(f.report_to_apply_ms.p99, 9.25);
+  ASSERT_EQ(f.vms.size(), 2u);
+  EXPECT_EQ(f.vms[0].name, "vm1");  // sorted by name
+  const orch::StatusFileVm* v = f.vm("vm1");
+  ASSERT_NE(v, nullptr);
+  EXPECT_EQ(v->report, s.agents.at("vm1").last_report);
+  EXPECT_EQ(v->priority_source, "stale");
+  EXPECT_EQ(v->agent.clamped, 6u);
+  EXPECT_EQ(v->agent.last_error, "oversized frame");
+  EXPECT_EQ(v->cpus, std::vector<policy::CpuId>({4, 5}));
+  EXPECT_EQ(v->vcpus_online, 2);
+  EXPECT_EQ(v->last_change, "vm vm1: cpu_shares 1024 -> 512 (why)");
+  EXPECT_EQ(v->balloon.target_mib, 180u);
+  EXPECT_EQ(v->balloon.last_change_reason, "balloon 256 -> 200 MiB");
+  EXPECT_FALSE(v->balloon.left_alone);
+  const orch::StatusFileVm* v2 = f.vm("vm2");  // no agent, no balloon plan: the nulls come back as such
+  ASSERT_NE(v2, nullptr);
+  EXPECT_FALSE(v2->report.has_value());
+  EXPECT_FALSE(v2->report_age_s.has_value());
+  EXPECT_FALSE(v2->balloon.actual_mib.has_value());
+  EXPECT_TRUE(v2->balloon.left_alone);
+  EXPECT_EQ(f.vm("vm3"), nullptr);
+}
+
+TEST(StatusFromJson, NamesTheFieldItCannotRead) {
+  const nlohmann::json good = status_to_json(full_status());
+  auto message = [](const nlohmann::json& j) -> std::string {
+    try {
+      status_from_json(j);
+    } catch (const StatusFileError& e) {
+      return e.what();
+    }
+    return "(no error)";
+  };
+  nlohmann::json j = good;
+  j["vms"][1]["balloon"].erase("max_mib");
+  EXPECT_NE(message(j).find("status.json: vms[1].balloon.max_mib is missing; was it written by another llmorchd "
+                            "version?"),
+            std::string::npos)
+      << message(j);
+  j = good;
+  j["vms"][0]["cpus"] = "4,5";
+  EXPECT_NE(message(j).find("vms[0].cpus is not an array of CPU numbers"), std::string::npos) << message(j);
+  j = good;
+  j["vms"][0]["report"]["seq"] = -1;
+  EXPECT_NE(message(j).find("vms[0].report.seq is not a whole number >= 0"), std::string::npos) << message(j);
+  j = good;
+  j["vms"][0]["last_change"] = 3;
+  EXPECT_NE(message(j).find("vms[0].last_change is neither null nor a string"), std::string::npos) << message(j);
+  j = good;
+  j["version"] = 2;
+  EXPECT_NE(message(j).find("version is 2, not 1"), std::string::npos) << message(j);
+  EXPECT_NE(message(nlohmann::json::array()).find("the file is not a JSON object"), std::string::npos);
+  j = good;
+  j["future_field"] = 1;  // unknown keys: a newer writer's additions are ignored
+  EXPECT_EQ(message(j), "(no error)");
+}
+
 TEST(StatusHealth, ProblemsDegradeAndDisconnectedWins) {
   DaemonStatus s;
   s.connected = true;
@@ -107,7 +238,7 @@ TEST(StatusHealth, ProblemsDegradeAndDisconnectedWins) {
   EXPECT_EQ(health(s), "disconnected");
 }
 
-TEST_F(StatusFile, MissingAndBrokenFilesSayWhatToDo) {
+TEST_F(StatusFileTest, MissingAndBrokenFilesSayWhatToDo) {
   try {
     read_status_file(dir.string());
     FAIL();
@@ -133,7 +264,7 @@ DaemonStatus small_status(int pid) {
   return s;
 }
 
-TEST_F(StatusFile, CreatesTheStateDirectory0755WhateverTheUmask) {
+TEST_F(StatusFileTest, CreatesTheStateDirectory0755WhateverTheUmask) {
   const mode_t old = ::umask(077);
   write_status_file((dir / "a" / "state").string(), small_status(1));
   ::umask(old);
@@ -142,7 +273,7 @@ TEST_F(StatusFile, CreatesTheStateDirectory0755WhateverTheUmask) {
   EXPECT_EQ(read_status_file((dir / "a" / "state").string())["pid"], 1);
 }
 
-TEST_F(StatusFile, ASymlinkPlantedAtTheOldTemporaryNameIsNotFollowed) {
+TEST_F(StatusFileTest, ASymlinkPlantedAtTheOldTemporaryNameIsNotFollowed) {
   fs::create_directories(dir);
   fs::permissions(dir, static_cast<fs::perms>(0755));
   std::ofstream(dir / "victim") << "keep me\n";
@@ -154,7 +285,7 @@ TEST_F(StatusFile, ASymlinkPlantedAtTheOldTemporaryNameIsNotFollowed) {
   EXPECT_EQ(read_status_file(dir.string())["pid"], 7);
 }
 
-TEST_F(StatusFile, AStateDirectoryOthersMayWriteToIsRefused) {
+TEST_F(StatusFileTest, AStateDirectoryOthersMayWriteToIsRefused) {
   for (const auto mode : {0777, 0775, 01777}) {
     fs::remove_all(dir);
     fs::create_directories(dir);
@@ -171,7 +302,7 @@ TEST_F(StatusFile, AStateDirectoryOthersMayWriteToIsRefused) {
   }
 }
 
-TEST_F(StatusFile, AStateDirectoryOwnedBySomeoneElseIsRefused) {
+TEST_F(StatusFileTest, AStateDirectoryOwnedBySomeoneElseIsRefused) {
   if (::geteuid() != 0) GTEST_SKIP() << "needs root to give the directory away";
   fs::create_directories(dir);
   ASSERT_EQ(::chmod(dir.c_str(), 0755), 0);
@@ -184,7 +315,7 @@ TEST_F(StatusFile, AStateDirectoryOwnedBySomeoneElseIsRefused) {
   }
 }
 
-TEST_F(StatusFile, AFailedWriteLeavesTheOldStatusFileInPlace) {
+TEST_F(StatusFileTest, AFailedWriteLeavesTheOldStatusFileInPlace) {
   write_status_file(dir.string(), small_status(1));
   const std::string before = slurp(dir / "status.json");
   // Files may grow to 64 bytes only: the write of the new status file fails half way (EFBIG).
@@ -212,7 +343,7 @@ TEST_F(StatusFile, AFailedWriteLeavesTheOldStatusFileInPlace) {
     EXPECT_EQ(e.path().filename(), "status.json");
 }
 
-TEST_F(StatusFile, SetProblemsKeepsSinceReplacesOneKindAndSaysWhatChanged) {
+TEST_F(StatusFileTest, SetProblemsKeepsSinceReplacesOneKindAndSaysWhatChanged) {
   DaemonStatus s;
   const auto t1 = std::chrono::system_clock::time_point{} + std::chrono::seconds(100);
   const auto t2 = t1 + std::chrono::seconds(1);

@@ -1,5 +1,5 @@
-// place, list, status, host, explain, remove through the CLI's entry point, on a fake hypervisor that
-// serves a host fixture's capabilities and keeps defined domains in memory.
+// place, list, status, host, explain, remove through the CLI's entry point, on the fake hypervisor
+// (fake_hypervisor.h) serving a host fixture's capabilities and keeping defined domains in memory.
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -13,9 +13,12 @@
 #include <sstream>
 
 #include "cli_common.h"
+#include "../fake_hypervisor.h"
 #include "run_cli.h"
 #include "llmorch/orch/domain_xml.h"
+#include "llmorch/orch/reconciler.h"
 #include "llmorch/orch/status_file.h"
+#include "llmorch/orch/topology.h"
 
 namespace llmorch::cli {
 namespace {
@@ -30,76 +33,6 @@ std::string slurp(const std::string& path) {
   return s.str();
 }
 
-// The state a test inspects after a command: shared with the fake the factory hands out.
-struct FakeHost {
-  std::string capabilities = slurp(std::string(LLMORCH_HOSTS_DIR) + "/x86-2node-96cpu-cascadelake.xml");
-  std::map<int, std::uint64_t> free_mib = {{0, 30000}, {1, 30000}};
-  std::vector<ManagedDomain> managed;
-  std::set<std::string> unmanaged;     // domains without llmorch metadata
-  std::vector<std::string> defined;    // XML passed to define_and_start
-  std::vector<std::string> removed;    // names, of removals by name or by UUID
-  std::string uri;                     // what connect() was given
-  std::function<void()> after_find;    // runs after each find_managed (e.g. another process's change)
-  int defines = 0;
-};
-
-class FakeHypervisor : public orch::Hypervisor {
- public:
-  explicit FakeHypervisor(FakeHost& host) : h_(host) {}
-  std::string capabilities_xml() override { return h_.capabilities; }
-  std::map<int, std::uint64_t> free_memory_mib() override { return h_.free_mib; }
-  std::vector<ManagedDomain> list_managed() override { return h_.managed; }
-  std::optional<ManagedDomain> find_managed(const std::string& name) override {
-    std::optional<ManagedDomain> found;
-    for (const auto& d : h_.managed)
-      if (d.name == name) found = d;
-    if (h_.after_find) h_.after_find();
-    return found;
-  }
-  bool domain_exists(const std::string& name) override { return find_managed(name) || h_.unmanaged.count(name); }
-  void define_and_start(const std::string& xml) override {
-    h_.defined.push_back(xml);
-    auto facts = orch::parse_metadata(xml);
-    ASSERT_TRUE(facts.has_value());
-    const auto live = orch::parse_live_domain_xml(xml);
-    ManagedDomain d;
-    d.name = facts->placement.name;
-    d.uuid = "00000000-0000-0000-0000-" + std::to_string(100000000000 + ++h_.defines);
-    d.state = orch::DomainState::Running;
-    d.facts = *facts;
-    d.vcpus_current = live.vcpus_current;
-    d.vcpus_max = live.vcpus_max;
-    d.cpu_shares = live.cpu_shares;
-    d.memory_actual_kib = facts->memory_mib * 1024;
-    d.memory_max_kib = facts->max_memory_mib * 1024;
-    h_.managed.push_back(d);
-  }
-  bool destroy_and_undefine(const std::string& name) override {
-    h_.removed.push_back(name);
-    std::erase_if(h_.managed, [&](const auto& d) { return d.name == name; });
-    return true;
-  }
-  bool destroy_and_undefine_uuid(const std::string& uuid) override {
-    for (const auto& d : h_.managed)
-      if (d.uuid == uuid) h_.removed.push_back(d.name);
-    return std::erase_if(h_.managed, [&](const auto& d) { return d.uuid == uuid; }) > 0;
-  }
-  void set_cpu_shares(const std::string&, std::uint64_t) override {}
-  void pin_vcpu(const std::string&, int, const std::vector<int>&) override {}
-  void pin_emulator(const std::string&, const std::vector<int>&) override {}
-  void set_vcpus(const std::string&, int) override {}
-  void set_memory_mib(const std::string&, std::uint64_t) override {}
-  void set_metadata(const std::string&, const orch::VmFacts&) override {}
-  std::map<std::string, orch::DomainStats> domain_stats() override { return {}; }
-  orch::ControlInfo control_info(const std::string&) override { return {}; }
-  void set_lifecycle_callback(orch::LifecycleCallback) override {}
-  bool alive() override { return true; }
-  void ensure_connected() override {}
-
- private:
-  FakeHost& h_;
-};
-
 using Result = CliResult;
 
 class LiveCommands : public ::testing::Test {
@@ -112,21 +45,19 @@ class LiveCommands : public ::testing::Test {
     template_ = (dir_ / "vm.conf").string();
     std::ofstream(template_) << "vcpus = 2\nmax_vcpus = 4\nmemory_mib = 2048\nmemory_floor_mib = 512\n"
                                 "priority = 2\npriority_max = 10\nkernel = /boot/vmlinuz\n";
-    set_hypervisor_factory([this](const std::string& uri) {
-      host_.uri = uri;
-      return std::make_unique<FakeHypervisor>(host_);
-    });
+    host_->caps = slurp(std::string(LLMORCH_HOSTS_DIR) + "/x86-2node-96cpu-cascadelake.xml");
+    host_->free_mib = {{0, 30000}, {1, 30000}};
   }
-  void TearDown() override {
-    set_hypervisor_factory({});
-    fs::remove_all(dir_);
-  }
+  void TearDown() override { fs::remove_all(dir_); }
 
   Result cli(std::vector<std::string> args, bool with_config = true) {
     if (with_config) {
       args.insert(args.end(), {"--config", config_, "--state-dir", (dir_ / "run").string()});
     }
-    return run_cli(args);
+    return run_cli(args, [this](const std::string& uri) {
+      uri_ = uri;
+      return host_;
+    });
   }
   Result place(const std::string& name, std::vector<std::string> extra = {}) {
     std::vector<std::string> args = {"place", "--template", template_, "--name", name};
@@ -140,7 +71,8 @@ class LiveCommands : public ::testing::Test {
 
   fs::path dir_;
   std::string config_, template_;
-  FakeHost host_;
+  std::shared_ptr<orch::testing::FakeHypervisor> host_ = std::make_shared<orch::testing::FakeHypervisor>();
+  std::string uri_;  // what connect() was given
 };
 
 TEST_F(LiveCommands, PlaceDefinesAPinnedDomainAndReportsIt) {
@@ -154,12 +86,12 @@ TEST_F(LiveCommands, PlaceDefinesAPinnedDomainAndReportsIt) {
   EXPECT_EQ(j["domain_type"], "qemu");  // the template sets none: the host config's
   EXPECT_EQ(j["placement"]["cpus"], nlohmann::json::array({1, 49}));  // vcpus (2), not max_vcpus (4)
   EXPECT_EQ(j["placement"]["cells"][0]["vcpus"], nlohmann::json::array({0, 1, 2, 3}));
-  ASSERT_EQ(host_.defined.size(), 1u);
-  const auto live = orch::parse_live_domain_xml(host_.defined[0]);
+  ASSERT_EQ(host_->defined.size(), 1u);
+  const auto live = orch::parse_live_domain_xml(host_->defined[0]);
   EXPECT_EQ(live.vcpu_pins.at(0), std::vector<int>({1}));
   EXPECT_EQ(live.vcpu_pins.at(3), std::vector<int>({1, 49}));
   EXPECT_EQ(live.cpu_shares, 1024u);  // alone
-  EXPECT_EQ(host_.uri, "qemu:///system");
+  EXPECT_EQ(uri_, "qemu:///system");
   EXPECT_TRUE(fs::exists(dir_ / "run" / "place.lock"));
 }
 
@@ -171,7 +103,7 @@ TEST_F(LiveCommands, PlaceRefusesAStateDirectoryOthersMayWriteTo) {
   const Result r = place("a");
   EXPECT_EQ(r.status, kExitFailure);
   EXPECT_NE(r.err.find("writable by group or others"), std::string::npos) << r.err;
-  EXPECT_TRUE(host_.defined.empty());
+  EXPECT_TRUE(host_->defined.empty());
   EXPECT_FALSE(fs::exists(dir_ / "run" / "place.lock"));
 }
 
@@ -203,7 +135,7 @@ TEST_F(LiveCommands, DryRunPrintsXmlAndChangesNothing) {
   ASSERT_EQ(r.status, kExitOk) << r.err;
   EXPECT_EQ(r.json()["dry_run"], true);
   EXPECT_NE(r.json()["xml"].get<std::string>().find("<name>a</name>"), std::string::npos);
-  EXPECT_TRUE(host_.defined.empty());
+  EXPECT_TRUE(host_->defined.empty());
   EXPECT_FALSE(fs::exists(dir_ / "run"));  // not even the lock
   const Result text = place("a", {"--dry-run"});
   EXPECT_NE(text.out.find("would place vm a on node 0"), std::string::npos) << text.out;
@@ -215,7 +147,7 @@ TEST_F(LiveCommands, RejectionsChangeNothingAndUseTheirExitCodes) {
   EXPECT_EQ(r.status, kExitNoFit);
   EXPECT_NE(r.err.find("node 0:"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("node 1:"), std::string::npos) << r.err;
-  host_.unmanaged.insert("taken");
+  host_->unmanaged.insert("taken");
   r = place("taken");
   EXPECT_EQ(r.status, kExitUsage);
   EXPECT_NE(r.err.find("exists already"), std::string::npos) << r.err;
@@ -227,13 +159,13 @@ TEST_F(LiveCommands, RejectionsChangeNothingAndUseTheirExitCodes) {
   r = cli({"place", "--name", "x"});
   EXPECT_EQ(r.status, kExitUsage);
   EXPECT_NE(r.err.find("--template FILE is required"), std::string::npos) << r.err;
-  EXPECT_TRUE(host_.defined.empty());
+  EXPECT_TRUE(host_->defined.empty());
 }
 
 TEST_F(LiveCommands, CommonOptionsReachConnectAndConfig) {
   Result r = cli({"list", "-c", "test:///default"}, false);
   ASSERT_EQ(r.status, kExitOk) << r.err;
-  EXPECT_EQ(host_.uri, "test:///default");
+  EXPECT_EQ(uri_, "test:///default");
   r = cli({"host", "--config", (dir_ / "missing.conf").string()}, false);
   EXPECT_EQ(r.status, kExitUsage);
   EXPECT_NE(r.err.find("missing.conf"), std::string::npos) << r.err;
@@ -275,33 +207,40 @@ TEST_F(LiveCommands, StatusWithoutDaemonComputesWeightsAndSaysSo) {
   EXPECT_NE(r.err.find("no VM named 'nope'"), std::string::npos) << r.err;
 }
 
+// What llmorchd writes (status_to_json) after a tick `age_s` ago: vm "a" with an agent report.
 nlohmann::json daemon_status(double age_s, int pid) {
-  const auto tick = std::chrono::system_clock::now() - std::chrono::milliseconds(static_cast<int>(age_s * 1000));
-  nlohmann::json a;
-  a["name"] = "a";
-  a["effective_priority"] = 1.0;
-  a["priority_source"] = "agent";
-  a["template_priority"] = 2.0;
-  a["reported_priority"] = 1.0;
-  a["report"] = {{"cpu_pct", 87.5}, {"runnable", 3}, {"ncpu_online", 2}};
-  a["report_age_s"] = 0.4;
-  a["hostile"] = true;
-  a["demand_cpus"] = 3.75;
-  a["weight"] = 0.75;
-  a["cpu_shares"] = 1536;
-  a["cpus"] = {1, 49};
-  a["reason"] = "priority 1 reported by agent";
-  a["last_change_at"] = nullptr;
-  a["last_change"] = nullptr;
-  nlohmann::json s;
-  s["version"] = 1;
-  s["pid"] = pid;
-  s["last_tick_at"] = orch::iso8601(std::chrono::time_point_cast<std::chrono::system_clock::duration>(tick));
-  s["alpha"] = 0.5;
-  s["interval_ms"] = 1000;
-  s["dry_run"] = false;
-  s["vms"] = nlohmann::json::array({a});
-  return s;
+  orch::DaemonStatus s;
+  s.pid = pid;
+  s.last_tick_at = std::chrono::time_point_cast<std::chrono::system_clock::duration>(
+      std::chrono::system_clock::now() - std::chrono::milliseconds(static_cast<int>(age_s * 1000)));
+  s.started_at = s.last_tick_at - std::chrono::seconds(10);
+  s.alpha = 0.5;
+  s.interval_ms = 1000;
+  s.connected = true;
+  orch::VmPlan a;
+  a.name = "a";
+  a.priority = 1.0;
+  a.source = orch::PrioritySource::Agent;
+  a.template_priority = 2.0;
+  a.reported_priority = 1.0;
+  a.demand_cpus = 3.75;
+  a.weight = 0.75;
+  a.cpu_shares = 1536;
+  a.cpus = {1, 49};
+  a.reason = "priority 1 reported by agent";
+  s.plan.vms.push_back(a);
+  orch::AgentState agent;
+  protocol::Report report;
+  report.priority = 1.0;
+  report.cpu_pct = 87.5;
+  report.runnable = 3;
+  report.ncpu_online = 2;
+  agent.last_report = report;
+  agent.last_report_age_s = 0.4;
+  agent.fresh = true;
+  agent.hostile = true;
+  s.agents["a"] = agent;
+  return orch::status_to_json(s);
 }
 
 TEST_F(LiveCommands, StatusAndExplainUseTheDaemonsStatusFile) {
@@ -350,7 +289,7 @@ TEST_F(LiveCommands, ExplainWithoutDaemonShowsTheFormula) {
 }
 
 TEST_F(LiveCommands, HostShowsReservedDedicatedAndMemory) {
-  host_.free_mib = {{0, 20000}, {1, 30000}};
+  host_->free_mib = {{0, 20000}, {1, 30000}};
   ASSERT_EQ(place("a").status, kExitOk);
   const Result r = cli({"host", "--json"});
   ASSERT_EQ(r.status, kExitOk) << r.err;
@@ -370,15 +309,15 @@ TEST_F(LiveCommands, ListAndRemove) {
   ASSERT_EQ(place("a").status, kExitOk);
   Result r = cli({"list"});
   EXPECT_NE(r.out.find("a     running  dedicated  0      1,49  2/4    2048/2048 MiB"), std::string::npos) << r.out;
-  host_.unmanaged.insert("foreign");
+  host_->unmanaged.insert("foreign");
   r = cli({"remove", "foreign"});
   EXPECT_EQ(r.status, kExitFailure);
   EXPECT_NE(r.err.find("not managed by llmorch"), std::string::npos) << r.err;
   EXPECT_EQ(cli({"remove", "ghost"}).status, kExitFailure);
-  EXPECT_TRUE(host_.removed.empty());
+  EXPECT_TRUE(host_->removed.empty());
   r = cli({"remove", "a"});
   ASSERT_EQ(r.status, kExitOk) << r.err;
-  EXPECT_EQ(host_.removed, std::vector<std::string>({"a"}));
+  EXPECT_EQ(host_->removed, std::vector<std::string>({"a"}));
   EXPECT_NE(r.out.find("2048 MiB, cpus 1,49"), std::string::npos) << r.out;
 }
 
@@ -386,18 +325,18 @@ TEST_F(LiveCommands, ListAndRemove) {
 // must not destroy the new one (it resolved the name once, to the old one's UUID).
 TEST_F(LiveCommands, RemoveDestroysTheDomainItLookedUpNotANewOneOfTheSameName) {
   ASSERT_EQ(place("a").status, kExitOk);
-  const std::string old_uuid = host_.managed.at(0).uuid;
-  host_.after_find = [this] {
-    host_.after_find = nullptr;
-    host_.managed.clear();
+  const std::string old_uuid = host_->domains.at(0).uuid;
+  host_->after_find = [this] {
+    host_->after_find = nullptr;
+    host_->domains.clear();
     ASSERT_EQ(place("a").status, kExitOk);
   };
   const Result r = cli({"remove", "a"});
   EXPECT_EQ(r.status, kExitFailure);
   EXPECT_NE(r.err.find("was removed meanwhile"), std::string::npos) << r.err;
-  ASSERT_EQ(host_.managed.size(), 1u);
-  EXPECT_NE(host_.managed[0].uuid, old_uuid);  // the new "a" is still there
-  EXPECT_TRUE(host_.removed.empty());
+  ASSERT_EQ(host_->domains.size(), 1u);
+  EXPECT_NE(host_->domains[0].uuid, old_uuid);  // the new "a" is still there
+  EXPECT_TRUE(host_->removed.empty());
 }
 
 TEST_F(LiveCommands, RemoveTakesAVmWhoseMetadataIsBad) {
@@ -406,11 +345,51 @@ TEST_F(LiveCommands, RemoveTakesAVmWhoseMetadataIsBad) {
   bad.uuid = "11111111-2222-3333-4444-555555555555";
   bad.state = orch::DomainState::Running;
   bad.metadata_error = "bad metadata: priority (nan) is not a number in [0.001, 1000000]; set one in that range";
-  host_.managed.push_back(bad);
+  host_->domains.push_back(bad);
   const Result r = cli({"remove", "broken"});
   ASSERT_EQ(r.status, kExitOk) << r.err;
-  EXPECT_EQ(host_.removed, std::vector<std::string>({"broken"}));
+  EXPECT_EQ(host_->removed, std::vector<std::string>({"broken"}));
   EXPECT_NE(r.out.find("removed vm broken"), std::string::npos) << r.out;
+}
+
+// A status file llmorchd did not write (another version, a hand edit) is not trusted: the output says
+// why and computes the weights itself.
+TEST_F(LiveCommands, StatusSaysWhyItIgnoresAStatusFileItCannotRead) {
+  ASSERT_EQ(place("a").status, kExitOk);
+  nlohmann::json status = daemon_status(0.5, ::getpid());
+  status["vms"][0].erase("weight");
+  write_status(status);
+  const auto j = cli({"status", "--json"}).json();
+  EXPECT_EQ(j["daemon"]["running"], false);
+  EXPECT_NE(j["daemon"]["why_not"].get<std::string>().find("vms[0].weight is missing"), std::string::npos)
+      << j["daemon"]["why_not"];
+  EXPECT_EQ(j["vms"][0]["weight_source"], "computed");
+}
+
+// Issue 12, debt 1: without a daemon, status/explain built their own plan, which skipped the
+// reconciler's clamp of max_vcpus to the domain's real vCPU limit, so they showed a plan llmorchd
+// would not make. They now show make_plan's, the daemon's own.
+TEST_F(LiveCommands, ExplainWithoutDaemonShowsTheDaemonsPlanClampedToTheDomainsVcpus) {
+  // Dedicated on node 0, metadata max_vcpus 4, but the domain itself has only 2 vCPUs.
+  auto d = orch::testing::make_domain("a", 2, {1, 2, 3, 4}, policy::CpuPolicy::Dedicated, 2, 4);
+  d.vcpus_max = 2;
+  d.vcpu_pins.resize(2);
+  host_->domains.push_back(d);
+
+  orch::Snapshot snapshot;  // what llmorchd plans from, without agents
+  snapshot.alpha = 0.8;
+  snapshot.cpu_host = orch::cpu_host(orch::parse_capabilities(host_->caps), {0, 48}, {});
+  snapshot.vms.push_back({.domain = d, .agent = {}, .balloon = {}});
+  const orch::Plan daemon = orch::make_plan(snapshot);
+  ASSERT_EQ(daemon.vms.size(), 1u);
+  ASSERT_TRUE(daemon.vms[0].vcpus_online.has_value());
+  EXPECT_EQ(*daemon.vms[0].vcpus_online, 2);  // clamped to the domain's 2, not the metadata's 4
+  std::string cpus;
+  for (int c : daemon.vms[0].cpus) cpus += (cpus.empty() ? "" : ",") + std::to_string(c);
+
+  const Result r = cli({"explain", "a"});
+  ASSERT_EQ(r.status, kExitOk) << r.err;
+  EXPECT_NE(r.out.find("planned " + cpus + " (2 vCPUs online)"), std::string::npos) << r.out;
 }
 
 }  // namespace

@@ -17,11 +17,12 @@ struct CliResult {
   nlohmann::json json() const { return nlohmann::json::parse(out); }
 };
 
-// `args` without the leading "llmorch".
-inline CliResult run_cli(std::vector<std::string> args) {
+// `args` without the leading "llmorch". `hypervisors`: how commands reach the hypervisor (a fake);
+// empty: libvirt.
+inline CliResult run_cli(std::vector<std::string> args, HypervisorFactory hypervisors = {}) {
   args.insert(args.begin(), "llmorch");
   std::ostringstream out, err;
-  const int status = run(args, {out, err});
+  const int status = run(args, {out, err, std::move(hypervisors)});
   return {status, out.str(), err.str()};
 }
 

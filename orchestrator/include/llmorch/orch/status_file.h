@@ -1,6 +1,10 @@
 // llmorchd's status file: DIR/status.json (DIR: --state-dir, default /run/llmorch), rewritten atomically
 // (a new temporary file + rename) after every tick. `llmorch status` / `llmorch explain` read it with
-// read_status_file().
+// read_status_file() and status_from_json().
+//
+// The schema lives in code once: StatusFile below mirrors the file field by field; status_to_json
+// writes through it and status_from_json reads it back (a round-trip test keeps the two equal). The
+// comment is the reader's guide; where it and StatusFile disagree, StatusFile is right.
 //
 // Schema (version 1). Times: "..._at" are ISO 8601 UTC strings ("2026-11-25T10:00:00.123Z"), ages and
 // intervals are numbers as named. A field that is unknown is null.
@@ -24,7 +28,7 @@
 //       "n": 12,                       to the return of the last libvirt call that applied the change;
 //       "p50": 3.1, "p99": 9.8,        the last 256 such reports (nearest-rank percentiles); p50, p99
 //       "max": 11.2 } },               and max are null while n is 0
-//   "vms": [                           every active managed VM, sorted by name
+//   "vms": [                           every active managed VM in the plan, sorted by name
 //     { "name": "a",
 //       "effective_priority": 1.0,     what the weights use
 //       "priority_source": "agent",    "agent" (fresh report), "template" (no report, or the report
@@ -62,7 +66,10 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <map>
+#include <optional>
+#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
@@ -120,9 +127,79 @@ ProblemChanges set_problems(DaemonStatus& status, const std::string& kind,
                             const std::map<std::string, std::string>& current,
                             std::chrono::system_clock::time_point now);
 
+// status.json as a value, field by field (the schema above; times as written: ISO 8601 strings).
+struct StatusFileVm {
+  struct Agent {
+    bool connected = false;
+    std::uint64_t ok = 0, malformed = 0, oversized = 0, rate_limited = 0, unknown_keys = 0, clamped = 0;
+    bool hostile = false;
+    std::string last_error;
+    bool operator==(const Agent&) const = default;
+  };
+  struct Balloon {
+    std::optional<std::uint64_t> actual_mib, target_mib;
+    std::uint64_t floor_mib = 0, max_mib = 0;
+    bool left_alone = true;
+    std::string reason;
+    std::optional<std::string> last_change_at, last_change_reason;
+    bool operator==(const Balloon&) const = default;
+  };
+  std::string name;
+  double effective_priority = 1.0;
+  std::string priority_source;  // "agent", "template", "stale", "hostile"
+  double template_priority = 1.0;
+  std::optional<double> reported_priority;
+  std::optional<protocol::Report> report;
+  std::optional<double> report_age_s;
+  bool report_fresh = false;
+  Agent agent;
+  bool hostile = false;
+  bool flapping = false;
+  double demand_cpus = -1.0;
+  double weight = 0.0;
+  int cpu_shares = 1024;
+  std::vector<policy::CpuId> cpus;
+  std::optional<int> vcpus_online;
+  std::string reason;
+  std::optional<std::string> last_change_at, last_change;
+  Balloon balloon;
+  bool operator==(const StatusFileVm&) const = default;
+};
+
+struct StatusFileProblem {
+  std::string vm, kind, detail, since;
+  bool operator==(const StatusFileProblem&) const = default;
+};
+
+struct StatusFile {
+  int version = kStatusVersion;
+  int pid = 0;
+  std::string started_at, last_tick_at;
+  double alpha = 0.8;
+  int interval_ms = 1000;
+  bool dry_run = false;
+  bool connected = false;
+  std::string health;  // "ok", "degraded", "disconnected"
+  std::vector<StatusFileProblem> problems;
+  LatencySummary report_to_apply_ms;
+  std::vector<StatusFileVm> vms;
+  const StatusFileVm* vm(const std::string& name) const;  // null when absent
+};
+
+// status.json holds something status_from_json cannot read; what() names the field and what to do.
+struct StatusFileError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
 std::string iso8601(std::chrono::system_clock::time_point t);
 nlohmann::json report_to_json(const protocol::Report& r);
-nlohmann::json status_to_json(const DaemonStatus& status);
+StatusFile status_file_of(const DaemonStatus& status);
+nlohmann::json to_json(const StatusFile& status);
+nlohmann::json to_json(const StatusFileVm::Balloon& balloon);  // "balloon" of a "vms" entry
+nlohmann::json status_to_json(const DaemonStatus& status);  // to_json(status_file_of(status))
+// Reads what status_to_json wrote. Throws StatusFileError naming the first field that is missing or of
+// the wrong type, or a version other than kStatusVersion. Keys it does not know are ignored.
+StatusFile status_from_json(const nlohmann::json& j);
 
 // llmorchd's state directory (status.json) is also the place lock's (llmorch place). Creates it when
 // missing (mode 0755 exactly, whatever the umask; parents as needed), then refuses it unless it is a
