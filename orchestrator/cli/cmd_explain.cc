@@ -56,21 +56,21 @@ std::vector<Term> terms_of(const std::vector<orch::ManagedDomain>& domains, cons
 
 void explain_weight(std::ostream& out, const std::string& name, const std::vector<Term>& terms, double alpha,
                     double* weight) {
-  const double n = static_cast<double>(terms.size());
   out << "Formula: w_i = raw_i / sum(raw), raw_i = alpha/p_i + (1-alpha)/n, with alpha = " << fixed(alpha, 2)
       << " and n = " << terms.size() << " running VMs (p = 1 is the most important).\n";
   Table t;
   t.row({"", "VM", "PRIORITY", "SOURCE", "alpha/p_i", "(1-alpha)/n", "raw_i", "weight"});
+  std::vector<double> priorities;
+  for (const auto& term : terms) priorities.push_back(term.priority);
+  const std::vector<policy::WeightTerm> parts = policy::weight_terms(priorities, alpha);
+  const std::vector<double> weights = policy::compute_weights(priorities, alpha);
   double sum = 0;
-  std::vector<double> raw;
-  for (const auto& term : terms) {
-    raw.push_back(alpha / term.priority + (1 - alpha) / n);
-    sum += raw.back();
-  }
+  for (const policy::WeightTerm& p : parts) sum += p.raw;
   for (std::size_t i = 0; i < terms.size(); ++i) {
     t.row({terms[i].name == name ? ">" : "", terms[i].name, fixed(terms[i].priority, 2), terms[i].source,
-           fixed(alpha / terms[i].priority, 4), fixed((1 - alpha) / n, 4), fixed(raw[i], 4), fixed(raw[i] / sum, 4)});
-    if (terms[i].name == name) *weight = raw[i] / sum;
+           fixed(parts[i].priority_part, 4), fixed(parts[i].equal_part, 4), fixed(parts[i].raw, 4),
+           fixed(weights[i], 4)});
+    if (terms[i].name == name) *weight = weights[i];
   }
   t.print(out);
   out << "sum(raw) = " << fixed(sum, 4) << ", so w(" << name << ") = " << fixed(*weight * sum, 4) << " / "

@@ -30,8 +30,6 @@ Domains without llmorch metadata are not listed ('virsh list --all' shows them).
 Exit status: 0 listed (possibly nothing); 1 libvirt failed; 2 bad arguments.
 )";
 
-const char* policy_name(policy::CpuPolicy p) { return p == policy::CpuPolicy::Shared ? "shared" : "dedicated"; }
-
 }  // namespace
 
 int cmd_list(const std::vector<std::string>& args, Io io) {
@@ -56,7 +54,7 @@ int cmd_list(const std::vector<std::string>& args, Io io) {
         continue;
       }
       const auto& p = d.facts.placement;
-      table.row({d.name, std::string(orch::to_string(d.state)), policy_name(p.cpu_policy), cpu_list(p.nodes),
+      table.row({d.name, std::string(orch::to_string(d.state)), std::string(policy::to_string(p.cpu_policy)), cpu_list(p.nodes),
                  cpu_list(p.cpus), std::to_string(d.vcpus_current) + "/" + std::to_string(d.vcpus_max),
                  std::to_string(d.memory_actual_kib / 1024) + "/" + std::to_string(d.memory_max_kib / 1024) + " MiB"});
     }

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "cli_common.h"
+#include "placement_json.h"
 #include "commands.h"
 #include "llmorch/orch/domain_xml.h"
 #include "llmorch/orch/place_vm.h"
@@ -47,7 +48,8 @@ Two 'place' commands never race: each holds an exclusive lock on DIR/place.lock 
 to defining the domain.
 
 Output: text, or with --json:
-  {"name": N, "placement": {"nodes": [..], "cpus": [..], "memory_mib_per_node": {"ID": MiB},
+  {"name": N, "placement": {"name": N, "nodes": [..], "cpus": [..], "memory_mib_per_node": {"ID": MiB},
+   "cpu_policy": "dedicated"|"shared", "hugepages": "2M"|"1G"|null,
    "cells": [{"node": ID, "vcpus": [..], "memory_mib": M}]}, "cpu_policy": "dedicated"|"shared",
    "cpu_shares": S, "domain_type": "kvm"|"qemu", "dry_run": bool, "xml": "..." (dry run only)}
 While starting, a progress line goes to stderr: "defining vm N on node 0 (cpus 1-2)... started".
@@ -85,17 +87,6 @@ Options parse(const std::vector<std::string>& args) {
   if (!orch::valid_vm_name(o.name))
     throw UsageError("'" + o.name + "' is not a valid VM name (use 1 to 64 of A-Z a-z 0-9 _ . -, not . or ..)");
   return o;
-}
-
-nlohmann::ordered_json placement_json(const policy::Placement& p) {
-  nlohmann::ordered_json j;
-  j["nodes"] = p.nodes;
-  j["cpus"] = p.cpus;
-  j["memory_mib_per_node"] = nlohmann::ordered_json::object();
-  for (const auto& [node, mib] : p.memory_mib_per_node) j["memory_mib_per_node"][std::to_string(node)] = mib;
-  j["cells"] = nlohmann::ordered_json::array();
-  for (const auto& c : p.cells) j["cells"].push_back({{"node", c.host_node}, {"vcpus", c.vcpus}, {"memory_mib", c.memory_mib}});
-  return j;
 }
 
 std::string where(const orch::DomainSpec& s) {
@@ -147,7 +138,7 @@ int run_place(const Options& o, Io io) {
     nlohmann::ordered_json j;
     j["name"] = o.name;
     j["placement"] = placement_json(spec.placement);
-    j["cpu_policy"] = spec.placement.cpu_policy == CpuPolicy::Shared ? "shared" : "dedicated";
+    j["cpu_policy"] = policy::to_string(spec.placement.cpu_policy);
     j["cpu_shares"] = spec.cpu_shares;
     j["domain_type"] = spec.domain_type;
     j["dry_run"] = o.dry_run;

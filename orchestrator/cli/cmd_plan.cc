@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "cli_common.h"
+#include "placement_json.h"
 #include "commands.h"
 #include "llmorch/orch/config.h"
 #include "llmorch/orch/reconciler.h"
@@ -98,10 +99,9 @@ policy::PlacementRequest parse_vm(const std::string& spec) {
       r.memory_mib = spec_number(spec, key, value);
       if (r.memory_mib == 0) throw UsageError("--vm '" + spec + "': memory_mib must be at least 1");
     } else if (key == "cpu_policy") {
-      if (value != "dedicated" && value != "shared") {
-        throw UsageError("--vm '" + spec + "': cpu_policy must be dedicated or shared, got '" + value + "'");
-      }
-      r.cpu_policy = value == "shared" ? CpuPolicy::Shared : CpuPolicy::Dedicated;
+      const auto policy = policy::cpu_policy_from_string(value);
+      if (!policy) throw UsageError("--vm '" + spec + "': cpu_policy must be dedicated or shared, got '" + value + "'");
+      r.cpu_policy = *policy;
     } else if (key == "hugepages") {
       if (value != "2M" && value != "1G") throw UsageError("--vm '" + spec + "': hugepages must be 2M or 1G, got '" + value + "'");
       r.hugepage_kib = value == "2M" ? 2048 : 1048576;
@@ -160,28 +160,11 @@ void check_reserved_exist(const policy::HostTopology& host, const std::set<polic
   }
 }
 
-const char* policy_name(CpuPolicy p) { return p == CpuPolicy::Shared ? "shared" : "dedicated"; }
-
-nlohmann::ordered_json to_json(const policy::Placement& p) {
-  nlohmann::ordered_json j;
-  j["name"] = p.name;
-  j["nodes"] = p.nodes;
-  j["cpus"] = p.cpus;
-  j["memory_mib_per_node"] = nlohmann::ordered_json::object();
-  for (const auto& [node, mib] : p.memory_mib_per_node) j["memory_mib_per_node"][std::to_string(node)] = mib;
-  j["cpu_policy"] = policy_name(p.cpu_policy);
-  j["hugepages"] = p.hugepage_kib == 0 ? nlohmann::ordered_json(nullptr)
-                                       : nlohmann::ordered_json(p.hugepage_kib == 2048 ? "2M" : "1G");
-  j["cells"] = nlohmann::ordered_json::array();
-  for (const auto& c : p.cells) j["cells"].push_back({{"node", c.host_node}, {"vcpus", c.vcpus}, {"memory_mib", c.memory_mib}});
-  return j;
-}
-
 void print_json(std::ostream& out, const std::vector<policy::Placement>& placed,
                 const std::vector<policy::Rejection>& rejected) {
   nlohmann::ordered_json doc;
   doc["placed"] = nlohmann::ordered_json::array();
-  for (const auto& p : placed) doc["placed"].push_back(to_json(p));
+  for (const auto& p : placed) doc["placed"].push_back(placement_json(p));
   doc["rejected"] = nlohmann::ordered_json::array();
   for (const auto& r : rejected) doc["rejected"].push_back({{"name", r.name}, {"reason", r.reason}});
   out << doc.dump() << "\n";
@@ -206,7 +189,7 @@ void print_table(std::ostream& out, const Options& o, const policy::HostTopology
       << std::setw(mem_width + 2) << "MEMORY MiB (node:MiB)" << "HOST CPUS\n";
   for (std::size_t i = 0; i < placed.size(); ++i) {
     const policy::Placement& p = placed[i];
-    out << std::left << std::setw(width + 2) << p.name << std::setw(11) << policy_name(p.cpu_policy) << std::setw(7)
+    out << std::left << std::setw(width + 2) << p.name << std::setw(11) << policy::to_string(p.cpu_policy) << std::setw(7)
         << p.vcpus << std::setw(mem_width + 2) << memory[i] << orch::format_cpu_list({p.cpus.begin(), p.cpus.end()})
         << "\n";
   }

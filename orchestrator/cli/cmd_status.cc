@@ -78,7 +78,7 @@ ordered_json vm_json(const orch::ManagedDomain& d, const DaemonView& daemon, con
   j["name"] = d.name;
   j["state"] = std::string(orch::to_string(d.state));
   j["active"] = d.active();
-  j["policy"] = p.cpu_policy == policy::CpuPolicy::Shared ? "shared" : "dedicated";
+  j["policy"] = policy::to_string(p.cpu_policy);
   j["nodes"] = p.nodes;
   j["cpus"] = p.cpus;
   j["cpu_shares"] = opt(d.cpu_shares);

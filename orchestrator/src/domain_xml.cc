@@ -57,12 +57,11 @@ std::vector<int> parse_cpuset(std::string_view text) {
   return {s.begin(), s.end()};
 }
 
-const char* policy_name(CpuPolicy p) { return p == CpuPolicy::Dedicated ? "dedicated" : "shared"; }
+std::string policy_name(CpuPolicy p) { return std::string(policy::to_string(p)); }
 
 CpuPolicy parse_policy(std::string_view s) {
-  if (s == "dedicated") return CpuPolicy::Dedicated;
-  if (s == "shared") return CpuPolicy::Shared;
-  throw std::invalid_argument("bad cpu policy");
+  if (const auto p = policy::cpu_policy_from_string(s)) return *p;
+  throw std::invalid_argument("cpu policy '" + std::string(s.substr(0, 32)) + "' is neither dedicated nor shared");
 }
 
 pugi::xml_node child_text(pugi::xml_node parent, const char* name, const std::string& text) {

@@ -38,8 +38,9 @@ const std::vector<Key>& keys() {
        [](const S& v, T& t) { t.memory_floor_max_mib = ini::whole<std::uint64_t>(v, 0); }},
       {"cpu_policy", "dedicated or shared",
        [](const S& v, T& t) {
-         t.cpu_policy = ini::choice(v, {"dedicated", "shared"}) == 0 ? policy::CpuPolicy::Dedicated
-                                                                      : policy::CpuPolicy::Shared;
+         const auto policy = policy::cpu_policy_from_string(v);
+         if (!policy) ini::reject();
+         t.cpu_policy = *policy;
        }},
       {"hugepages", "none, 2M or 1G", [](const S& v, T& t) { t.hugepage_kib = hugepage_kib(v); }},
       {"priority", "a number in [0.001, 1000000]", [](const S& v, T& t) { t.priority = priority_value(v); }},

@@ -4,6 +4,20 @@
 
 namespace llmorch::policy {
 
+std::string_view to_string(CpuPolicy p) {
+  switch (p) {
+    case CpuPolicy::Dedicated: return "dedicated";
+    case CpuPolicy::Shared: return "shared";
+  }
+  return "dedicated";  // not reached: every enumerator is named above
+}
+
+std::optional<CpuPolicy> cpu_policy_from_string(std::string_view text) {
+  for (CpuPolicy p : {CpuPolicy::Dedicated, CpuPolicy::Shared})
+    if (text == to_string(p)) return p;
+  return std::nullopt;
+}
+
 const NumaNode* HostTopology::node(NodeId id) const {
   auto it = std::lower_bound(nodes.begin(), nodes.end(), id,
                              [](const NumaNode& n, NodeId v) { return n.id < v; });

@@ -31,23 +31,31 @@ void check_priority(double p, std::size_t index) {
 
 }  // namespace
 
-std::vector<double> compute_weights(std::span<const double> priorities, double alpha) {
+std::vector<WeightTerm> weight_terms(std::span<const double> priorities, double alpha) {
   check_alpha(alpha);
   const double equal_share = 1.0 / static_cast<double>(priorities.size());
-  std::vector<double> weights;
-  weights.reserve(priorities.size());
-  double sum = 0.0;
+  std::vector<WeightTerm> terms;
+  terms.reserve(priorities.size());
   for (std::size_t i = 0; i < priorities.size(); ++i) {
     check_priority(priorities[i], i);
-    const double raw = alpha / priorities[i] + (1.0 - alpha) * equal_share;
-    weights.push_back(raw);
-    sum += raw;
+    const WeightTerm t{.priority_part = alpha / priorities[i], .equal_part = (1.0 - alpha) * equal_share, .raw = 0};
+    terms.push_back(t);
+    terms.back().raw = t.priority_part + t.equal_part;
   }
+  return terms;
+}
+
+std::vector<double> compute_weights(std::span<const double> priorities, double alpha) {
+  const std::vector<WeightTerm> terms = weight_terms(priorities, alpha);
+  double sum = 0.0;
+  for (const WeightTerm& t : terms) sum += t.raw;
   // 1/p overflows for priorities near the smallest double; say so rather than return NaN.
-  if (!priorities.empty() && !(std::isfinite(sum) && sum > 0.0)) {
+  if (!terms.empty() && !(std::isfinite(sum) && sum > 0.0)) {
     throw std::invalid_argument("priorities span too wide a range to weigh; use values like 1..1000");
   }
-  for (double& w : weights) w /= sum;
+  std::vector<double> weights;
+  weights.reserve(terms.size());
+  for (const WeightTerm& t : terms) weights.push_back(t.raw / sum);
   return weights;
 }
 

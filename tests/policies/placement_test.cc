@@ -16,7 +16,7 @@ const std::string kHosts = LLMORCH_HOSTS_DIR;
 // Every host description: the project's own, and real hosts' files when a directory of them exists.
 std::vector<std::string> host_files() {
   std::vector<std::string> files;
-  for (const std::filesystem::path dir : {std::filesystem::path(kHosts), std::filesystem::path(LLMORCH_REAL_HOSTS_DIR)}) {
+  for (const std::filesystem::path& dir : {std::filesystem::path(kHosts), std::filesystem::path(LLMORCH_REAL_HOSTS_DIR)}) {
     if (!std::filesystem::is_directory(dir)) continue;
     for (const auto& entry : std::filesystem::directory_iterator(dir))
       if (entry.path().extension() == ".xml") files.push_back(entry.path().string());

@@ -184,5 +184,38 @@ TEST(CpuShares, RejectsBadInput) {
   EXPECT_THROW(cpu_shares(0.5, 0), std::invalid_argument);
 }
 
+// weight_terms is the arithmetic compute_weights normalises: explain prints these numbers.
+TEST(WeightTerms, AreTheFormulaTermsAndNormaliseToComputeWeights) {
+  const std::vector<double> p{2, 1};
+  const std::vector<WeightTerm> t = weight_terms(p, 0.8);
+  ASSERT_EQ(t.size(), 2u);
+  EXPECT_DOUBLE_EQ(t[0].priority_part, 0.4);  // 0.8 / 2
+  EXPECT_DOUBLE_EQ(t[1].priority_part, 0.8);  // 0.8 / 1
+  EXPECT_DOUBLE_EQ(t[0].equal_part, 0.1);     // 0.2 / 2
+  EXPECT_DOUBLE_EQ(t[1].equal_part, 0.1);
+  EXPECT_DOUBLE_EQ(t[0].raw, 0.5);
+  EXPECT_DOUBLE_EQ(t[1].raw, 0.9);
+  std::mt19937_64 rng(12);
+  for (int round = 0; round < 200; ++round) {
+    const std::vector<double> prio = random_priorities(rng);
+    const double alpha = std::uniform_real_distribution<double>(0, 1)(rng);
+    const std::vector<WeightTerm> terms = weight_terms(prio, alpha);
+    const std::vector<double> w = compute_weights(prio, alpha);
+    double sum = 0;
+    for (const WeightTerm& x : terms) sum += x.raw;
+    ASSERT_EQ(terms.size(), w.size());
+    for (std::size_t i = 0; i < w.size(); ++i) {
+      EXPECT_DOUBLE_EQ(terms[i].raw, terms[i].priority_part + terms[i].equal_part);
+      EXPECT_DOUBLE_EQ(terms[i].raw / sum, w[i]) << "round " << round << " VM " << i;
+    }
+  }
+}
+
+TEST(WeightTerms, RejectWhatComputeWeightsRejects) {
+  EXPECT_THROW(weight_terms(std::vector<double>{1, 0}, 0.8), std::invalid_argument);
+  EXPECT_THROW(weight_terms(std::vector<double>{1}, 1.5), std::invalid_argument);
+  EXPECT_TRUE(weight_terms(std::vector<double>{}, 0.8).empty());
+}
+
 }  // namespace
 }  // namespace llmorch::policy

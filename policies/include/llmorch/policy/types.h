@@ -6,6 +6,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace llmorch::policy {
@@ -50,6 +51,11 @@ struct HostTopology {
 // Placement.
 
 enum class CpuPolicy { Dedicated, Shared };
+
+// "dedicated" / "shared": the one spelling in templates, domain metadata, CLI arguments and JSON.
+std::string_view to_string(CpuPolicy p);
+// The policy named `text`; nullopt when it is neither name (the caller says what it expected).
+std::optional<CpuPolicy> cpu_policy_from_string(std::string_view text);
 
 struct PlacementRequest {
   std::string name;

@@ -18,6 +18,16 @@ inline constexpr double kDefaultAlpha = 0.8;
 // Example: priorities {2, 1}, α 0.8 -> {0.3571, 0.6429}.
 std::vector<double> compute_weights(std::span<const double> priorities, double alpha = kDefaultAlpha);
 
+// The terms of one VM's weight before normalisation: w_i = raw_i / Σ raw.
+struct WeightTerm {
+  double priority_part = 0;  // α / p_i
+  double equal_part = 0;     // (1 − α) / n
+  double raw = 0;            // priority_part + equal_part
+};
+// The terms compute_weights normalises, in the same order and with the same checks (it throws
+// std::invalid_argument for what compute_weights rejects). For showing the arithmetic (llmorch explain).
+std::vector<WeightTerm> weight_terms(std::span<const double> priorities, double alpha = kDefaultAlpha);
+
 // cgroup v1 cpu.shares bounds (libvirt's <cputune><shares>).
 inline constexpr int kMinCpuShares = 2;
 inline constexpr int kMaxCpuShares = 262144;
