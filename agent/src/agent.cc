@@ -153,12 +153,9 @@ void Agent::report(std::int64_t now_ms) {
   // Wait for room at most half an interval; a stale report is worth less than the next fresh one.
   switch (port_.send(frame, static_cast<int>(std::min<std::uint64_t>(interval_ms_ / 2, 500)))) {
     case Port::Sent::Yes:
-    case Port::Sent::Dropped:
-      break;
-    case Port::Sent::NoHost:
-      return host_gone(now_ms, "no host process holds the channel");
-    case Port::Sent::Lost:
-      return host_gone(now_ms, "the port went away");
+    case Port::Sent::Dropped: break;
+    case Port::Sent::NoHost: return host_gone(now_ms, "no host process holds the channel");
+    case Port::Sent::Lost: return host_gone(now_ms, "the port went away");
   }
 }
 
@@ -172,9 +169,7 @@ void Agent::host_gone(std::int64_t now_ms, const char* why) {
 void Agent::probe(std::int64_t now_ms) {
   if (!port_.ensure_open()) return link_.probed_absent(now_ms);
   switch (classify_port_events(port_.poll_now())) {
-    case PortEvent::Broken:
-      port_.close();
-      return link_.probed_absent(now_ms);
+    case PortEvent::Broken: port_.close(); return link_.probed_absent(now_ms);
     case PortEvent::HostAbsent:
       read_port();  // what the host sent before it left; read() also finds an unplugged port
       prime_cpu();  // so the first report after the host comes back measures recent CPU use
@@ -242,11 +237,8 @@ void Agent::wait(std::int64_t now_ms) {
   }
   if (port_index >= 0) {
     switch (classify_port_events(fds[port_index].revents)) {
-      case PortEvent::None:
-        break;
-      case PortEvent::Readable:
-        read_port();
-        break;
+      case PortEvent::None: break;
+      case PortEvent::Readable: read_port(); break;
       case PortEvent::HostAbsent:
         read_port();
         host_gone(now_ms, "the host closed the channel");
@@ -264,23 +256,17 @@ int Agent::run() {
     log("%s; set-priority and set-floor will not work", error.c_str());
   wake_fd_ = open_sigio_fd();
   if (wake_fd_ < 0)
-    log("cannot receive SIGIO (%s); a host connecting is noticed by probing, up to %lld ms late",
-        std::strerror(errno), static_cast<long long>(kProbeMaxMs));
+    log("cannot receive SIGIO (%s); a host connecting is noticed by probing, up to %lld ms late", std::strerror(errno),
+        static_cast<long long>(kProbeMaxMs));
   port_.set_connect_signal(wake_fd_ >= 0);
   build_report();  // primes the CPU counters
   seq_ = 0;
   for (;;) {
     const std::int64_t now = monotonic_ms();
     switch (link_.due(now)) {
-      case HostLink::Due::Probe:
-        probe(now);
-        break;
-      case HostLink::Due::Report:
-        report(now);
-        break;
-      case HostLink::Due::Nothing:
-        wait(now);
-        break;
+      case HostLink::Due::Probe: probe(now); break;
+      case HostLink::Due::Report: report(now); break;
+      case HostLink::Due::Nothing: wait(now); break;
     }
   }
 }

@@ -70,7 +70,7 @@ class Agent {
   ControlServer control_;
   protocol::FrameDecoder decoder_;
   HostLink link_;
-  int wake_fd_ = -1;  // signalfd for SIGIO: the port's host end opened or closed
+  int wake_fd_ = -1;              // signalfd for SIGIO: the port's host end opened or closed
   bool reported_before_ = false;  // the host has listened before (for the log)
   bool said_waiting_ = false;     // logged that no host listens yet
   bool signalled_ = false;        // SIGIO since the last probe (for the log)

@@ -80,7 +80,7 @@ std::string ControlServer::listen(const std::string& path) {
   if (!make_address(path, &addr)) return "control socket path " + path + " is too long";
   fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd_ < 0) return std::string("cannot create control socket: ") + std::strerror(errno);
-  ::unlink(path.c_str());  // a previous agent's socket; nobody listens on it any more
+  ::unlink(path.c_str());     // a previous agent's socket; nobody listens on it any more
   mode_t old = ::umask(077);  // only root in the guest may change the priority
   int r = ::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
   ::umask(old);
@@ -99,8 +99,7 @@ std::optional<ControlRequest> ControlServer::serve_one() {
   if (client < 0) return std::nullopt;
   std::optional<ControlRequest> request;
   if (auto line = read_line(client)) request = parse_control_request(*line);
-  write_all(client, request ? "ok\n"
-                            : "error: expected 'set-priority P' (0 < P <= 1000000) or 'set-floor MIB'\n");
+  write_all(client, request ? "ok\n" : "error: expected 'set-priority P' (0 < P <= 1000000) or 'set-floor MIB'\n");
   ::close(client);
   return request;
 }

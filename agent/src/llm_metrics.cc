@@ -61,7 +61,8 @@ void PrometheusQueueParser::line(std::string_view line) {
 
 std::optional<LlmQueue> PrometheusQueueParser::queue() const {
   if (!seen_) return std::nullopt;
-  return LlmQueue{static_cast<std::uint64_t>(std::llround(running_)), static_cast<std::uint64_t>(std::llround(waiting_))};
+  return LlmQueue{static_cast<std::uint64_t>(std::llround(running_)),
+                  static_cast<std::uint64_t>(std::llround(waiting_))};
 }
 
 namespace {

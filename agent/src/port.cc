@@ -37,8 +37,7 @@ bool Port::ensure_open() {
     path_ = *path;
     return false;
   }
-  if (signal_ && (::fcntl(fd_, F_SETOWN, ::getpid()) < 0 ||
-                  ::fcntl(fd_, F_SETFL, ::fcntl(fd_, F_GETFL) | O_ASYNC) < 0))
+  if (signal_ && (::fcntl(fd_, F_SETOWN, ::getpid()) < 0 || ::fcntl(fd_, F_SETFL, ::fcntl(fd_, F_GETFL) | O_ASYNC) < 0))
     log("cannot get SIGIO from %s (%s); will notice a host connecting by probing only", path->c_str(),
         std::strerror(errno));
   log("opened %s", path->c_str());
@@ -74,10 +73,8 @@ Port::Sent Port::send(std::string_view frame, int timeout_ms) {
     if (ready <= 0 || (p.revents & POLLOUT) == 0) break;
   }
   // Only a frame cut in the middle needs a resync; one never started leaves the stream clean.
-  if (rest.empty())
-    resync_ = false;
-  else if (rest.size() != data.size())
-    resync_ = true;
+  if (rest.empty()) resync_ = false;
+  else if (rest.size() != data.size()) resync_ = true;
   if (rest.empty()) return Sent::Yes;
   return no_host ? Sent::NoHost : Sent::Dropped;
 }

@@ -22,7 +22,8 @@ std::optional<std::uint64_t> parse_floor(std::string_view text) {
 namespace {
 
 void warn(std::vector<std::string>* warnings, std::string_view where, std::string_view word) {
-  if (warnings) warnings->push_back(std::string(where) + ": ignoring invalid '" + std::string(word.substr(0, 64)) + "'");
+  if (warnings)
+    warnings->push_back(std::string(where) + ": ignoring invalid '" + std::string(word.substr(0, 64)) + "'");
 }
 
 // Applies key=value to a layer; false if the key is known but the value is bad.
@@ -54,10 +55,8 @@ CmdlineSettings parse_cmdline(const std::string& cmdline, std::vector<std::strin
       std::size_t colon = value.find(':');
       auto after = parse_double(value.substr(0, colon));
       auto prio = colon == std::string_view::npos ? std::nullopt : parse_priority(value.substr(colon + 1));
-      if (after && *after >= 0 && prio)
-        out.scheduled.push_back({*after, *prio});
-      else
-        warn(warnings, "kernel command line", word);
+      if (after && *after >= 0 && prio) out.scheduled.push_back({*after, *prio});
+      else warn(warnings, "kernel command line", word);
     }
   }
   std::stable_sort(out.scheduled.begin(), out.scheduled.end(),

@@ -38,7 +38,8 @@ std::string write_file(const std::string& path, std::string_view text) {
   int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
   if (fd < 0) return "cannot open " + path + ": " + std::strerror(errno);
   ssize_t n = ::write(fd, text.data(), text.size());
-  std::string error = n == static_cast<ssize_t>(text.size()) ? "" : "cannot write " + path + ": " + std::strerror(errno);
+  std::string error = n == static_cast<ssize_t>(text.size()) ? ""
+                                                             : "cannot write " + path + ": " + std::strerror(errno);
   ::close(fd);
   return error;
 }

@@ -23,12 +23,10 @@ namespace llmorch::cli {
 namespace po = boost::program_options;
 
 void add_common_options(po::options_description& options, CommonOptions& common) {
-  options.add_options()
-      ("help,h", po::bool_switch(&common.help), "explain this command")
-      ("connect,c", po::value<std::string>()->notifier([&common](const std::string& uri) { common.connect = uri; }),
-       "libvirt URI")
-      ("config", po::value<std::string>(&common.config), "host config file")
-      ("state-dir", po::value<std::string>(&common.state_dir), "llmorchd's state directory");
+  options.add_options()("help,h", po::bool_switch(&common.help), "explain this command")(
+      "connect,c", po::value<std::string>()->notifier([&common](const std::string& uri) { common.connect = uri; }),
+      "libvirt URI")("config", po::value<std::string>(&common.config), "host config file")(
+      "state-dir", po::value<std::string>(&common.state_dir), "llmorchd's state directory");
 }
 
 po::variables_map parse_args(const std::vector<std::string>& args, const po::options_description& options,
@@ -115,9 +113,7 @@ double now_unix_seconds() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
-const orch::StatusFileVm* DaemonView::vm(const std::string& name) const {
-  return status ? status->vm(name) : nullptr;
-}
+const orch::StatusFileVm* DaemonView::vm(const std::string& name) const { return status ? status->vm(name) : nullptr; }
 
 DaemonView read_daemon_view(const std::string& state_dir, double now_unix_s) {
   DaemonView view;

@@ -35,8 +35,8 @@ struct EnvironmentError : std::runtime_error {
 };
 
 struct CommonOptions {
-  std::optional<std::string> connect;  // -c/--connect URI
-  std::string config;                  // --config FILE; empty: /etc/llmorch/llmorch.conf if present
+  std::optional<std::string> connect;      // -c/--connect URI
+  std::string config;                      // --config FILE; empty: /etc/llmorch/llmorch.conf if present
   std::string state_dir = "/run/llmorch";  // llmorchd's --state-dir: status.json, and place.lock
   bool help = false;
 };
@@ -46,9 +46,9 @@ void add_common_options(boost::program_options::options_description& options, Co
 
 // Parses `args` (positional arguments, if any, bound to `positional`); notifies the bound variables.
 // Throws UsageError with Boost's message.
-boost::program_options::variables_map parse_args(const std::vector<std::string>& args,
-                                                 const boost::program_options::options_description& options,
-                                                 const boost::program_options::positional_options_description& positional = {});
+boost::program_options::variables_map parse_args(
+    const std::vector<std::string>& args, const boost::program_options::options_description& options,
+    const boost::program_options::positional_options_description& positional = {});
 
 // The command line of a command on one VM: the common options and NAME, its one positional argument.
 struct VmArgs {
@@ -112,6 +112,6 @@ class Table {
 };
 
 std::string cpu_list(const std::vector<policy::CpuId>& cpus);  // "0-3,8" (sorted, compact); "-" if empty
-std::string fixed(double value, int decimals);                  // "0.3571"
+std::string fixed(double value, int decimals);                 // "0.3571"
 
 }  // namespace llmorch::cli

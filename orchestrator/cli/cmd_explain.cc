@@ -132,8 +132,8 @@ int cmd_explain(const std::vector<std::string>& args, Io io) {
     const DaemonView daemon = read_daemon_view(common.state_dir, now_unix_seconds());
     const orch::StatusFileVm* dv = daemon.running ? daemon.vm(name) : nullptr;
     std::ostream& out = io.out;
-    out << "vm " << name << " (" << orch::to_string(d.state) << ", template priority " << d.facts.priority
-        << " in [" << d.facts.priority_min << ", " << d.facts.priority_max << "])\n";
+    out << "vm " << name << " (" << orch::to_string(d.state) << ", template priority " << d.facts.priority << " in ["
+        << d.facts.priority_min << ", " << d.facts.priority_max << "])\n";
     if (daemon.running) {
       out << "Numbers from llmorchd (last tick " << fixed(daemon.age_s, 1) << " s ago).\n";
     } else {
@@ -159,7 +159,8 @@ int cmd_explain(const std::vector<std::string>& args, Io io) {
     if (dv) {
       out << "Last decision: " << (dv->reason.empty() ? "(none recorded)" : dv->reason) << "\n";
       out << "Last change: "
-          << (dv->last_change ? *dv->last_change + " at " + dv->last_change_at.value_or("?") : "none since llmorchd started")
+          << (dv->last_change ? *dv->last_change + " at " + dv->last_change_at.value_or("?")
+                              : "none since llmorchd started")
           << "\n";
     } else if (daemon.running) {
       out << "llmorchd has no entry for this VM yet (it appears after the next tick).\n";

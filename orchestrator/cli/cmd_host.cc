@@ -60,21 +60,21 @@ ordered_json node_json(const orch::NodeUse& n) {
   m["vms"] = ordered_json::object();
   for (const auto& [vm, mib] : n.vm_mib) {
     auto actual = n.vm_actual_mib.find(vm);
-    m["vms"][vm] = {{"reserved_mib", mib},
-                    {"actual_mib", actual == n.vm_actual_mib.end() ? ordered_json(nullptr) : ordered_json(actual->second)}};
+    m["vms"][vm] = {
+        {"reserved_mib", mib},
+        {"actual_mib", actual == n.vm_actual_mib.end() ? ordered_json(nullptr) : ordered_json(actual->second)}};
   }
   m["available_mib"] = n.available_mib;
   j["memory"] = m;
   j["hugepages"] = ordered_json::array();
   for (const orch::HugepagePool& p : n.hugepages)
-    j["hugepages"].push_back({{"page_kib", p.page_kib}, {"pool_mib", p.pool_mib}, {"vms", p.vm_mib},
-                              {"available_mib", p.available_mib}});
+    j["hugepages"].push_back(
+        {{"page_kib", p.page_kib}, {"pool_mib", p.pool_mib}, {"vms", p.vm_mib}, {"available_mib", p.available_mib}});
   return j;
 }
 
 void print_node(std::ostream& out, const orch::NodeUse& n) {
-  out << "node " << n.id << ": " << n.cpus.size() << " CPUs (" << cpu_list(n.cpus) << "), " << n.total_mib
-      << " MiB\n";
+  out << "node " << n.id << ": " << n.cpus.size() << " CPUs (" << cpu_list(n.cpus) << "), " << n.total_mib << " MiB\n";
   out << "  cpus:   free " << cpu_list(n.free) << "; reserved " << cpu_list(n.reserved) << "; dedicated";
   if (n.dedicated.empty()) out << " -";
   for (const auto& [vm, cpus] : n.dedicated) out << " " << vm << ":" << cpu_list(cpus);
@@ -93,8 +93,8 @@ void print_node(std::ostream& out, const orch::NodeUse& n) {
   }
   out << "\n";
   for (const orch::HugepagePool& p : n.hugepages) {
-    out << "  hugepages " << policy::page_size_text(p.page_kib) << ": available for new VMs " << p.available_mib << " MiB; pool "
-        << p.pool_mib << "; VMs";
+    out << "  hugepages " << policy::page_size_text(p.page_kib) << ": available for new VMs " << p.available_mib
+        << " MiB; pool " << p.pool_mib << "; VMs";
     if (p.vm_mib.empty()) out << " -";
     for (const auto& [vm, mib] : p.vm_mib) out << " " << vm << ":" << mib;
     out << "\n";

@@ -54,8 +54,9 @@ int cmd_list(const std::vector<std::string>& args, Io io) {
         continue;
       }
       const auto& p = d.facts.placement;
-      table.row({d.name, std::string(orch::to_string(d.state)), std::string(policy::to_string(p.cpu_policy)), cpu_list(p.nodes),
-                 cpu_list(p.cpus), std::to_string(d.vcpus_current) + "/" + std::to_string(d.vcpus_max),
+      table.row({d.name, std::string(orch::to_string(d.state)), std::string(policy::to_string(p.cpu_policy)),
+                 cpu_list(p.nodes), cpu_list(p.cpus),
+                 std::to_string(d.vcpus_current) + "/" + std::to_string(d.vcpus_max),
                  std::to_string(d.memory_actual_kib / 1024) + "/" + std::to_string(d.memory_max_kib / 1024) + " MiB"});
     }
     table.print(io.out);

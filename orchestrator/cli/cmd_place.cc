@@ -5,11 +5,11 @@
 #include <vector>
 
 #include "cli_common.h"
-#include "placement_json.h"
 #include "commands.h"
 #include "llmorch/orch/domain_xml.h"
 #include "llmorch/orch/place_vm.h"
 #include "llmorch/orch/template.h"
+#include "placement_json.h"
 
 namespace llmorch::cli {
 
@@ -18,7 +18,8 @@ namespace {
 namespace po = boost::program_options;
 using policy::CpuPolicy;
 
-constexpr const char* kHelp = R"(usage: llmorch place --template FILE --name NAME [--set KEY=VALUE]... [--dry-run] [--json]
+constexpr const char* kHelp =
+    R"(usage: llmorch place --template FILE --name NAME [--set KEY=VALUE]... [--dry-run] [--json]
                      [-c URI] [--config FILE] [--state-dir DIR]
 
 Places a new VM on the host's NUMA nodes and starts it: reads the live host (libvirt's topology, the VMs
@@ -74,12 +75,10 @@ Options parse(const std::vector<std::string>& args) {
   Options o;
   po::options_description options;
   add_common_options(options, o.common);
-  options.add_options()
-      ("template", po::value<std::string>(&o.template_path), "template file")
-      ("name", po::value<std::string>(&o.name), "VM name")
-      ("set", po::value<std::vector<std::string>>(&o.overrides), "KEY=VALUE")
-      ("dry-run", po::bool_switch(&o.dry_run), "change nothing")
-      ("json", po::bool_switch(&o.json), "JSON output");
+  options.add_options()("template", po::value<std::string>(&o.template_path), "template file")(
+      "name", po::value<std::string>(&o.name), "VM name")("set", po::value<std::vector<std::string>>(&o.overrides),
+                                                          "KEY=VALUE")(
+      "dry-run", po::bool_switch(&o.dry_run), "change nothing")("json", po::bool_switch(&o.json), "JSON output");
   parse_args(args, options);
   if (o.common.help) return o;
   if (o.template_path.empty()) throw UsageError("--template FILE is required");
@@ -100,8 +99,8 @@ void print_text(std::ostream& out, const orch::DomainSpec& s, bool dry_run, cons
   std::string memory;
   for (const auto& [node, mib] : s.placement.memory_mib_per_node)
     memory += (memory.empty() ? "" : " ") + std::to_string(node) + ":" + std::to_string(mib);
-  out << (dry_run ? "would place" : "placed") << " vm " << s.name << " on " << where(s) << ", " << s.tmpl.vcpus
-      << "/" << s.tmpl.max_vcpus << " vCPUs, memory MiB per node " << memory << ", cpu_shares " << s.cpu_shares
+  out << (dry_run ? "would place" : "placed") << " vm " << s.name << " on " << where(s) << ", " << s.tmpl.vcpus << "/"
+      << s.tmpl.max_vcpus << " vCPUs, memory MiB per node " << memory << ", cpu_shares " << s.cpu_shares
       << ", domain type " << s.domain_type << "\n";
   if (dry_run) out << "dry run: nothing was defined or started. Domain XML:\n" << xml;
 }

@@ -11,12 +11,12 @@
 #include <vector>
 
 #include "cli_common.h"
-#include "placement_json.h"
 #include "commands.h"
 #include "llmorch/orch/config.h"
 #include "llmorch/orch/reconciler.h"
 #include "llmorch/orch/topology.h"
 #include "llmorch/policy/placement.h"
+#include "placement_json.h"
 
 namespace llmorch::cli {
 
@@ -25,7 +25,8 @@ namespace {
 namespace po = boost::program_options;
 using policy::CpuPolicy;
 
-constexpr const char* kHelp = R"(usage: llmorch plan --capabilities FILE [--reserve-cpus LIST] [--json] --vm SPEC [--vm SPEC]...
+constexpr const char* kHelp =
+    R"(usage: llmorch plan --capabilities FILE [--reserve-cpus LIST] [--json] --vm SPEC [--vm SPEC]...
 
 Places VMs on a host's NUMA nodes the way llmorchd would, without touching any VM. The host starts
 empty; the VMs are placed in the order given, each seeing the ones placed before it.
@@ -103,7 +104,8 @@ policy::PlacementRequest parse_vm(const std::string& spec) {
       if (!policy) throw UsageError("--vm '" + spec + "': cpu_policy must be dedicated or shared, got '" + value + "'");
       r.cpu_policy = *policy;
     } else if (key == "hugepages") {
-      if (value != "2M" && value != "1G") throw UsageError("--vm '" + spec + "': hugepages must be 2M or 1G, got '" + value + "'");
+      if (value != "2M" && value != "1G")
+        throw UsageError("--vm '" + spec + "': hugepages must be 2M or 1G, got '" + value + "'");
       r.hugepage_kib = value == "2M" ? 2048 : 1048576;
     } else {
       throw UsageError("--vm '" + spec + "': unknown key '" + key +
@@ -120,12 +122,10 @@ Options parse(const std::vector<std::string>& args) {
   Options o;
   std::string reserve;
   po::options_description options;  // --help prints kHelp, so the descriptions here are terse
-  options.add_options()
-      ("help,h", "explain this command")
-      ("capabilities", po::value<std::string>(&o.capabilities), "capabilities XML file")
-      ("reserve-cpus", po::value<std::string>(&reserve), "reserved CPUs")
-      ("json", "JSON output")
-      ("vm", po::value<std::vector<std::string>>(), "VM spec");
+  options.add_options()("help,h", "explain this command")("capabilities", po::value<std::string>(&o.capabilities),
+                                                          "capabilities XML file")(
+      "reserve-cpus", po::value<std::string>(&reserve), "reserved CPUs")("json", "JSON output")(
+      "vm", po::value<std::vector<std::string>>(), "VM spec");
   const po::variables_map vm = parse_args(args, options);
   o.help = vm.count("help") > 0;
   o.json = vm.count("json") > 0;
@@ -175,23 +175,25 @@ void print_table(std::ostream& out, const Options& o, const policy::HostTopology
   out << o.capabilities << ": " << host.nodes.size() << " NUMA nodes, " << host.cpu_count() << " CPUs";
   if (!o.reserved.empty()) out << ", reserved " << orch::format_cpu_list(o.reserved);
   out << "\n\n";
-  std::vector<std::string> memory;  // "0:16384 1:16384 (2M pages)"
+  std::vector<std::string> memory;        // "0:16384 1:16384 (2M pages)"
   std::size_t width = 4, mem_width = 22;  // the headers
   for (const auto& p : placed) {
     std::string m;
-    for (const auto& [node, mib] : p.memory_mib_per_node) m += (m.empty() ? "" : " ") + std::to_string(node) + ":" + std::to_string(mib);
+    for (const auto& [node, mib] : p.memory_mib_per_node)
+      m += (m.empty() ? "" : " ") + std::to_string(node) + ":" + std::to_string(mib);
     if (p.hugepage_kib) m += p.hugepage_kib == 2048 ? " (2M pages)" : " (1G pages)";
     mem_width = std::max(mem_width, m.size());
     width = std::max(width, p.name.size());
     memory.push_back(std::move(m));
   }
   out << std::left << std::setw(width + 2) << "NAME" << std::setw(11) << "POLICY" << std::setw(7) << "VCPUS"
-      << std::setw(mem_width + 2) << "MEMORY MiB (node:MiB)" << "HOST CPUS\n";
+      << std::setw(mem_width + 2) << "MEMORY MiB (node:MiB)"
+      << "HOST CPUS\n";
   for (std::size_t i = 0; i < placed.size(); ++i) {
     const policy::Placement& p = placed[i];
-    out << std::left << std::setw(width + 2) << p.name << std::setw(11) << policy::to_string(p.cpu_policy) << std::setw(7)
-        << p.vcpus << std::setw(mem_width + 2) << memory[i] << orch::format_cpu_list({p.cpus.begin(), p.cpus.end()})
-        << "\n";
+    out << std::left << std::setw(width + 2) << p.name << std::setw(11) << policy::to_string(p.cpu_policy)
+        << std::setw(7) << p.vcpus << std::setw(mem_width + 2) << memory[i]
+        << orch::format_cpu_list({p.cpus.begin(), p.cpus.end()}) << "\n";
   }
   if (placed.empty()) out << "(no VM placed)\n";
   if (!rejected.empty()) out << "\nrejected:\n";

@@ -1,6 +1,6 @@
 // llmorch status: every VM llmorch manages, with libvirt's live values and what llmorchd last decided.
-#include <nlohmann/json.hpp>
 #include <cctype>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <ostream>
 #include <string>
@@ -174,8 +174,9 @@ void print_balloons(std::ostream& out, const ordered_json& doc) {
 void print_text(std::ostream& out, const ordered_json& doc) {
   const auto& daemon = doc["daemon"];
   if (daemon["running"].get<bool>()) {
-    out << "llmorchd: running (pid " << text_of(daemon["pid"]) << ", last tick " << text_of(daemon["last_tick_age_s"], 1)
-        << " s ago, alpha " << text_of(daemon["alpha"]) << ", health " << text_of(daemon["health"]) << ")\n\n";
+    out << "llmorchd: running (pid " << text_of(daemon["pid"]) << ", last tick "
+        << text_of(daemon["last_tick_age_s"], 1) << " s ago, alpha " << text_of(daemon["alpha"]) << ", health "
+        << text_of(daemon["health"]) << ")\n\n";
   } else {
     out << "llmorchd: not running: " << daemon["why_not"].get<std::string>()
         << ".\nWeights below are computed here from template priorities; no agent reports are known.\n\n";
@@ -194,8 +195,8 @@ void print_text(std::ostream& out, const ordered_json& doc) {
     t.row({v["name"], v["state"], cpu_list(nodes), cpu_list(cpus) + (v["policy"] == "shared" ? " (shared)" : ""),
            text_of(v["vcpus"]) + "/" + text_of(v["max_vcpus"]), text_of(v["cpu_shares"]),
            text_of(v["memory_actual_mib"]) + "/" + text_of(v["memory_max_mib"]) + "/" + text_of(v["memory_floor_mib"]),
-           text_of(v["priority_template"]) + "/" + text_of(v["priority_reported"]) + "/" + text_of(v["priority"]),
-           load, v["report_age_s"].is_null() ? "-" : text_of(v["report_age_s"], 1) + " s", weight});
+           text_of(v["priority_template"]) + "/" + text_of(v["priority_reported"]) + "/" + text_of(v["priority"]), load,
+           v["report_age_s"].is_null() ? "-" : text_of(v["report_age_s"], 1) + " s", weight});
   }
   t.print(out);
   if (doc["vms"].empty()) out << "(no VM managed by llmorch)\n";

@@ -76,12 +76,10 @@ Vm parse_vm(const std::string& arg) {
 Options parse(const std::vector<std::string>& args) {
   Options o;
   po::options_description options;  // --help prints kHelp, so the descriptions here are terse
-  options.add_options()
-      ("help,h", "explain this command")
-      ("alpha", po::value<double>(&o.alpha)->default_value(policy::kDefaultAlpha), "alpha")
-      ("cpus", po::value<int>(&o.cpus), "host CPUs")
-      ("json", "JSON output")
-      ("vm", po::value<std::vector<std::string>>(), "NAME=PRIORITY");
+  options.add_options()("help,h", "explain this command")(
+      "alpha", po::value<double>(&o.alpha)->default_value(policy::kDefaultAlpha), "alpha")(
+      "cpus", po::value<int>(&o.cpus), "host CPUs")("json", "JSON output")("vm", po::value<std::vector<std::string>>(),
+                                                                           "NAME=PRIORITY");
   po::positional_options_description positional;
   positional.add("vm", -1);
   const po::variables_map vm = parse_args(args, options, positional);
@@ -128,11 +126,11 @@ void print_table(std::ostream& out, const Options& o, const std::vector<double>&
                  const std::vector<int>& vcpus) {
   std::size_t width = 4;  // "NAME"
   for (const Vm& vm : o.vms) width = std::max(width, vm.name.size());
-  out << std::left << std::setw(width + 2) << "NAME" << std::setw(10) << "PRIORITY" << std::setw(8)
-      << "WEIGHT" << (vcpus.empty() ? "" : "VCPUS") << "\n";
+  out << std::left << std::setw(width + 2) << "NAME" << std::setw(10) << "PRIORITY" << std::setw(8) << "WEIGHT"
+      << (vcpus.empty() ? "" : "VCPUS") << "\n";
   for (std::size_t i = 0; i < o.vms.size(); ++i) {
-    out << std::left << std::setw(width + 2) << o.vms[i].name << std::setw(10) << o.vms[i].priority
-        << std::fixed << std::setprecision(4) << weights[i] << std::defaultfloat;
+    out << std::left << std::setw(width + 2) << o.vms[i].name << std::setw(10) << o.vms[i].priority << std::fixed
+        << std::setprecision(4) << weights[i] << std::defaultfloat;
     if (!vcpus.empty()) out << "  " << vcpus[i];
     out << "\n";
   }

@@ -24,8 +24,7 @@ void usage(std::ostream& os) {
         "llmorch places LLM virtual machines on a KVM host's NUMA nodes and shows what llmorchd does.\n\n"
         "commands:\n";
   for (const Command& c : commands()) {
-    os << "  " << c.name << std::string(c.name.size() < 10 ? 10 - c.name.size() : 1, ' ') << c.summary
-       << "\n";
+    os << "  " << c.name << std::string(c.name.size() < 10 ? 10 - c.name.size() : 1, ' ') << c.summary << "\n";
   }
   os << "\n'llmorch <command> --help' explains a command; 'llmorch --version' prints the version.\n"
         "Exit status: 0 done, 1 the environment failed (libvirt, missing VM), 2 bad arguments or input,\n"

@@ -15,10 +15,10 @@ class Hypervisor;
 namespace llmorch::cli {
 
 // Exit statuses, the same for every subcommand (documented in README.md).
-inline constexpr int kExitOk = 0;        // done
-inline constexpr int kExitFailure = 1;   // the environment failed: libvirt error, VM not found, ...
-inline constexpr int kExitUsage = 2;     // bad arguments, malformed template/config/capabilities
-inline constexpr int kExitNoFit = 3;     // the host cannot fit the VM (nothing was changed)
+inline constexpr int kExitOk = 0;       // done
+inline constexpr int kExitFailure = 1;  // the environment failed: libvirt error, VM not found, ...
+inline constexpr int kExitUsage = 2;    // bad arguments, malformed template/config/capabilities
+inline constexpr int kExitNoFit = 3;    // the host cannot fit the VM (nothing was changed)
 
 // Opens the hypervisor at a libvirt URI. Shared: a bounded call still running after its deadline keeps
 // the hypervisor alive (read_host).

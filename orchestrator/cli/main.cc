@@ -3,6 +3,4 @@
 
 #include "commands.h"
 
-int main(int argc, char** argv) {
-  return llmorch::cli::run({argv, argv + argc}, {std::cout, std::cerr});
-}
+int main(int argc, char** argv) { return llmorch::cli::run({argv, argv + argc}, {std::cout, std::cerr}); }

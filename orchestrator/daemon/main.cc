@@ -7,8 +7,8 @@
 #include <optional>
 #include <string>
 
-#include <boost/program_options.hpp>
 #include <spdlog/spdlog.h>
+#include <boost/program_options.hpp>
 
 #include "llmorch/orch/config.h"
 #include "llmorch/orch/daemon.h"
@@ -76,7 +76,8 @@ int main(int argc, char** argv) {
   // spdlog maps a name it does not know to "off": a typo would silence the daemon.
   const auto log_level = spdlog::level::from_str(level);
   if (log_level == spdlog::level::off && level != "off") {
-    std::cerr << "llmorchd: --log-level '" << level << "' is not a log level; use trace, debug, info, warn, error or off\n";
+    std::cerr << "llmorchd: --log-level '" << level
+              << "' is not a log level; use trace, debug, info, warn, error or off\n";
     return 2;
   }
   spdlog::set_level(log_level);
@@ -116,11 +117,11 @@ int main(int argc, char** argv) {
     spdlog::error("{}", e.what());
     return 1;
   }
-  spdlog::info("llmorchd on {}: alpha {}, interval {} ms, host memory limit {}{}", resolved, options.config.alpha,
-               options.config.interval_ms,
-               options.config.host_memory_limit_mib ? std::to_string(*options.config.host_memory_limit_mib) + " MiB"
-                                                    : "none",
-               options.dry_run ? ", dry run" : "");
+  spdlog::info(
+      "llmorchd on {}: alpha {}, interval {} ms, host memory limit {}{}", resolved, options.config.alpha,
+      options.config.interval_ms,
+      options.config.host_memory_limit_mib ? std::to_string(*options.config.host_memory_limit_mib) + " MiB" : "none",
+      options.dry_run ? ", dry run" : "");
 
   SystemClock clock;
   Daemon daemon(*hv, clock, std::move(options));

@@ -250,7 +250,8 @@ class LibvirtHypervisor final : public Hypervisor {
     if (!d) throw last_error("libvirt rejected the definition of domain '" + name + "'");
     if (virDomainCreate(d.get()) < 0) {
       const std::string log = "QEMU's log is /var/log/libvirt/qemu/" + name + ".log";
-      HypervisorError err = last_error("cannot start domain '" + name + "'", "its definition was removed again; " + log);
+      HypervisorError err = last_error("cannot start domain '" + name + "'",
+                                       "its definition was removed again; " + log);
       if (undefine(d.get()) || virGetLastErrorCode() == VIR_ERR_NO_DOMAIN) throw err;
       // Say so when the roll-back failed too: the domain is still defined, and the caller must know.
       const std::string undefine_message = virGetLastErrorMessage();
@@ -345,9 +346,8 @@ class LibvirtHypervisor final : public Hypervisor {
     const unsigned stats = VIR_DOMAIN_STATS_CPU_TOTAL | VIR_DOMAIN_STATS_BALLOON | VIR_DOMAIN_STATS_VCPU;
     // NOWAIT: a domain whose job is held (a call stuck in its monitor) is not waited for; it gets only
     // what needs no job.
-    const int n = virConnectGetAllDomainStats(c->ptr, stats, &records,
-                                              VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE |
-                                                  VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT);
+    const int n = virConnectGetAllDomainStats(
+        c->ptr, stats, &records, VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE | VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT);
     if (n < 0) throw last_error("cannot read the domains' statistics on " + uri_);
     std::map<std::string, DomainStats> out;
     for (int i = 0; i < n; ++i) {
@@ -528,7 +528,8 @@ class LibvirtHypervisor final : public Hypervisor {
   static std::vector<unsigned char> cpumap(virConnectPtr conn, const std::vector<policy::CpuId>& cpus) {
     const int ncpus = host_cpu_count(conn);
     std::vector<unsigned char> map(VIR_CPU_MAPLEN(ncpus), 0);
-    if (cpus.empty()) throw HypervisorError(Kind::InvalidArgument, "cannot pin", "empty CPU set", "name at least one CPU");
+    if (cpus.empty())
+      throw HypervisorError(Kind::InvalidArgument, "cannot pin", "empty CPU set", "name at least one CPU");
     for (policy::CpuId c : cpus) {
       if (c < 0 || c >= ncpus)
         throw HypervisorError(Kind::InvalidArgument, "cannot pin to CPU " + std::to_string(c),
@@ -623,10 +624,8 @@ class LibvirtHypervisor final : public Hypervisor {
     } else if (n > 0) {
       std::vector<virTypedParameter> params(n);
       unsigned long long v = 0;
-      if (virDomainGetSchedulerParametersFlags(d, params.data(), &n, 0) != 0)
-        unreadable = true;
-      else if (virTypedParamsGetULLong(params.data(), n, VIR_DOMAIN_SCHEDULER_CPU_SHARES, &v) == 1)
-        out = v;
+      if (virDomainGetSchedulerParametersFlags(d, params.data(), &n, 0) != 0) unreadable = true;
+      else if (virTypedParamsGetULLong(params.data(), n, VIR_DOMAIN_SCHEDULER_CPU_SHARES, &v) == 1) out = v;
       virTypedParamsClear(params.data(), n);
     }
     virResetLastError();
@@ -645,8 +644,8 @@ class LibvirtHypervisor final : public Hypervisor {
 
   std::string uri_;
   LibvirtOptions options_;
-  std::mutex mu_;              // guards conn_ (the pointer, not the calls)
-  std::mutex reconnect_mu_;    // one ensure_connected() at a time
+  std::mutex mu_;            // guards conn_ (the pointer, not the calls)
+  std::mutex reconnect_mu_;  // one ensure_connected() at a time
   std::shared_ptr<Connection> conn_;
   bool abandoned_ = false;  // conn_ was dropped under a stuck call: the next call opens a fresh one
   std::shared_ptr<EventState> events_ = std::make_shared<EventState>();

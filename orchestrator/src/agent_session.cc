@@ -74,8 +74,7 @@ void AgentSession::charge_empty_lines(std::size_t count, TimePoint now) {
   while (count > 0 && take_token(now)) --count;  // stops at the first missing token
   if (count == 0) return;
   counters_.rate_limited += count;
-  record_error(now, "guest sends empty lines beyond the rate limit (" + std::to_string(count) + " in one read)",
-               count);
+  record_error(now, "guest sends empty lines beyond the rate limit (" + std::to_string(count) + " in one read)", count);
 }
 
 void AgentSession::record_error(TimePoint now, std::string message, std::size_t count) {

@@ -24,8 +24,7 @@ const std::vector<Key>& keys() {
        [](const std::string& v, HostConfig& c) { c.reserved_cpus = cpu_list(v); }},
       {"shared_cpus", "a CPU list such as 2-3 (or empty)",
        [](const std::string& v, HostConfig& c) { c.shared_cpus = cpu_list(v); }},
-      {"alpha", "a number in [0, 1]",
-       [](const std::string& v, HostConfig& c) { c.alpha = ini::number(v, 0.0, 1.0); }},
+      {"alpha", "a number in [0, 1]", [](const std::string& v, HostConfig& c) { c.alpha = ini::number(v, 0.0, 1.0); }},
       {"interval_ms", "a whole number of milliseconds >= 50",
        [](const std::string& v, HostConfig& c) { c.interval_ms = ini::whole<int>(v, 50); }},
       {"libvirt_timeout_ms", "a whole number of milliseconds >= 10",
@@ -35,7 +34,10 @@ const std::vector<Key>& keys() {
       {"memory_reserve_mib", "a whole number of MiB >= 0",
        [](const std::string& v, HostConfig& c) { c.memory_reserve_mib = ini::whole<std::uint64_t>(v, 0); }},
       {"domain_type", "kvm or qemu",
-       [](const std::string& v, HostConfig& c) { ini::choice(v, {"kvm", "qemu"}); c.domain_type = v; }},
+       [](const std::string& v, HostConfig& c) {
+         ini::choice(v, {"kvm", "qemu"});
+         c.domain_type = v;
+       }},
       {"host_memory_limit_mib", "a whole number of MiB >= 1, or none",
        [](const std::string& v, HostConfig& c) {
          c.host_memory_limit_mib = v == "none" ? std::nullopt : std::optional(ini::whole<std::uint64_t>(v, 1));
@@ -63,8 +65,8 @@ const std::vector<Key>& keys() {
 // Checks that need several keys. `source` names the file (and overrides, if any).
 void validate(const HostConfig& c, const std::string& source) {
   std::set<policy::CpuId> both;
-  std::set_intersection(c.reserved_cpus.begin(), c.reserved_cpus.end(), c.shared_cpus.begin(),
-                        c.shared_cpus.end(), std::inserter(both, both.end()));
+  std::set_intersection(c.reserved_cpus.begin(), c.reserved_cpus.end(), c.shared_cpus.begin(), c.shared_cpus.end(),
+                        std::inserter(both, both.end()));
   if (!both.empty()) {
     throw ConfigError(source + ": CPUs " + format_cpu_list(both) +
                       " are in both reserved_cpus and shared_cpus; a CPU is either reserved for the "
@@ -92,8 +94,7 @@ HostConfig load_config(const std::string& path, const std::vector<std::string>& 
     ini::apply<ConfigError>(ini::read_file<ConfigError>(file, keys()), keys(), config, file);
   }
   const std::string where = file + ": override";
-  ini::apply<ConfigError>(ini::parse_overrides<ConfigError>(overrides, keys(), where), keys(), config,
-                          where);
+  ini::apply<ConfigError>(ini::parse_overrides<ConfigError>(overrides, keys(), where), keys(), config, where);
   validate(config, overrides.empty() ? file : file + " (with overrides)");
   return config;
 }

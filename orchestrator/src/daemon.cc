@@ -4,8 +4,8 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
-#include <cmath>
 #include <algorithm>
+#include <cmath>
 #include <map>
 #include <set>
 #include <stdexcept>
@@ -71,7 +71,10 @@ void record_plan_problems(const std::vector<PlanProblem>& found, std::chrono::sy
 }  // namespace
 
 Daemon::Daemon(Hypervisor& hv, const Clock& clock, DaemonOptions options)
-    : hv_(hv), clock_(clock), options_(std::move(options)), reconciler_(options_.reconciler),
+    : hv_(hv),
+      clock_(clock),
+      options_(std::move(options)),
+      reconciler_(options_.reconciler),
       calls_([this](const std::string& key) {
         spdlog::debug("libvirt call '{}' still waiting; later calls use a fresh connection", key);
         hv_.abandon_connection();
@@ -131,8 +134,10 @@ bool Daemon::refresh_connection() {
   try {
     if (!bounded("connect", host_call_timeout(), [this] { hv_.ensure_connected(); }).ok()) {
       if (!connection_lost_)
-        spdlog::warn("libvirt is not answering (no reply within {} ms); reconnecting in the background, "
-                     "changes pause until it answers", host_call_timeout().count());
+        spdlog::warn(
+            "libvirt is not answering (no reply within {} ms); reconnecting in the background, "
+            "changes pause until it answers",
+            host_call_timeout().count());
       connection_lost_ = true;
       connected_ = false;
       return false;
@@ -173,8 +178,8 @@ bool Daemon::tick() {
   const auto stats = read_stats();
   check_responsive(domains, stats);
   channels_.sync(domains, now);
-  Snapshot snap{.vms = {}, .alpha = options_.config.alpha, .memory = host_memory(), .cpu_host = cpu_host(),
-                .priority_holds = {}};
+  Snapshot snap{
+      .vms = {}, .alpha = options_.config.alpha, .memory = host_memory(), .cpu_host = cpu_host(), .priority_holds = {}};
   std::map<std::string, BalloonHistory> seen;
   for (auto& d : domains) {
     AgentState agent = channels_.state(d.name, now);
@@ -275,8 +280,10 @@ BalloonSample Daemon::sample_balloon(const ManagedDomain& d, const AgentState& a
   if (update == 0 && sample.hold.empty() && now - h.watched_since < kFirstStatsGrace)
     sample.hold = "waiting for the guest's first balloon statistics (its driver reports once the kernel is up)";
   if (!sample.stats->rss_kib && !h.rss_missing_logged) {
-    spdlog::info("vm {}: libvirt reports no QEMU RSS for it; balloon squeezes go on without checking what the "
-                 "host gets back", d.name);
+    spdlog::info(
+        "vm {}: libvirt reports no QEMU RSS for it; balloon squeezes go on without checking what the "
+        "host gets back",
+        d.name);
     h.rss_missing_logged = true;
   }
   sample.fresh = update != 0 && now - h.moved_at <= std::chrono::seconds(kStaleStatsPeriods * kBalloonStatsPeriodS);
@@ -289,16 +296,21 @@ BalloonSample Daemon::sample_balloon(const ManagedDomain& d, const AgentState& a
     // A guest inflates or deflates over seconds (slower under load): while its balloon still moves
     // towards the target, figures taken mid-way are not a basis either (bounded by kBalloonSettleMax).
     const bool moving = !reached && sample.previous && sample.previous->actual_kib &&
-                        *sample.previous->actual_kib / 1024 != actual && clock_.wall() - *h.changed_at < kBalloonSettleMax;
+                        *sample.previous->actual_kib / 1024 != actual &&
+                        clock_.wall() - *h.changed_at < kBalloonSettleMax;
     const bool old_stats = static_cast<std::int64_t>(update) <= changed_s;
     if (old_stats || moving) {
       // Statistics that stopped altogether are not a wait: the rule leaves the VM alone with a warning.
       if (sample.hold.empty() && sample.fresh) {
         const auto ago = std::chrono::duration_cast<std::chrono::seconds>(clock_.wall() - *h.changed_at).count();
-        sample.hold = old_stats ? fmt::format("waiting for the guest's statistics newer than the last balloon change "
-                                              "({} s ago)", ago)
-                                : fmt::format("waiting for the balloon to reach the target set {} s ago ({} MiB, now "
-                                              "{} MiB and moving)", ago, h.requested_mib, actual);
+        sample.hold = old_stats ? fmt::format(
+                                      "waiting for the guest's statistics newer than the last balloon change "
+                                      "({} s ago)",
+                                      ago)
+                                : fmt::format(
+                                      "waiting for the balloon to reach the target set {} s ago ({} MiB, now "
+                                      "{} MiB and moving)",
+                                      ago, h.requested_mib, actual);
         sample.settling = true;
         sample.requested_mib = h.requested_mib;
       }
@@ -354,7 +366,8 @@ policy::CpuHost Daemon::cpu_host() {
   if (!topology_) {
     try {
       BoundedCalls::Result r;
-      auto caps = calls_.get<std::string>("capabilities", host_call_timeout(), [this] { return hv_.capabilities_xml(); }, r);
+      auto caps = calls_.get<std::string>(
+          "capabilities", host_call_timeout(), [this] { return hv_.capabilities_xml(); }, r);
       if (r.status == BoundedCalls::Status::Error) std::rethrow_exception(r.error);
       if (!caps) {
         spdlog::debug("host capabilities not read this tick (libvirt slow); shared VMs keep their CPUs");
@@ -370,15 +383,18 @@ policy::CpuHost Daemon::cpu_host() {
 }
 
 HostMemory Daemon::host_memory() {
-  HostMemory m{.free_mib = {}, .reserve_mib = options_.config.memory_reserve_mib,
-               .limit_mib = options_.config.host_memory_limit_mib, .config = options_.config.balloon};
+  HostMemory m{.free_mib = {},
+               .reserve_mib = options_.config.memory_reserve_mib,
+               .limit_mib = options_.config.host_memory_limit_mib,
+               .config = options_.config.balloon};
   try {
     BoundedCalls::Result r;
     auto free = calls_.get<std::map<policy::NodeId, std::uint64_t>>(
         "free-memory", host_call_timeout(), [this] { return hv_.free_memory_mib(); }, r);
     if (free) m.free_mib = last_free_mib_ = std::move(*free);
     else if (r.status == BoundedCalls::Status::Error) std::rethrow_exception(r.error);
-    else spdlog::debug("free memory per node not read this tick (libvirt slow); the balloon follows the host limit only");
+    else
+      spdlog::debug("free memory per node not read this tick (libvirt slow); the balloon follows the host limit only");
   } catch (const HypervisorError& e) {
     spdlog::debug("no free memory per node this tick ({}); the balloon follows the host limit only", e.what());
   }
@@ -412,8 +428,8 @@ void Daemon::report_left_alone(const MemoryPlan& memory) {
 std::optional<std::vector<ManagedDomain>> Daemon::list_domains() {
   try {
     BoundedCalls::Result r;
-    auto listed =
-        calls_.get<std::vector<ManagedDomain>>("list", host_call_timeout(), [this] { return hv_.list_managed(); }, r);
+    auto listed = calls_.get<std::vector<ManagedDomain>>(
+        "list", host_call_timeout(), [this] { return hv_.list_managed(); }, r);
     if (r.status == BoundedCalls::Status::Error) std::rethrow_exception(r.error);
     if (!listed) {
       if (host_call_stuck_.empty())
@@ -440,7 +456,8 @@ std::optional<std::vector<ManagedDomain>> Daemon::list_domains() {
 std::optional<std::map<std::string, DomainStats>> Daemon::read_stats() {
   for (const char* key : {"stats", "stats.2"}) {
     BoundedCalls::Result r;
-    auto stats = calls_.get<std::map<std::string, DomainStats>>(key, call_timeout(), [this] { return hv_.domain_stats(); }, r);
+    auto stats = calls_.get<std::map<std::string, DomainStats>>(
+        key, call_timeout(), [this] { return hv_.domain_stats(); }, r);
     if (stats) return stats;
     if (r.status == BoundedCalls::Status::Error) {
       try {
@@ -451,8 +468,10 @@ std::optional<std::map<std::string, DomainStats>> Daemon::read_stats() {
       return std::nullopt;
     }
     if (r.status == BoundedCalls::Status::TimedOut) {
-      spdlog::info("domain statistics did not come back within {} ms (a VM's QEMU may not be answering); "
-                   "balloon decisions wait for the next tick", options_.config.libvirt_timeout_ms);
+      spdlog::info(
+          "domain statistics did not come back within {} ms (a VM's QEMU may not be answering); "
+          "balloon decisions wait for the next tick",
+          options_.config.libvirt_timeout_ms);
       return std::nullopt;
     }
   }
@@ -464,8 +483,10 @@ void Daemon::mark_unresponsive(const std::string& vm, const std::string& detail,
                                std::chrono::system_clock::time_point since) {
   auto [it, added] = unresponsive_.try_emplace(vm, Unresponsive{since, detail});
   if (!added) return;
-  spdlog::warn("vm {}: unresponsive: {}; its levers are skipped until libvirt answers for it, every other VM "
-               "goes on", vm, detail);
+  spdlog::warn(
+      "vm {}: unresponsive: {}; its levers are skipped until libvirt answers for it, every other VM "
+      "goes on",
+      vm, detail);
 }
 
 // Which VMs libvirt is stuck on. A VM is suspected when it is already unresponsive, when its statistics
@@ -491,16 +512,21 @@ void Daemon::check_responsive(const std::vector<ManagedDomain>& domains,
     }
     BoundedCalls::Result r;
     const std::string name = d.name;
-    auto info = calls_.get<ControlInfo>(name, call_timeout(), [this, name] { return hv_.control_info(name); }, r);
+    auto info = calls_.get<ControlInfo>(
+        name, call_timeout(), [this, name] { return hv_.control_info(name); }, r);
     if (!info) {
       if (r.status == BoundedCalls::Status::TimedOut)
-        mark_unresponsive(name, fmt::format("libvirt did not tell its control state within {} ms",
-                                            options_.config.libvirt_timeout_ms), wall);
+        mark_unresponsive(
+            name,
+            fmt::format("libvirt did not tell its control state within {} ms", options_.config.libvirt_timeout_ms),
+            wall);
       continue;  // an error (it stopped meanwhile): decide at the next tick
     }
-    if (info->state != ControlState::Ok && info->for_ms >= static_cast<std::uint64_t>(options_.config.libvirt_timeout_ms)) {
-      mark_unresponsive(name, fmt::format("libvirt has been waiting {:.1f} s for its QEMU ({})", info->for_ms / 1000.0,
-                                          to_string(info->state)),
+    if (info->state != ControlState::Ok &&
+        info->for_ms >= static_cast<std::uint64_t>(options_.config.libvirt_timeout_ms)) {
+      mark_unresponsive(name,
+                        fmt::format("libvirt has been waiting {:.1f} s for its QEMU ({})", info->for_ms / 1000.0,
+                                    to_string(info->state)),
                         wall - std::chrono::milliseconds(info->for_ms));
     } else if (known) {
       const double s_down = std::chrono::duration<double>(wall - unresponsive_[name].since).count();
@@ -512,7 +538,7 @@ void Daemon::check_responsive(const std::vector<ManagedDomain>& domains,
 }
 
 void Daemon::apply(const std::vector<Action>& actions, std::vector<Action>& applied) {
-  std::string failed_vm;  // after one failure, a VM's remaining actions wait for the next tick
+  std::string failed_vm;                       // after one failure, a VM's remaining actions wait for the next tick
   std::map<std::string, std::string> changes;  // per VM, this tick's applied changes
   for (const Action& a : actions) {
     const std::string line = describe(a);
@@ -528,11 +554,14 @@ void Daemon::apply(const std::vector<Action>& actions, std::vector<Action>& appl
         // Not a libvirt failure: the VM's other actions go on, and the reconciler sends it again later.
         if ((!ch || !ch->send(command)) &&
             failures_.failed(a.vm + ": " + lever_name(a), "agent channel not connected or full", clock_.now()))
-          spdlog::warn("vm {}: agent channel not connected or full; 'vcpus online={}' dropped (logged again when "
-                       "this stops)", a.vm, command.online);
+          spdlog::warn(
+              "vm {}: agent channel not connected or full; 'vcpus online={}' dropped (logged again when "
+              "this stops)",
+              a.vm, command.online);
       } else if (!bounded(a.vm, call_timeout(), [this, a] { apply_one(a); }).ok()) {
-        mark_unresponsive(a.vm, fmt::format("libvirt did not return within {} ms from: {}",
-                                            options_.config.libvirt_timeout_ms, line), clock_.wall());
+        mark_unresponsive(
+            a.vm, fmt::format("libvirt did not return within {} ms from: {}", options_.config.libvirt_timeout_ms, line),
+            clock_.wall());
         failed_vm = a.vm;
         continue;
       }
@@ -548,15 +577,15 @@ void Daemon::apply(const std::vector<Action>& actions, std::vector<Action>& appl
       // Logged when it starts or changes, not every tick (a lever the driver lacks fails every tick).
       if (failures_.failed(a.vm + ": " + lever_name(a), e.what(), clock_.now()))
         spdlog::warn("{} failed: {}; retried every tick, logged again when this stops or changes", line, e.what());
-      else
-        spdlog::debug("{} failed again: {}", line, e.what());
+      else spdlog::debug("{} failed again: {}", line, e.what());
       failed_vm = a.vm;
     }
   }
   const auto now = clock_.now();
   for (const FailureLog::Ended& f : failures_.end_tick())
-    spdlog::info("vm {}: failing no more (it worked, or is not needed now) after {} failure(s) in {:.0f} s (the last: {})", f.key, f.failures,
-                 std::chrono::duration<double>(now - f.since).count(), f.message);
+    spdlog::info(
+        "vm {}: failing no more (it worked, or is not needed now) after {} failure(s) in {:.0f} s (the last: {})",
+        f.key, f.failures, std::chrono::duration<double>(now - f.since).count(), f.message);
   for (auto& [vm, what] : changes) status_.last_change[vm] = {clock_.wall(), std::move(what)};
 }
 

@@ -94,8 +94,7 @@ void validate(const DomainSpec& s) {
   if (s.domain_type != "kvm" && s.domain_type != "qemu")
     bad_spec(s.name, "domain type '" + s.domain_type + "' is neither kvm nor qemu");
   if (t.vcpus < 1 || t.max_vcpus < t.vcpus) bad_spec(s.name, "need 1 <= vcpus <= max_vcpus");
-  if (t.memory_mib == 0 || t.max_memory_mib < t.memory_mib)
-    bad_spec(s.name, "need 0 < memory_mib <= max_memory_mib");
+  if (t.memory_mib == 0 || t.max_memory_mib < t.memory_mib) bad_spec(s.name, "need 0 < memory_mib <= max_memory_mib");
   if (p.nodes.empty()) bad_spec(s.name, "the placement names no host node");
   const auto held = p.cpus.size();
   if (p.cpu_policy == CpuPolicy::Dedicated &&
@@ -116,8 +115,8 @@ void validate(const DomainSpec& s) {
     if (seen.empty() || *seen.rbegin() + 1 != static_cast<int>(seen.size()))
       bad_spec(s.name, "the guest cells must cover vCPUs 0.." + std::to_string(seen.size() - 1) + " without gaps");
     if (mem != t.max_memory_mib)
-      bad_spec(s.name, "the guest cells' memory (" + std::to_string(mem) +
-                           " MiB) differs from max_memory_mib (" + std::to_string(t.max_memory_mib) + ")");
+      bad_spec(s.name, "the guest cells' memory (" + std::to_string(mem) + " MiB) differs from max_memory_mib (" +
+                           std::to_string(t.max_memory_mib) + ")");
   }
 }
 
@@ -358,8 +357,8 @@ VmFacts parse_facts(pugi::xml_node vm) {
     if (local == "node") {
       p.memory_mib_per_node[get<int>(c, "id")] = get<std::uint64_t>(c, "memory_mib");
     } else if (local == "cell") {
-      p.cells.push_back({get<int>(c, "node"), parse_cpuset(c.attribute("vcpus").value()),
-                         get<std::uint64_t>(c, "memory_mib")});
+      p.cells.push_back(
+          {get<int>(c, "node"), parse_cpuset(c.attribute("vcpus").value()), get<std::uint64_t>(c, "memory_mib")});
     }
   }
   return f;
@@ -395,8 +394,8 @@ VmFacts make_facts(const std::string& template_path, const VmTemplate& t, const 
 bool valid_vm_name(std::string_view name) {
   if (name.empty() || name.size() > 64 || name == "." || name == "..") return false;
   return std::all_of(name.begin(), name.end(), [](char c) {
-    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' ||
-           c == '.' || c == '-';
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '.' ||
+           c == '-';
   });
 }
 

@@ -45,8 +45,8 @@ std::string missing_cpus_message(const char* key, const std::set<CpuId>& missing
 
 void check_config(const policy::HostTopology& topology, const HostConfig& config) {
   const std::set<CpuId> known = all_cpus(topology);
-  for (const auto& [key, cpus] : {std::pair{"reserved_cpus", &config.reserved_cpus},
-                                  std::pair{"shared_cpus", &config.shared_cpus}}) {
+  for (const auto& [key, cpus] :
+       {std::pair{"reserved_cpus", &config.reserved_cpus}, std::pair{"shared_cpus", &config.shared_cpus}}) {
     std::set<CpuId> missing;
     std::set_difference(cpus->begin(), cpus->end(), known.begin(), known.end(), std::inserter(missing, missing.end()));
     if (!missing.empty()) throw ConfigError(missing_cpus_message(key, missing, known));
@@ -137,7 +137,8 @@ std::vector<CpuId> shared_pool(const HostSnapshot& host, const HostConfig& confi
   const std::set<CpuId> dedicated = dedicated_cpus(host.domains);
   std::vector<CpuId> pool;
   for (CpuId id : on_nodes) {
-    const bool allowed = config.shared_cpus.empty() ? !config.reserved_cpus.count(id) : config.shared_cpus.count(id) > 0;
+    const bool allowed = config.shared_cpus.empty() ? !config.reserved_cpus.count(id)
+                                                    : config.shared_cpus.count(id) > 0;
     if (allowed && !dedicated.count(id)) pool.push_back(id);
   }
   if (pool.empty() && !config.shared_cpus.empty()) {
@@ -157,8 +158,10 @@ std::vector<HugepagePool> hugepage_pools(const policy::NumaNode& node, const pol
   std::map<std::uint64_t, HugepagePool> pools;
   for (const policy::PageInfo& p : node.pages) {
     if (p.size_kib <= 4 || p.count == 0) continue;
-    pools[p.size_kib] = {.page_kib = p.size_kib, .pool_mib = policy::hugepage_capacity_kib(node, p.size_kib) / 1024,
-                         .vm_mib = {}, .available_mib = 0};
+    pools[p.size_kib] = {.page_kib = p.size_kib,
+                         .pool_mib = policy::hugepage_capacity_kib(node, p.size_kib) / 1024,
+                         .vm_mib = {},
+                         .available_mib = 0};
   }
   for (const ManagedDomain& d : domains) {
     const policy::Placement& p = d.facts.placement;

@@ -141,8 +141,7 @@ Int whole(const std::string& text, Int lo, Int hi = std::numeric_limits<Int>::ma
 inline double number(const std::string& text, double lo, double hi) {
   double v = 0;
   const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
-  if (text.empty() || ec != std::errc() || end != text.data() + text.size() || !std::isfinite(v) ||
-      v < lo || v > hi) {
+  if (text.empty() || ec != std::errc() || end != text.data() + text.size() || !std::isfinite(v) || v < lo || v > hi) {
     reject();
   }
   return v;

@@ -45,7 +45,8 @@ HostSnapshot read_host(const std::shared_ptr<Hypervisor>& hv, std::chrono::secon
   host.free_mib = bounded_read<std::map<policy::NodeId, std::uint64_t>>(calls, "the free memory per node", timeout,
                                                                         [hv] { return hv->free_memory_mib(); });
   BoundedCalls::Result r;
-  auto stats = calls.get<std::map<std::string, DomainStats>>("stats", timeout, [hv] { return hv->domain_stats(); }, r);
+  auto stats = calls.get<std::map<std::string, DomainStats>>(
+      "stats", timeout, [hv] { return hv->domain_stats(); }, r);
   if (r.status == BoundedCalls::Status::TimedOut) {
     warn << "warning: libvirt did not return the VMs' statistics within " << timeout.count()
          << " s (a VM's QEMU may not be answering: `virsh domcontrol NAME` shows which); their balloon sizes "
@@ -116,8 +117,8 @@ ManagedDomain as_running(const DomainSpec& spec, const std::string& xml) {
 
 }  // namespace
 
-PlaceVmResult place_vm(const std::shared_ptr<Hypervisor>& hypervisor, const PlaceVmRequest& request,
-                       std::ostream& warn, const PlaceVmProgress& progress) {
+PlaceVmResult place_vm(const std::shared_ptr<Hypervisor>& hypervisor, const PlaceVmRequest& request, std::ostream& warn,
+                       const PlaceVmProgress& progress) {
   std::optional<PlaceLock> lock;
   if (!request.dry_run) lock.emplace(request.lock_dir);
 
@@ -148,7 +149,8 @@ PlaceVmResult place_vm(const std::shared_ptr<Hypervisor>& hypervisor, const Plac
   std::vector<ManagedDomain> with_new = host.domains;
   with_new.push_back(as_running(spec, render_domain_xml(spec)));
   const Plan plan = offline_plan(with_new, host.topology, request.config);
-  const auto mine = std::find_if(plan.vms.begin(), plan.vms.end(), [&](const VmPlan& v) { return v.name == spec.name; });
+  const auto mine = std::find_if(plan.vms.begin(), plan.vms.end(),
+                                 [&](const VmPlan& v) { return v.name == spec.name; });
   if (mine != plan.vms.end()) spec.cpu_shares = static_cast<std::uint64_t>(mine->cpu_shares);
   result.xml = render_domain_xml(spec);
 

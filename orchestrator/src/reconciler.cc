@@ -30,7 +30,8 @@ template <typename Vm>
 std::vector<std::uint32_t> name_index(const std::vector<Vm>& vms) {
   std::vector<std::uint32_t> order(vms.size());
   for (std::size_t i = 0; i < vms.size(); ++i) order[i] = static_cast<std::uint32_t>(i);
-  std::stable_sort(order.begin(), order.end(), [&](std::uint32_t a, std::uint32_t b) { return vms[a].name < vms[b].name; });
+  std::stable_sort(order.begin(), order.end(),
+                   [&](std::uint32_t a, std::uint32_t b) { return vms[a].name < vms[b].name; });
   return order;
 }
 
@@ -108,9 +109,12 @@ std::optional<std::uint64_t> kib_to_mib(const std::optional<std::uint64_t>& kib)
 }
 
 policy::BalloonStats balloon_stats(const MemoryStats& m) {
-  return {.actual_mib = kib_to_mib(m.actual_kib), .unused_mib = kib_to_mib(m.unused_kib),
-          .available_mib = kib_to_mib(m.available_kib), .usable_mib = kib_to_mib(m.usable_kib),
-          .swap_in_mib = kib_to_mib(m.swap_in_kib), .swap_out_mib = kib_to_mib(m.swap_out_kib),
+  return {.actual_mib = kib_to_mib(m.actual_kib),
+          .unused_mib = kib_to_mib(m.unused_kib),
+          .available_mib = kib_to_mib(m.available_kib),
+          .usable_mib = kib_to_mib(m.usable_kib),
+          .swap_in_mib = kib_to_mib(m.swap_in_kib),
+          .swap_out_mib = kib_to_mib(m.swap_out_kib),
           .major_faults = m.major_faults};
 }
 
@@ -119,15 +123,16 @@ policy::BalloonStats balloon_stats(const MemoryStats& m) {
 std::optional<policy::AgentMemory> agent_memory(const AgentState& agent) {
   if (agent_distrusted(agent) || !agent.fresh || !agent.last_report) return std::nullopt;
   const protocol::Report& r = *agent.last_report;
-  return policy::AgentMemory{.mem_total_mib = r.mem_total_kib / 1024, .mem_available_mib = r.mem_avail_kib / 1024,
-                             .psi_some10 = r.psi_mem_some10, .floor_mib = r.floor_mib};
+  return policy::AgentMemory{.mem_total_mib = r.mem_total_kib / 1024,
+                             .mem_available_mib = r.mem_avail_kib / 1024,
+                             .psi_some10 = r.psi_mem_some10,
+                             .floor_mib = r.floor_mib};
 }
 
 // Why this VM's balloon is left alone for an expected reason, or empty. Hugepage-backed memory stays in
 // the host's hugepage pool whatever the balloon does: squeezing the guest would gain the host nothing.
 std::string balloon_hold(const VmSnapshot& vm) {
-  if (vm.domain.facts.hugepage_kib != 0)
-    return "hugepage-backed memory: the balloon cannot give it back to the host";
+  if (vm.domain.facts.hugepage_kib != 0) return "hugepage-backed memory: the balloon cannot give it back to the host";
   return vm.balloon.hold;
 }
 
@@ -140,7 +145,8 @@ policy::BalloonVm balloon_vm(const VmSnapshot& vm, double weight, const HostMemo
   b.stats_fresh = vm.balloon.fresh;
   if (vm.balloon.stats) b.rss_mib = kib_to_mib(vm.balloon.stats->rss_kib);
   // Held until statistics newer than its last change come: counted at the target it is moving to.
-  if (vm.balloon.settling && vm.balloon.requested_mib && b.stats.actual_mib) b.stats.actual_mib = vm.balloon.requested_mib;
+  if (vm.balloon.settling && vm.balloon.requested_mib && b.stats.actual_mib)
+    b.stats.actual_mib = vm.balloon.requested_mib;
   b.last_shrink = vm.balloon.last_shrink;
   b.agent = agent_memory(vm.agent);
   // A claimed floor goes no higher than the operator allows (memory_floor_max_mib), and expires with its
@@ -188,8 +194,12 @@ MemoryPlan make_memory_plan(const Snapshot& snapshot, const std::vector<VmPlan>&
   MemoryPlan out;
   for (std::size_t i = 0; i < vms.size(); ++i) {
     const policy::BalloonVm& vm = vms[i];
-    VmMemoryPlan m{.name = vm.name, .actual_mib = actuals[i], .target_mib = std::nullopt,
-                   .floor_mib = policy::effective_floor(vm), .max_mib = vm.max_memory_mib, .reason = error,
+    VmMemoryPlan m{.name = vm.name,
+                   .actual_mib = actuals[i],
+                   .target_mib = std::nullopt,
+                   .floor_mib = policy::effective_floor(vm),
+                   .max_mib = vm.max_memory_mib,
+                   .reason = error,
                    .left_alone = true};
     if (error.empty()) {
       m.target_mib = decisions[i].target_mib;
@@ -249,10 +259,14 @@ Plan make_plan(const Snapshot& snapshot) {
     plan.vms.push_back(std::move(out));
     int max_vcpus = std::max(1, d.facts.max_vcpus);
     if (d.vcpus_max > 0) max_vcpus = std::min(max_vcpus, d.vcpus_max);  // the domain's real limit
-    inputs.push_back({.name = d.name, .cpu_policy = d.facts.cpu_policy, .nodes = d.facts.placement.nodes,
-                      .cpus = d.facts.placement.cpus, .min_vcpus = 1,
+    inputs.push_back({.name = d.name,
+                      .cpu_policy = d.facts.cpu_policy,
+                      .nodes = d.facts.placement.nodes,
+                      .cpus = d.facts.placement.cpus,
+                      .min_vcpus = 1,
                       .max_vcpus = max_vcpus,
-                      .priority = plan.vms.back().priority, .demand_cpus = plan.vms.back().demand_cpus,
+                      .priority = plan.vms.back().priority,
+                      .demand_cpus = plan.vms.back().demand_cpus,
                       .live_pins = d.vcpu_pins});
   }
   const policy::CpuPlan cpu = policy::plan_cpus(inputs, snapshot.alpha, host);
@@ -287,33 +301,32 @@ Plan make_plan(const Snapshot& snapshot) {
 std::string describe(const Action& a) {
   const std::string& vm = a.vm;
   const std::string& why = a.reason;
-  return std::visit(
-      Overloaded{
-          [&](const SetCpuShares& c) {
-            return fmt::format("vm {}: cpu_shares {} -> {} ({})", vm, c.live ? std::to_string(*c.live) : "?",
-                               c.shares, why);
-          },
-          [&](const SetVcpus& c) {
-            return fmt::format("vm {}: vCPUs {} -> {} (hot-add; {})", vm, c.current, c.count, why);
-          },
-          [&](const PinVcpu& c) {
-            return fmt::format("vm {}: pin vCPU {} to {} ({})", vm, c.vcpu, cpu_list(c.cpus), why);
-          },
-          [&](const PinEmulator& c) {
-            return fmt::format("vm {}: pin emulator threads to {} ({})", vm, cpu_list(c.cpus), why);
-          },
-          [&](const SendVcpusOnline& c) {
-            return fmt::format("vm {}: ask agent for {} online vCPUs ({})", vm, c.online, why);
-          },
-          [&](const SetMetadata& c) {
-            return fmt::format("vm {}: record placement CPUs {} in metadata ({})", vm,
-                               cpu_list(c.facts.placement.cpus), why);
-          },
-          [&](const SetMemory& c) {
-            return fmt::format("vm {}: balloon {} -> {} MiB ({})", vm, c.actual_mib, c.target_mib, why);
-          },
-      },
-      a.change);
+  return std::visit(Overloaded{
+                        [&](const SetCpuShares& c) {
+                          return fmt::format("vm {}: cpu_shares {} -> {} ({})", vm,
+                                             c.live ? std::to_string(*c.live) : "?", c.shares, why);
+                        },
+                        [&](const SetVcpus& c) {
+                          return fmt::format("vm {}: vCPUs {} -> {} (hot-add; {})", vm, c.current, c.count, why);
+                        },
+                        [&](const PinVcpu& c) {
+                          return fmt::format("vm {}: pin vCPU {} to {} ({})", vm, c.vcpu, cpu_list(c.cpus), why);
+                        },
+                        [&](const PinEmulator& c) {
+                          return fmt::format("vm {}: pin emulator threads to {} ({})", vm, cpu_list(c.cpus), why);
+                        },
+                        [&](const SendVcpusOnline& c) {
+                          return fmt::format("vm {}: ask agent for {} online vCPUs ({})", vm, c.online, why);
+                        },
+                        [&](const SetMetadata& c) {
+                          return fmt::format("vm {}: record placement CPUs {} in metadata ({})", vm,
+                                             cpu_list(c.facts.placement.cpus), why);
+                        },
+                        [&](const SetMemory& c) {
+                          return fmt::format("vm {}: balloon {} -> {} MiB ({})", vm, c.actual_mib, c.target_mib, why);
+                        },
+                    },
+                    a.change);
 }
 
 bool Reconciler::dwell_blocks(policy::NodeId node, TimePoint now) const {
@@ -351,8 +364,8 @@ std::map<std::string, PriorityHold> Reconciler::hold_priorities(const Snapshot& 
     const double wanted = effective_priority(vm.domain.facts, vm.agent, nullptr);
     auto it = priorities_.find(vm.domain.name);
     if (it == priorities_.end()) {  // new: its priority applies at once
-      seen[vm.domain.name] = {.applied = wanted, .applied_at = std::nullopt, .wanted = wanted, .changes = {},
-                              .flapping = false};
+      seen[vm.domain.name] = {
+          .applied = wanted, .applied_at = std::nullopt, .wanted = wanted, .changes = {}, .flapping = false};
       continue;
     }
     PriorityTrack& t = seen[vm.domain.name] = std::move(it->second);
@@ -366,14 +379,16 @@ std::map<std::string, PriorityHold> Reconciler::hold_priorities(const Snapshot& 
     h.priority = t.applied;
     h.flapping = t.flapping;
     if (t.flapping) {
-      h.reason = fmt::format("its priority changed {} times within {:g} s (flapping; now it wants {:g}); held at {:g} "
-                             "until it is steady for {:g} s",
-                             t.changes.size(), dwell_s, wanted, t.applied, dwell_s);
+      h.reason = fmt::format(
+          "its priority changed {} times within {:g} s (flapping; now it wants {:g}); held at {:g} "
+          "until it is steady for {:g} s",
+          t.changes.size(), dwell_s, wanted, t.applied, dwell_s);
     } else {
       const double left = dwell_s - std::chrono::duration<double>(now - *t.applied_at).count();
-      h.reason = fmt::format("it wants {:g}, but a VM's priority changes the plan at most once per {:g} s "
-                             "(priority_dwell_ms); {:.1f} s to go",
-                             wanted, dwell_s, std::max(0.0, left));
+      h.reason = fmt::format(
+          "it wants {:g}, but a VM's priority changes the plan at most once per {:g} s "
+          "(priority_dwell_ms); {:.1f} s to go",
+          wanted, dwell_s, std::max(0.0, left));
     }
   }
   priorities_.swap(seen);
@@ -406,8 +421,9 @@ void pin_actions(const ManagedDomain& d, const std::vector<policy::CpuId>& set, 
   std::sort(whole.begin(), whole.end());
   const int total = std::max(d.vcpus_max, static_cast<int>(set.size()));
   for (int i = 0; i < total; ++i) {
-    std::vector<policy::CpuId> want =
-        i < static_cast<int>(set.size()) ? std::vector<policy::CpuId>{set[static_cast<std::size_t>(i)]} : whole;
+    std::vector<policy::CpuId> want = i < static_cast<int>(set.size())
+                                          ? std::vector<policy::CpuId>{set[static_cast<std::size_t>(i)]}
+                                          : whole;
     const bool same = i < static_cast<int>(d.vcpu_pins.size()) && d.vcpu_pins[static_cast<std::size_t>(i)] == want;
     if (same) continue;
     out.push_back(make_action(d.name, PinVcpu{.vcpu = i, .cpus = std::move(want)}, reason));
@@ -416,9 +432,10 @@ void pin_actions(const ManagedDomain& d, const std::vector<policy::CpuId>& set, 
 
 // A shared VM: every vCPU and the emulator threads on the whole pool; only those that differ.
 void pool_pin_actions(const ManagedDomain& d, const VmPlan& p, std::vector<Action>& out) {
-  const std::string reason = fmt::format("shared pool {}: the CPUs of its node(s) that are neither reserved nor "
-                                         "dedicated; {}",
-                                         cpu_list(p.cpus), p.reason);
+  const std::string reason = fmt::format(
+      "shared pool {}: the CPUs of its node(s) that are neither reserved nor "
+      "dedicated; {}",
+      cpu_list(p.cpus), p.reason);
   const int total = std::max(d.vcpus_max, static_cast<int>(d.vcpu_pins.size()));
   for (int i = 0; i < total; ++i) {
     const bool same = i < static_cast<int>(d.vcpu_pins.size()) && d.vcpu_pins[static_cast<std::size_t>(i)] == p.cpus;
@@ -435,8 +452,7 @@ void memory_action(const VmMemoryPlan* m, const std::map<std::string, std::uint6
   if (!m || !m->target_mib || !m->actual_mib || *m->target_mib == *m->actual_mib) return;
   auto pending = requested.find(m->name);
   if (pending != requested.end() && pending->second == *m->target_mib) return;
-  out.push_back(
-      make_action(m->name, SetMemory{.actual_mib = *m->actual_mib, .target_mib = *m->target_mib}, m->reason));
+  out.push_back(make_action(m->name, SetMemory{.actual_mib = *m->actual_mib, .target_mib = *m->target_mib}, m->reason));
 }
 
 }  // namespace
@@ -497,23 +513,23 @@ void record_applied(Snapshot& snapshot, const std::vector<Action>& applied) {
     auto vm = by_name.find(a.vm);
     if (vm == by_name.end()) continue;
     ManagedDomain& d = *vm->second;
-    std::visit(Overloaded{
-                   [&](const SetCpuShares& c) {
-                     d.cpu_shares = c.shares;
-                     d.cpu_shares_unreadable = false;
-                   },
-                   [&](const SetVcpus& c) { d.vcpus_current = c.count; },
-                   [&](const PinVcpu& c) {
-                     const auto i = static_cast<std::size_t>(c.vcpu);
-                     if (d.vcpu_pins.size() <= i) d.vcpu_pins.resize(i + 1);
-                     d.vcpu_pins[i] = c.cpus;
-                   },
-                   [&](const PinEmulator& c) { d.emulator_pins = c.cpus; },
-                   [&](const SetMetadata& c) { d.facts = c.facts; },
-                   [](const SetMemory&) {},        // the balloon's size follows the guest
-                   [](const SendVcpusOnline&) {},  // the guest's business; its agent reports it
-               },
-               a.change);
+    std::visit(
+        Overloaded{
+            [&](const SetCpuShares& c) {
+              d.cpu_shares = c.shares;
+              d.cpu_shares_unreadable = false;
+            },
+            [&](const SetVcpus& c) { d.vcpus_current = c.count; },
+            [&](const PinVcpu& c) {
+              const auto i = static_cast<std::size_t>(c.vcpu);
+              if (d.vcpu_pins.size() <= i) d.vcpu_pins.resize(i + 1);
+              d.vcpu_pins[i] = c.cpus;
+            },
+            [&](const PinEmulator& c) { d.emulator_pins = c.cpus; }, [&](const SetMetadata& c) { d.facts = c.facts; },
+            [](const SetMemory&) {},        // the balloon's size follows the guest
+            [](const SendVcpusOnline&) {},  // the guest's business; its agent reports it
+        },
+        a.change);
   }
 }
 

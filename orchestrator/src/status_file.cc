@@ -308,11 +308,10 @@ StatusFile status_file_of(const DaemonStatus& s) {
   for (const VmPlan* p : vms) {
     auto a = s.agents.find(p->name);
     auto c = s.last_change.find(p->name);
-    f.vms.push_back(vm_of(*p, a == s.agents.end() ? AgentState{} : a->second,
-                          c == s.last_change.end() ? nullptr : &c->second));
+    f.vms.push_back(
+        vm_of(*p, a == s.agents.end() ? AgentState{} : a->second, c == s.last_change.end() ? nullptr : &c->second));
     auto b = s.balloon_change.find(p->name);
-    f.vms.back().balloon =
-        balloon_of(s.plan.memory.find(p->name), b == s.balloon_change.end() ? nullptr : &b->second);
+    f.vms.back().balloon = balloon_of(s.plan.memory.find(p->name), b == s.balloon_change.end() ? nullptr : &b->second);
   }
   return f;
 }
@@ -357,8 +356,8 @@ StatusFile status_from_json(const nlohmann::json& j) {
   const nlohmann::json& problems = r.array("problems");
   for (std::size_t i = 0; i < problems.size(); ++i) {
     const Reader p(problems[i], "problems[" + std::to_string(i) + "]");
-    f.problems.push_back(
-        {p.get<std::string>("vm"), p.get<std::string>("kind"), p.get<std::string>("detail"), p.get<std::string>("since")});
+    f.problems.push_back({p.get<std::string>("vm"), p.get<std::string>("kind"), p.get<std::string>("detail"),
+                          p.get<std::string>("since")});
   }
   const Reader latency = r.object("daemon").object("report_to_apply_ms");
   f.report_to_apply_ms = {.n = latency.get<std::size_t>("n"),
@@ -366,7 +365,8 @@ StatusFile status_from_json(const nlohmann::json& j) {
                           .p99 = latency.maybe<double>("p99"),
                           .max = latency.maybe<double>("max")};
   const nlohmann::json& vms = r.array("vms");
-  for (std::size_t i = 0; i < vms.size(); ++i) f.vms.push_back(vm_from(Reader(vms[i], "vms[" + std::to_string(i) + "]")));
+  for (std::size_t i = 0; i < vms.size(); ++i)
+    f.vms.push_back(vm_from(Reader(vms[i], "vms[" + std::to_string(i) + "]")));
   return f;
 }
 
@@ -448,8 +448,9 @@ int open_state_dir(const std::string& dir) {
   }
   const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) {
-    throw std::runtime_error(os_error("cannot open the state directory " + dir +
-                                      " (it must be a directory; pick another --state-dir otherwise)", errno));
+    throw std::runtime_error(os_error(
+        "cannot open the state directory " + dir + " (it must be a directory; pick another --state-dir otherwise)",
+        errno));
   }
   Fd guard(fd);
   struct stat st {};

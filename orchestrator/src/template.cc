@@ -47,7 +47,10 @@ const std::vector<Key>& keys() {
       {"priority_min", "a number in [0.001, 1000000]", [](const S& v, T& t) { t.priority_min = priority_value(v); }},
       {"priority_max", "a number in [0.001, 1000000]", [](const S& v, T& t) { t.priority_max = priority_value(v); }},
       {"domain_type", "kvm or qemu (or empty: the host config's domain_type)",
-       [](const S& v, T& t) { if (!v.empty()) ini::choice(v, {"kvm", "qemu"}); t.domain_type = v; }},
+       [](const S& v, T& t) {
+         if (!v.empty()) ini::choice(v, {"kvm", "qemu"});
+         t.domain_type = v;
+       }},
       {"kernel", "an absolute path", [](const S& v, T& t) { t.kernel = ini::absolute_path(v); }},
       {"initrd", "an absolute path", [](const S& v, T& t) { t.initrd = ini::absolute_path(v); }},
       {"kernel_args", "a kernel command line", [](const S& v, T& t) { t.kernel_args = v; }},
@@ -117,8 +120,8 @@ void validate(VmTemplate& t, const std::set<std::string>& set, const std::string
 }  // namespace
 
 std::string priority_problem(double priority, double priority_min, double priority_max) {
-  for (const auto& [name, v] : {std::pair{"priority", priority}, {"priority_min", priority_min},
-                                {"priority_max", priority_max}}) {
+  for (const auto& [name, v] :
+       {std::pair{"priority", priority}, {"priority_min", priority_min}, {"priority_max", priority_max}}) {
     if (!std::isfinite(v) || v < kMinPriority || v > kMaxPriority)
       return std::string(name) + " (" + num(v) + ") is not a number in [0.001, 1000000]; set one in that range";
   }
@@ -127,8 +130,8 @@ std::string priority_problem(double priority, double priority_min, double priori
            "); priority_max must be >= priority_min";
   }
   if (priority < priority_min || priority > priority_max) {
-    return "priority (" + num(priority) + ") is outside [priority_min, priority_max] = [" + num(priority_min) +
-           ", " + num(priority_max) + "]; set a priority inside that range";
+    return "priority (" + num(priority) + ") is outside [priority_min, priority_max] = [" + num(priority_min) + ", " +
+           num(priority_max) + "]; set a priority inside that range";
   }
   return {};
 }
@@ -145,8 +148,7 @@ VmTemplate finish(const ini::Entries& entries, const std::string& name, const st
   VmTemplate t;
   auto set = ini::apply<TemplateError>(entries, keys(), t, name);
   const std::string where = name + ": --set";
-  set.merge(ini::apply<TemplateError>(ini::parse_overrides<TemplateError>(overrides, keys(), where), keys(), t,
-                                      where));
+  set.merge(ini::apply<TemplateError>(ini::parse_overrides<TemplateError>(overrides, keys(), where), keys(), t, where));
   validate(t, set, overrides.empty() ? name : name + " (with --set overrides)");
   return t;
 }

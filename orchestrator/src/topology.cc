@@ -22,9 +22,7 @@ namespace {
 using policy::CpuId;
 using policy::NodeId;
 
-[[noreturn]] void fail(const std::string& what) {
-  throw CapabilitiesError("host capabilities: " + what);
-}
+[[noreturn]] void fail(const std::string& what) { throw CapabilitiesError("host capabilities: " + what); }
 
 std::string_view trim(std::string_view s) {
   while (!s.empty() && std::strchr(" \t\r\n", s.front())) s.remove_prefix(1);
@@ -60,10 +58,20 @@ int optional_attr(const pugi::xml_node& el, const char* name, const std::string&
 // Bytes per unit for libvirt's scaled integers; 0 when the unit is unknown.
 std::uint64_t unit_bytes(std::string_view unit) {
   constexpr std::uint64_t k = 1024, d = 1000;
-  static const std::pair<std::string_view, std::uint64_t> table[] = {
-      {"b", 1},          {"bytes", 1},      {"KB", d},         {"K", k},           {"KiB", k},
-      {"MB", d * d},     {"M", k * k},      {"MiB", k * k},    {"GB", d * d * d},  {"G", k * k * k},
-      {"GiB", k * k * k}, {"TB", d * d * d * d}, {"T", k * k * k * k}, {"TiB", k * k * k * k}};
+  static const std::pair<std::string_view, std::uint64_t> table[] = {{"b", 1},
+                                                                     {"bytes", 1},
+                                                                     {"KB", d},
+                                                                     {"K", k},
+                                                                     {"KiB", k},
+                                                                     {"MB", d * d},
+                                                                     {"M", k * k},
+                                                                     {"MiB", k * k},
+                                                                     {"GB", d * d * d},
+                                                                     {"G", k * k * k},
+                                                                     {"GiB", k * k * k},
+                                                                     {"TB", d * d * d * d},
+                                                                     {"T", k * k * k * k},
+                                                                     {"TiB", k * k * k * k}};
   for (const auto& [name, bytes] : table) {
     if (name == unit) return bytes;
   }
@@ -152,8 +160,7 @@ policy::NumaNode parse_cell(const pugi::xml_node& cell, std::set<CpuId>& seen_cp
     if (!seen_cpus.insert(cpu.id).second) fail(where + ": cpu " + std::to_string(cpu.id) + " listed twice");
     node.cpus.push_back(std::move(cpu));
   }
-  std::sort(node.cpus.begin(), node.cpus.end(),
-            [](const policy::Cpu& a, const policy::Cpu& b) { return a.id < b.id; });
+  std::sort(node.cpus.begin(), node.cpus.end(), [](const policy::Cpu& a, const policy::Cpu& b) { return a.id < b.id; });
   return node;
 }
 
@@ -163,15 +170,16 @@ policy::HostTopology parse_capabilities(std::string_view xml) {
   pugi::xml_document doc;
   const pugi::xml_parse_result parsed = doc.load_buffer(xml.data(), xml.size());
   if (!parsed) {
-    fail("not well-formed XML (" + std::string(parsed.description()) + " at offset " +
-         std::to_string(parsed.offset) + "); pass the output of 'virsh capabilities'");
+    fail("not well-formed XML (" + std::string(parsed.description()) + " at offset " + std::to_string(parsed.offset) +
+         "); pass the output of 'virsh capabilities'");
   }
   const pugi::xml_node caps = doc.child("capabilities");
   if (!caps) fail("no <capabilities> root element; pass the output of 'virsh capabilities'");
   const pugi::xml_node cells = caps.child("host").child("topology").child("cells");
   if (!cells) {
-    fail("no <host><topology><cells>: libvirt could not read this host's NUMA layout, so its CPUs "
-         "cannot be pinned; check that libvirtd can read /sys/devices/system/node");
+    fail(
+        "no <host><topology><cells>: libvirt could not read this host's NUMA layout, so its CPUs "
+        "cannot be pinned; check that libvirtd can read /sys/devices/system/node");
   }
   policy::HostTopology topo;
   std::set<CpuId> seen_cpus;
@@ -189,7 +197,8 @@ policy::HostTopology parse_capabilities(std::string_view xml) {
 
 policy::HostTopology parse_capabilities_file(const std::string& path) {
   if (std::error_code ec; std::filesystem::is_directory(path, ec)) {
-    throw CapabilitiesError("host capabilities file '" + path + "' is a directory; create a file with "
+    throw CapabilitiesError("host capabilities file '" + path +
+                            "' is a directory; create a file with "
                             "'virsh capabilities > FILE'");
   }
   std::ifstream in(path, std::ios::binary);

@@ -24,15 +24,15 @@ std::string fixed(double v, int digits = 2) {
 struct VmState {
   const BalloonVm* vm = nullptr;
   bool managed = false;
-  std::string reason;           // left alone: why; managed: the moves made, "; "-separated
+  std::string reason;  // left alone: why; managed: the moves made, "; "-separated
   Mib actual = 0, free = 0, floor = 0, max = 0, keep = 0;
-  Mib planned = 0;              // the target being built
+  Mib planned = 0;  // the target being built
   Mib step_left = 0;
   bool pressure = false;
   std::string pressure_why;
-  bool corrected = false;       // moved into [floor, max]
+  bool corrected = false;  // moved into [floor, max]
   bool gave = false, grew = false;
-  std::string squeeze_stop;     // non-empty: not squeezed below keep, and why (see ShrinkReturn)
+  std::string squeeze_stop;  // non-empty: not squeezed below keep, and why (see ShrinkReturn)
   bool stop_noted = false;
   std::vector<std::size_t> nodes;  // indices into the host's node list
 
@@ -46,8 +46,7 @@ std::optional<Mib> guest_free(const BalloonVm& vm) {
   return std::nullopt;
 }
 
-bool rose(const std::optional<std::uint64_t>& now, const std::optional<std::uint64_t>& before,
-          std::uint64_t by) {
+bool rose(const std::optional<std::uint64_t>& now, const std::optional<std::uint64_t>& before, std::uint64_t by) {
   return now && before && *now >= *before && *now - *before >= by;
 }
 
@@ -55,8 +54,8 @@ bool rose(const std::optional<std::uint64_t>& now, const std::optional<std::uint
 std::string pressure_cause(const VmState& s, const BalloonConfig& c) {
   const BalloonVm& vm = *s.vm;
   if (vm.agent && vm.agent->psi_some10 && *vm.agent->psi_some10 > c.pressure_psi)
-    return "memory pressure (psi some avg10 " + fixed(*vm.agent->psi_some10, 1) + " > " +
-           fixed(c.pressure_psi, 1) + ")";
+    return "memory pressure (psi some avg10 " + fixed(*vm.agent->psi_some10, 1) + " > " + fixed(c.pressure_psi, 1) +
+           ")";
   if (static_cast<double>(s.free) < c.pressure_free_fraction * static_cast<double>(s.actual))
     return "only " + std::to_string(s.free) + " MiB free of " + std::to_string(s.actual) + " MiB";
   if (vm.previous) {
@@ -72,8 +71,7 @@ std::string pressure_cause(const VmState& s, const BalloonConfig& c) {
 
 class Planner {
  public:
-  Planner(const BalloonHost& host, std::span<const BalloonVm> vms, const BalloonConfig& c)
-      : host_(host), c_(c) {
+  Planner(const BalloonHost& host, std::span<const BalloonVm> vms, const BalloonConfig& c) : host_(host), c_(c) {
     validate(vms);
     node_free_.reserve(host.nodes.size());
     for (const BalloonNode& n : host.nodes) node_free_.push_back(static_cast<double>(n.free_mib));
@@ -99,8 +97,7 @@ class Planner {
         throw std::invalid_argument("VM '" + vm.name + "' appears twice in the balloon input");
       if (vm.max_memory_mib == 0) throw std::invalid_argument("VM '" + vm.name + "': max_memory_mib is 0");
       if (!(vm.weight >= 0.0 && vm.weight <= 1.0))
-        throw std::invalid_argument("VM '" + vm.name + "': weight " + std::to_string(vm.weight) +
-                                    " is outside [0, 1]");
+        throw std::invalid_argument("VM '" + vm.name + "': weight " + std::to_string(vm.weight) + " is outside [0, 1]");
     }
   }
 
@@ -175,8 +172,8 @@ class Planner {
       const Mib sh = node_short(n);
       if (sh <= 0) continue;
       need = std::max<Mib>(need, sh * static_cast<Mib>(s.nodes.size()));
-      why += (why.empty() ? "" : ", ") + std::string("node ") + std::to_string(host_.nodes[n].id) +
-             " short by " + std::to_string(sh) + " MiB";
+      why += (why.empty() ? "" : ", ") + std::string("node ") + std::to_string(host_.nodes[n].id) + " short by " +
+             std::to_string(sh) + " MiB";
     }
     return {need, why};
   }
@@ -259,9 +256,9 @@ class Planner {
                 std::to_string(s->floor) +
                 (s->vm->rss_mib ? "" : "; QEMU RSS not reported: not checked whether the host gets it back"));
       else
-        s->note("reclaim " + std::to_string(amount) + " MiB: " + why + "; " + weight + "; " +
-                std::to_string(above) + " MiB reclaimable above keep " + std::to_string(s->keep) +
-                " (floor " + std::to_string(s->floor) + ", " + std::to_string(s->free) + " MiB free)");
+        s->note("reclaim " + std::to_string(amount) + " MiB: " + why + "; " + weight + "; " + std::to_string(above) +
+                " MiB reclaimable above keep " + std::to_string(s->keep) + " (floor " + std::to_string(s->floor) +
+                ", " + std::to_string(s->free) + " MiB free)");
     }
   }
 
@@ -319,10 +316,9 @@ class Planner {
         }
         d->step_left -= amount;
         d->gave = true;
-        d->note("give " + std::to_string(amount) + " MiB to " + g.vm->name + " (weight " +
-                fixed(g.vm->weight) + " > " + fixed(d->vm->weight) + ", under pressure); " +
-                std::to_string(avail) + " MiB reclaimable above keep " + std::to_string(d->keep) +
-                " (floor " + std::to_string(d->floor) + ")");
+        d->note("give " + std::to_string(amount) + " MiB to " + g.vm->name + " (weight " + fixed(g.vm->weight) + " > " +
+                fixed(d->vm->weight) + ", under pressure); " + std::to_string(avail) + " MiB reclaimable above keep " +
+                std::to_string(d->keep) + " (floor " + std::to_string(d->floor) + ")");
         donors.push_back(d->vm->name);
       }
     }
@@ -361,8 +357,8 @@ class Planner {
     }
     const auto [need, why] = shortage_for(s);
     if (need > 0)
-      return "unchanged: " + why + ", but nothing to give above keep " + std::to_string(s.keep) +
-             " (floor " + std::to_string(s.floor) + ") within this tick";
+      return "unchanged: " + why + ", but nothing to give above keep " + std::to_string(s.keep) + " (floor " +
+             std::to_string(s.floor) + ") within this tick";
     return "unchanged: stable, " + std::to_string(s.free) + " MiB free in guest, no pressure, no shortage";
   }
 
@@ -420,7 +416,8 @@ std::string squeeze_stop(const BalloonVm& vm, std::optional<std::uint64_t> node_
          " MiB (QEMU RSS " + std::to_string(*r.rss_before_mib) + " -> " + std::to_string(*r.rss_after_mib) +
          " MiB, now " + std::to_string(now) + "; less than " + std::to_string(enough) +
          "): the guest's pages were never touched, so squeezing it frees nothing; squeezed again once its RSS "
-         "moves by " + std::to_string(move) + " MiB";
+         "moves by " +
+         std::to_string(move) + " MiB";
 }
 
 std::vector<BalloonDecision> plan_balloon(const BalloonHost& host, std::span<const BalloonVm> vms,

@@ -62,8 +62,8 @@ Claims repair_claims(std::span<const VmCpuInput> vms, const std::vector<bool>& f
     for (CpuId c : vms[i].cpus) {
       if (!seen.insert(c).second) {
         if (fixed[i]) continue;
-        plan.vms[i].repaired += (plan.vms[i].repaired.empty() ? "" : "; ") + std::string("CPU ") +
-                                std::to_string(c) + " was listed twice in its placement and is kept once";
+        plan.vms[i].repaired += (plan.vms[i].repaired.empty() ? "" : "; ") + std::string("CPU ") + std::to_string(c) +
+                                " was listed twice in its placement and is kept once";
         continue;
       }
       claims.cpus[i].push_back(c);
@@ -77,9 +77,10 @@ Claims repair_claims(std::span<const VmCpuInput> vms, const std::vector<bool>& f
     const auto rank = [&](std::size_t i) { return std::tuple(!fixed[i], !pins_exactly(vms[i], cpu), vms[i].name); };
     const std::size_t keeper = *std::min_element(who.begin(), who.end(),
                                                  [&](std::size_t a, std::size_t b) { return rank(a) < rank(b); });
-    const std::string why = pins_exactly(vms[keeper], cpu) ? " (libvirt pins a vCPU of '" + vms[keeper].name + "' there)"
-                            : fixed[keeper]                ? " (it cannot be re-divided)"
-                                                           : " (the first by name)";
+    const std::string why = pins_exactly(vms[keeper], cpu)
+                                ? " (libvirt pins a vCPU of '" + vms[keeper].name + "' there)"
+                            : fixed[keeper] ? " (it cannot be re-divided)"
+                                            : " (the first by name)";
     for (std::size_t i : who) {
       if (i == keeper) continue;
       const std::string claim = "dedicated CPU " + std::to_string(cpu) + " is also claimed by '" + vms[keeper].name +
@@ -87,8 +88,9 @@ Claims repair_claims(std::span<const VmCpuInput> vms, const std::vector<bool>& f
                                 "' keeps it" + why;
       if (fixed[i]) {
         if (plan.vms[i].error.empty())
-          plan.vms[i].error = claim + "; this VM spans nodes and cannot be re-divided, so it is left as it is: "
-                                      "remove and place it again to fix its placement";
+          plan.vms[i].error = claim +
+                              "; this VM spans nodes and cannot be re-divided, so it is left as it is: "
+                              "remove and place it again to fix its placement";
         continue;
       }
       std::erase(claims.cpus[i], cpu);
@@ -114,8 +116,9 @@ Claims repair_claims(std::span<const VmCpuInput> vms, const std::vector<bool>& f
         if (!taken.count(c)) free.push_back(c);
     // Placement's rule: a node that hosts shared VMs keeps one CPU for them (when no shared_cpus is set).
     const bool hosts_shared = host.shared.empty() && std::any_of(vms.begin(), vms.end(), [&](const VmCpuInput& v) {
-      return v.cpu_policy == CpuPolicy::Shared && std::find(v.nodes.begin(), v.nodes.end(), node) != v.nodes.end();
-    });
+                                return v.cpu_policy == CpuPolicy::Shared &&
+                                       std::find(v.nodes.begin(), v.nodes.end(), node) != v.nodes.end();
+                              });
     if (hosts_shared && !free.empty()) free.pop_back();
     std::vector<CpuId> given;
     for (std::size_t k = 0; k < lost[i].size() && k < free.size(); ++k) given.push_back(free[k]);
@@ -136,8 +139,7 @@ Claims repair_claims(std::span<const VmCpuInput> vms, const std::vector<bool>& f
 // Dropping them instead would shrink the node's pool for good: the reconciler records the planned
 // set as what each VM holds, so the CPUs would be gone when the load comes back.
 std::vector<int> give_back_unwanted(std::span<const VmCpuInput> vms, const Claims& claims,
-                                    const std::vector<std::size_t>& members, const Division& division,
-                                    int pool_size) {
+                                    const std::vector<std::size_t>& members, const Division& division, int pool_size) {
   std::vector<int> counts = division.cpus;
   int unwanted = pool_size;
   for (int c : counts) unwanted -= c;
@@ -292,8 +294,10 @@ CpuPlan plan_cpus(std::span<const VmCpuInput> vms, double alpha, const CpuHost& 
     if (pool.empty()) {
       std::string nodes;
       for (NodeId n : vms[i].nodes) nodes += (nodes.empty() ? "" : ",") + std::to_string(n);
-      out.error = "no CPU of node " + nodes + " is left for shared vCPUs (all are reserved or dedicated); it keeps "
-                  "its CPUs " + cpu_text(vms[i].cpus) + ": free a CPU of that node (or set shared_cpus)";
+      out.error = "no CPU of node " + nodes +
+                  " is left for shared vCPUs (all are reserved or dedicated); it keeps "
+                  "its CPUs " +
+                  cpu_text(vms[i].cpus) + ": free a CPU of that node (or set shared_cpus)";
       continue;
     }
     out.cpus = std::move(pool);

@@ -30,16 +30,15 @@ void check_weights(std::span<const double> weights) {
 
 void check_same_size(std::size_t a, std::size_t b, const char* what) {
   if (a != b) {
-    throw std::invalid_argument(std::string(what) + " has " + std::to_string(b) +
-                                " entries but there are " + std::to_string(a) + " weights");
+    throw std::invalid_argument(std::string(what) + " has " + std::to_string(b) + " entries but there are " +
+                                std::to_string(a) + " weights");
   }
 }
 
 // Σmin > total: mins in order of weight (highest first, ties by lower index) until CPUs run out.
 std::vector<int> mins_by_weight(std::span<const double> weights, int total, std::span<const int> min) {
   std::vector<std::size_t> order = iota_indices(weights.size());
-  std::stable_sort(order.begin(), order.end(),
-                   [&](std::size_t a, std::size_t b) { return weights[a] > weights[b]; });
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return weights[a] > weights[b]; });
   std::vector<int> cpus(weights.size(), 0);
   int left = total;
   for (std::size_t i : order) {
@@ -56,8 +55,7 @@ std::vector<int> mins_by_weight(std::span<const double> weights, int total, std:
 // that holds the crossing, and settle every VM whose breakpoints both lie outside the bracket (within it,
 // it is constant or linear). A round costs the breakpoints and unsettled VMs left, and halves the
 // breakpoints: O(n) expected, where sorting the 2n breakpoints was O(n log n) (and 3x slower at 10,000).
-double crossing(std::span<const double> weights, double total, std::span<const double> lo,
-                std::span<const double> hi) {
+double crossing(std::span<const double> weights, double total, std::span<const double> lo, std::span<const double> hi) {
   struct Open {  // a VM not settled yet: its breakpoints a, b and what f needs, side by side
     double a, b, w, lo, hi;
   };
@@ -99,8 +97,8 @@ double crossing(std::span<const double> weights, double total, std::span<const d
 }
 
 // Fractional ideal x_i = clamp(λ·w_i, lo_i, hi_i) with Σx_i = total; needs Σlo <= total < Σhi.
-std::vector<double> bounded_proportional(std::span<const double> weights, int total,
-                                         std::span<const int> lo, std::span<const int> hi) {
+std::vector<double> bounded_proportional(std::span<const double> weights, int total, std::span<const int> lo,
+                                         std::span<const int> hi) {
   const std::vector<double> lo_d(lo.begin(), lo.end()), hi_d(hi.begin(), hi.end());
   const double lambda = crossing(weights, total, lo_d, hi_d);
   std::vector<double> x(weights.size());
@@ -110,8 +108,8 @@ std::vector<double> bounded_proportional(std::span<const double> weights, int to
 
 // Whole CPUs from a fractional ideal: floors, then one more each by largest remainder (ties: higher
 // weight, then lower index) for VMs still below their max, until the sum is total.
-std::vector<int> largest_remainder(std::span<const double> x, std::span<const double> weights,
-                                   int total, std::span<const int> hi) {
+std::vector<int> largest_remainder(std::span<const double> x, std::span<const double> weights, int total,
+                                   std::span<const int> hi) {
   struct Candidate {
     double remainder;
     double weight;
@@ -164,8 +162,7 @@ std::vector<int> apportion(std::span<const double> weights, int total, std::span
   return largest_remainder(bounded_proportional(weights, total, min, max), weights, total, max);
 }
 
-std::vector<double> waterfill(std::span<const double> weights, std::span<const double> demand,
-                              double capacity) {
+std::vector<double> waterfill(std::span<const double> weights, std::span<const double> demand, double capacity) {
   check_weights(weights);
   check_same_size(weights.size(), demand.size(), "demand");
   for (std::size_t i = 0; i < demand.size(); ++i) {

@@ -2,14 +2,14 @@
 
 #include <algorithm>
 #include <bit>
-#include <functional>
-#include <map>
-#include <optional>
-#include <tuple>
 #include <cassert>
+#include <functional>
 #include <limits>
+#include <map>
 #include <numeric>
+#include <optional>
 #include <string>
+#include <tuple>
 
 namespace llmorch::policy {
 namespace {
@@ -17,8 +17,7 @@ namespace {
 constexpr std::size_t kExhaustiveMaxNodes = 8;  // 2^8 node sets: cheap to try them all
 
 std::string describe(const PlacementRequest& r) {
-  std::string s = "'" + r.name + "' (" + std::to_string(r.vcpus) + " vCPUs, " + std::to_string(r.memory_mib) +
-                  " MiB";
+  std::string s = "'" + r.name + "' (" + std::to_string(r.vcpus) + " vCPUs, " + std::to_string(r.memory_mib) + " MiB";
   if (r.hugepage_kib != 0) s += " in " + page_size_text(r.hugepage_kib) + " hugepages";
   if (r.cpu_policy == CpuPolicy::Shared) s += ", shared CPUs";
   return s + ")";
@@ -28,8 +27,8 @@ std::string describe(const PlacementRequest& r) {
 struct Candidate {
   const NumaNode* node = nullptr;
   const NodeFree* free = nullptr;
-  std::uint64_t cpu_cap = 0;       // dedicated: CPUs it may pin; shared: size of its pool
-  std::uint64_t granule_cap = 0;   // memory it can give, in granules (MiB or hugepages)
+  std::uint64_t cpu_cap = 0;      // dedicated: CPUs it may pin; shared: size of its pool
+  std::uint64_t granule_cap = 0;  // memory it can give, in granules (MiB or hugepages)
   bool usable() const { return cpu_cap > 0 && granule_cap > 0; }
 };
 
@@ -94,7 +93,10 @@ std::vector<CpuId> pick_cpus(const NumaNode& node, const std::vector<CpuId>& fre
     const std::size_t need = count - picked.size();
     auto best = cores.end();
     for (auto it = cores.begin(); it != cores.end(); ++it) {
-      if (it->second.whole && it->second.free.size() <= need) { best = it; break; }
+      if (it->second.whole && it->second.free.size() <= need) {
+        best = it;
+        break;
+      }
     }
     if (best == cores.end()) {
       // The smallest core that covers the rest (partly used before whole), else the largest one.
@@ -145,7 +147,8 @@ std::optional<Choice> evaluate(const HostTopology& host, const Request& req, con
   if (req.dedicated() && cpus < static_cast<std::uint64_t>(req.vm.vcpus)) return std::nullopt;
   Choice choice;
   for (std::size_t i = 0; i < set.size(); ++i) {
-    for (std::size_t j = i + 1; j < set.size(); ++j) choice.distance += host.distance(set[i]->node->id, set[j]->node->id);
+    for (std::size_t j = i + 1; j < set.size(); ++j)
+      choice.distance += host.distance(set[i]->node->id, set[j]->node->id);
     choice.free_cpus_after += set[i]->free->cpus.size();
     choice.free_mib_after += set[i]->free->memory_mib;
   }
@@ -195,7 +198,10 @@ void for_each_node_set(const HostTopology& host, const std::vector<const Candida
         if (std::find(set.begin(), set.end(), c) != set.end()) continue;
         int sum = 0;
         for (const Candidate* m : set) sum += host.distance(m->node->id, c->node->id);
-        if (sum < nearest_sum) { nearest = c; nearest_sum = sum; }
+        if (sum < nearest_sum) {
+          nearest = c;
+          nearest_sum = sum;
+        }
       }
       set.push_back(nearest);
     }
@@ -274,8 +280,8 @@ std::string node_reason(const NumaNode& node, const NodeFree& free, const Reques
     if (it == free.hugepage_mib.end()) {
       lacks.push_back("no " + page_size_text(vm.hugepage_kib) + " hugepages");
     } else if (it->second < vm.memory_mib) {
-      lacks.push_back(std::to_string(it->second) + " MiB of " + page_size_text(vm.hugepage_kib) +
-                      " hugepages free, " + std::to_string(vm.memory_mib) + " needed");
+      lacks.push_back(std::to_string(it->second) + " MiB of " + page_size_text(vm.hugepage_kib) + " hugepages free, " +
+                      std::to_string(vm.memory_mib) + " needed");
     }
   }
   std::string s = "node " + std::to_string(node.id) + ": ";

@@ -19,8 +19,7 @@ std::optional<CpuPolicy> cpu_policy_from_string(std::string_view text) {
 }
 
 const NumaNode* HostTopology::node(NodeId id) const {
-  auto it = std::lower_bound(nodes.begin(), nodes.end(), id,
-                             [](const NumaNode& n, NodeId v) { return n.id < v; });
+  auto it = std::lower_bound(nodes.begin(), nodes.end(), id, [](const NumaNode& n, NodeId v) { return n.id < v; });
   return (it != nodes.end() && it->id == id) ? &*it : nullptr;
 }
 

@@ -24,8 +24,8 @@ void check_alpha(double alpha) {
 
 void check_priority(double p, std::size_t index) {
   if (!(p > 0.0) || !std::isfinite(p)) {
-    throw std::invalid_argument("priority #" + std::to_string(index + 1) +
-                                " must be a finite number > 0, got " + number(p));
+    throw std::invalid_argument("priority #" + std::to_string(index + 1) + " must be a finite number > 0, got " +
+                                number(p));
   }
 }
 

@@ -68,9 +68,10 @@ class AgentProcess : public ::testing::Test {
   }
 
   void start(std::vector<std::string> extra = {}) {
-    std::vector<std::string> args = {LLMORCH_AGENT_BIN, "--sysfs-root", root / "sys", "--proc-root",
-                                     root / "proc", "--dev-root", root / "dev", "--config", root / "agent.conf",
-                                     "--control-socket", control(), "--interval-ms", "100"};
+    std::vector<std::string> args = {
+        LLMORCH_AGENT_BIN, "--sysfs-root",  root / "sys", "--proc-root",       root / "proc",
+        "--dev-root",      root / "dev",    "--config",   root / "agent.conf", "--control-socket",
+        control(),         "--interval-ms", "100"};
     args.insert(args.end(), extra.begin(), extra.end());
     pid = ::fork();
     if (pid == 0) {
@@ -100,7 +101,9 @@ class AgentProcess : public ::testing::Test {
     }
     return std::nullopt;
   }
-  void host_sends(const std::string& bytes) { ASSERT_EQ(::write(master, bytes.data(), bytes.size()), ssize_t(bytes.size())); }
+  void host_sends(const std::string& bytes) {
+    ASSERT_EQ(::write(master, bytes.data(), bytes.size()), ssize_t(bytes.size()));
+  }
 
   FakeRoot root;
   int master = -1;
@@ -140,7 +143,8 @@ TEST_F(AgentProcess, ConfigFileOutranksCmdlineAndSetPriorityOutranksBoth) {
 TEST_F(AgentProcess, ObeysHostCommands) {
   start();
   ASSERT_TRUE(wait_for([](const Report&) { return true; }));
-  host_sends("garbage that the agent must ignore\n" + protocol::encode(protocol::HostCommand(protocol::ConfigCommand{300})) +
+  host_sends("garbage that the agent must ignore\n" +
+             protocol::encode(protocol::HostCommand(protocol::ConfigCommand{300})) +
              protocol::encode(protocol::HostCommand(protocol::VcpusCommand{2})));
   EXPECT_TRUE(wait_for([](const Report& r) { return r.interval_ms == 300; }));
   EXPECT_EQ(root.read("sys/devices/system/cpu/cpu1/online"), "1");

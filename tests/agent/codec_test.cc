@@ -104,24 +104,19 @@ std::string without(const std::string& key) {
 
 INSTANTIATE_TEST_SUITE_P(
     Bad, CodecRejects,
-    ::testing::Values(Rejection{"", "does not start"}, Rejection{"hello world", "does not start"},
-                      Rejection{"LLMO2 report seq=1", "unsupported protocol version"},
-                      Rejection{"LLMO1", "no message type"},
-                      Rejection{"LLMO1 config interval_ms=100", "unexpected message type"},
-                      Rejection{without("seq"), "required key seq"},
-                      Rejection{without("interval_ms"), "required key interval_ms"},
-                      Rejection{with("prio=nan"), "prio"}, Rejection{with("prio=inf"), "prio"},
-                      Rejection{with("prio=-1"), "prio"}, Rejection{with("prio=1e300"), "prio"},
-                      Rejection{with("prio=1x"), "prio"}, Rejection{with("prio="), "prio"},
-                      Rejection{with("seq=2"), "appears twice"},
-                      Rejection{with("psi_mem_some10=100.5"), "psi_mem_some10"},
-                      Rejection{with("llm_waiting=-3"), "llm_waiting"},
-                      Rejection{with("runnable=99999999999999999999999"), "runnable"},
-                      Rejection{with("novalue"), "not key=value"}, Rejection{with("=5"), "not key=value"},
-                      Rejection{std::string(kMinimal).replace(6, 1, "\0", 1), "printable"},
-                      Rejection{with("x=\t"), "printable"},
-                      Rejection{with("mem_avail_kib=200"), "appears twice"},
-                      Rejection{std::string(kMinimal) + " " + std::string(1100, 'a'), "longer than"}));
+    ::testing::Values(
+        Rejection{"", "does not start"}, Rejection{"hello world", "does not start"},
+        Rejection{"LLMO2 report seq=1", "unsupported protocol version"}, Rejection{"LLMO1", "no message type"},
+        Rejection{"LLMO1 config interval_ms=100", "unexpected message type"},
+        Rejection{without("seq"), "required key seq"}, Rejection{without("interval_ms"), "required key interval_ms"},
+        Rejection{with("prio=nan"), "prio"}, Rejection{with("prio=inf"), "prio"}, Rejection{with("prio=-1"), "prio"},
+        Rejection{with("prio=1e300"), "prio"}, Rejection{with("prio=1x"), "prio"}, Rejection{with("prio="), "prio"},
+        Rejection{with("seq=2"), "appears twice"}, Rejection{with("psi_mem_some10=100.5"), "psi_mem_some10"},
+        Rejection{with("llm_waiting=-3"), "llm_waiting"},
+        Rejection{with("runnable=99999999999999999999999"), "runnable"}, Rejection{with("novalue"), "not key=value"},
+        Rejection{with("=5"), "not key=value"}, Rejection{std::string(kMinimal).replace(6, 1, "\0", 1), "printable"},
+        Rejection{with("x=\t"), "printable"}, Rejection{with("mem_avail_kib=200"), "appears twice"},
+        Rejection{std::string(kMinimal) + " " + std::string(1100, 'a'), "longer than"}));
 
 TEST(Codec, RejectsAvailableAboveTotal) {
   std::string frame = without("mem_avail_kib") + " mem_avail_kib=1001";

@@ -67,8 +67,7 @@ TEST(HostLink, WithoutAHostTheLoopSleepsBetweenProbesWithBackoff) {
         probes.push_back(now);
         link.probed_absent(now);
         break;
-      case HostLink::Due::Report:
-        FAIL() << "a report is due with no host at " << now;
+      case HostLink::Due::Report: FAIL() << "a report is due with no host at " << now;
       case HostLink::Due::Nothing:
         ASSERT_GT(link.wake_at(), now);
         now = link.wake_at();  // poll() times out

@@ -67,7 +67,8 @@ class OneShotServer {
       int c = ::accept(fd_, nullptr, nullptr);
       char buf[1024];
       request_.assign(buf, static_cast<std::size_t>(std::max<ssize_t>(0, ::read(c, buf, sizeof buf))));
-      if (!response.empty()) [[maybe_unused]] auto n = ::write(c, response.data(), response.size());
+      if (!response.empty()) [[maybe_unused]]
+        auto n = ::write(c, response.data(), response.size());
       ::close(c);
     });
   }

@@ -9,9 +9,10 @@ namespace {
 
 TEST(Settings, ParsesKernelCommandLine) {
   std::vector<std::string> warnings;
-  auto c = parse_cmdline("console=ttyS0 llmorch.priority=2.5 quiet llmorch.floor_mib=160 "
-                         "llmorch.priority_at=30:1 llmorch.priority_at=10:4\n",
-                         &warnings);
+  auto c = parse_cmdline(
+      "console=ttyS0 llmorch.priority=2.5 quiet llmorch.floor_mib=160 "
+      "llmorch.priority_at=30:1 llmorch.priority_at=10:4\n",
+      &warnings);
   EXPECT_EQ(c.layer.priority, 2.5);
   EXPECT_EQ(c.layer.floor_mib, 160u);
   ASSERT_EQ(c.scheduled.size(), 2u);
@@ -21,9 +22,10 @@ TEST(Settings, ParsesKernelCommandLine) {
 
 TEST(Settings, SkipsInvalidValuesWithWarnings) {
   std::vector<std::string> warnings;
-  auto c = parse_cmdline("llmorch.priority=0 llmorch.floor_mib=-5 llmorch.priority_at=x:1 "
-                         "llmorch.priority_at=5:nan llmorch.priority=inf",
-                         &warnings);
+  auto c = parse_cmdline(
+      "llmorch.priority=0 llmorch.floor_mib=-5 llmorch.priority_at=x:1 "
+      "llmorch.priority_at=5:nan llmorch.priority=inf",
+      &warnings);
   EXPECT_FALSE(c.layer.priority);
   EXPECT_FALSE(c.layer.floor_mib);
   EXPECT_TRUE(c.scheduled.empty());
@@ -32,9 +34,10 @@ TEST(Settings, SkipsInvalidValuesWithWarnings) {
 
 TEST(Settings, ParsesConfigFile) {
   std::vector<std::string> warnings;
-  auto f = parse_config_file("# comment\n\npriority = 3\nfloor_mib=512\ninterval_ms=250\n"
-                             "llm_metrics=http://127.0.0.1:8080/metrics\nbogus=1\ninterval_ms=5\nnoequals\n",
-                             &warnings);
+  auto f = parse_config_file(
+      "# comment\n\npriority = 3\nfloor_mib=512\ninterval_ms=250\n"
+      "llm_metrics=http://127.0.0.1:8080/metrics\nbogus=1\ninterval_ms=5\nnoequals\n",
+      &warnings);
   EXPECT_EQ(f.layer.priority, 3.0);
   EXPECT_EQ(f.layer.floor_mib, 512u);
   EXPECT_EQ(f.interval_ms, 250u);

@@ -36,7 +36,6 @@ constexpr double kMaxIdlePct = 5.0;
 constexpr double kMaxResumeS = 6.0;
 constexpr int kAgentPriority = 3;  // template says 5: priority 3 can only come from the agent
 
-
 // The QEMU process's host CPU over kWindow, in % of one host CPU; nullopt when libvirt gives no figure.
 std::optional<double> guest_cpu_pct(const std::string& vm) {
   const auto t0 = cpu_time_ns(vm);
@@ -50,8 +49,9 @@ std::optional<double> guest_cpu_pct(const std::string& vm) {
 }
 
 std::optional<json> cli_status(const std::filesystem::path& config, const std::filesystem::path& state) {
-  const CommandResult r = run_command({LLMORCH_CLI, "status", "--json", "--connect", kUri, "--config",
-                                       config.string(), "--state-dir", state.string()}, 20s);
+  const CommandResult r = run_command(
+      {LLMORCH_CLI, "status", "--json", "--connect", kUri, "--config", config.string(), "--state-dir", state.string()},
+      20s);
   if (r.exit_code != 0) return std::nullopt;
   auto j = json::parse(r.out, nullptr, false);
   if (j.is_discarded()) return std::nullopt;
@@ -116,8 +116,9 @@ TEST(AgentIdleE2e, GuestStaysIdleWithoutTheDaemonAndReportsResumeAfterARestart) 
     if (auto s = cli_status(config, state)) reporting = cli_shows_fresh_report(*s, vm, daemon->pid());
     if (!reporting) std::this_thread::sleep_for(250ms);
   }
-  ASSERT_TRUE(reporting) << "the agent never reported to llmorchd; daemon log:\n" << daemon->log()
-                         << "agent log:\n" << agent_lines(vm);
+  ASSERT_TRUE(reporting) << "the agent never reported to llmorchd; daemon log:\n"
+                         << daemon->log() << "agent log:\n"
+                         << agent_lines(vm);
   std::this_thread::sleep_for(1s);
   const auto with = guest_cpu_pct(vm);
   ASSERT_TRUE(with);
@@ -144,8 +145,9 @@ TEST(AgentIdleE2e, GuestStaysIdleWithoutTheDaemonAndReportsResumeAfterARestart) 
       std::this_thread::sleep_for(100ms);
     }
   }
-  ASSERT_TRUE(resumed_s) << "no fresh report within 30 s of llmorchd's restart; daemon log:\n" << daemon->log()
-                         << "agent log:\n" << agent_lines(vm);
+  ASSERT_TRUE(resumed_s) << "no fresh report within 30 s of llmorchd's restart; daemon log:\n"
+                         << daemon->log() << "agent log:\n"
+                         << agent_lines(vm);
   figure("reports_resume_after_restart_s", *resumed_s);
   EXPECT_LE(*resumed_s, kMaxResumeS) << "agent log:\n" << agent_lines(vm);
   // The daemon counts every valid frame it reads: a backlog would arrive as a burst of them at once.
@@ -156,8 +158,7 @@ TEST(AgentIdleE2e, GuestStaysIdleWithoutTheDaemonAndReportsResumeAfterARestart) 
   const double since_restart = std::chrono::duration<double>(SteadyClock::now() - restart).count();
   const auto frames = dv->at("agent").value("ok", 0);
   std::printf("FIGURE frames_after_restart=%d in %.1f s\n", frames, since_restart);
-  EXPECT_LE(frames, static_cast<int>(since_restart) + 3) << "a backlog of reports after the restart:\n"
-                                                          << dv->dump(2);
+  EXPECT_LE(frames, static_cast<int>(since_restart) + 3) << "a backlog of reports after the restart:\n" << dv->dump(2);
   EXPECT_EQ(dv->at("agent").value("malformed", -1), 0) << dv->dump(2);
   // The agent saw the restart as such (it logs how it noticed: SIGIO, or its fallback probe).
   EXPECT_NE(agent_lines(vm).find("host is back after"), std::string::npos) << agent_lines(vm);

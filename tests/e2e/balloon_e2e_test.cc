@@ -42,7 +42,7 @@ std::optional<std::uint64_t> libvirt_actual_kib(const std::string& vm) {
 // One VM over the test: lowest and latest values seen (MiB; MemTotal from the guest's agent).
 struct Track {
   std::uint64_t min_actual = UINT64_MAX, min_mem_total = UINT64_MAX, last_actual = 0;
-  std::uint64_t first_mem_total = 0;  // MemTotal at full size: what the kernel sees of kMaxMib
+  std::uint64_t first_mem_total = 0;    // MemTotal at full size: what the kernel sees of kMaxMib
   std::optional<double> reclaim_100_s;  // seconds into the watch when it had given 100 MiB
 };
 
@@ -97,8 +97,8 @@ TEST(BalloonE2e, ReclaimsLowPriorityFirstNeverBelowFloorsAndGrowsBack) {
   // lo: floor 96 from both its template and its agent. (The agent's floor alone is not enough: the
   // host clamps a reported floor to the guest's MemTotal, which is ~38 MiB below the balloon size, so
   // each squeeze would lower the next floor.) hi: template floor 160, holds 100 MiB.
-  auto r = guests.place(lo, {"priority=10", "memory_floor_mib=96",
-                             kernel_args("llmorch.workload=idle llmorch.floor_mib=96")});
+  auto r = guests.place(
+      lo, {"priority=10", "memory_floor_mib=96", kernel_args("llmorch.workload=idle llmorch.floor_mib=96")});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   r = guests.place(hi, {"priority=1", "memory_floor_mib=160", kernel_args("llmorch.workload=mem:100")});
   ASSERT_EQ(r.exit_code, 0) << r.err;
@@ -110,8 +110,9 @@ TEST(BalloonE2e, ReclaimsLowPriorityFirstNeverBelowFloorsAndGrowsBack) {
     // Let the agents report before the limit bites, so the agent floor is known from the first plan;
     // a daemon without a limit leaves two stable guests alone.
     DaemonProcess daemon(config, state, {"--domain-prefix", kPrefix});
-    ASSERT_TRUE(watch(daemon, lo, hi, tl, th, 60s, [&] { return agent_reports(daemon, lo) && agent_reports(daemon, hi); }))
-        << daemon.log();
+    ASSERT_TRUE(watch(daemon, lo, hi, tl, th, 60s, [&] {
+      return agent_reports(daemon, lo) && agent_reports(daemon, hi);
+    })) << daemon.log();
     EXPECT_EQ(tl.min_actual, kMaxMib) << "a daemon without a limit shrank lo\n" << daemon.log();
     EXPECT_EQ(th.min_actual, kMaxMib) << "a daemon without a limit shrank hi\n" << daemon.log();
   }
@@ -129,8 +130,10 @@ TEST(BalloonE2e, ReclaimsLowPriorityFirstNeverBelowFloorsAndGrowsBack) {
   }
 
   // Phase 1b: a limit only reachable by squeezing both to (near) their floors.
-  DaemonProcess limited(config, state, {"--domain-prefix", kPrefix, "--host-memory-limit-mib", std::to_string(kLimitMib)});
-  const bool settled = watch(limited, lo, hi, tl, th, 90s, [&] { return tl.last_actual + th.last_actual <= kLimitMib + 16; });
+  DaemonProcess limited(config, state,
+                        {"--domain-prefix", kPrefix, "--host-memory-limit-mib", std::to_string(kLimitMib)});
+  const bool settled = watch(limited, lo, hi, tl, th, 90s,
+                             [&] { return tl.last_actual + th.last_actual <= kLimitMib + 16; });
   // Keep sampling a while: the floors must hold while the daemon keeps the limit.
   watch(limited, lo, hi, tl, th, 10s, [] { return false; });
   const std::string phase1_log = limited.log();

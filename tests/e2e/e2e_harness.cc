@@ -115,8 +115,8 @@ std::vector<std::string> daemon_environment() {
 }  // namespace
 
 std::string sanitizer_report(const std::string& output) {
-  for (const char* marker : {"ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "WARNING: ThreadSanitizer",
-                             "runtime error:"}) {
+  for (const char* marker :
+       {"ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "WARNING: ThreadSanitizer", "runtime error:"}) {
     const auto at = output.find(marker);
     if (at == std::string::npos) continue;
     const auto begin = output.rfind('\n', at);
@@ -127,8 +127,7 @@ std::string sanitizer_report(const std::string& output) {
 
 CommandResult run_command(const std::vector<std::string>& argv, std::chrono::milliseconds timeout) {
   int out_pipe[2], err_pipe[2];
-  if (pipe2(out_pipe, O_CLOEXEC) != 0 || pipe2(err_pipe, O_CLOEXEC) != 0)
-    throw std::runtime_error("pipe2 failed");
+  if (pipe2(out_pipe, O_CLOEXEC) != 0 || pipe2(err_pipe, O_CLOEXEC) != 0) throw std::runtime_error("pipe2 failed");
   auto args = c_argv(argv);
   const pid_t pid = fork();
   if (pid < 0) throw std::runtime_error("fork failed");
@@ -159,8 +158,7 @@ CommandResult run_command(const std::vector<std::string>& argv, std::chrono::mil
 std::string libvirt_problem() {
   const CommandResult r = run_command({"virsh", "-c", kUri, "version"}, 20s);
   if (r.exit_code == 0) return {};
-  return std::string("libvirtd does not answer on ") + kUri + " (" + r.err +
-         "); start it with tools/libvirtd-up";
+  return std::string("libvirtd does not answer on ") + kUri + " (" + r.err + "); start it with tools/libvirtd-up";
 }
 
 std::string guest_dir() {
@@ -178,8 +176,8 @@ std::string guest_problem() {
   for (const std::string& f : {dir + "/vmlinuz", dir + "/initrd.gz"}) {
     if (fs::exists(f)) continue;
     const bool custom = std::getenv("LLMORCH_GUEST_DIR") && *std::getenv("LLMORCH_GUEST_DIR");
-    return f + " is missing; build the test guest with " +
-           (custom ? "LLMORCH_GUEST_DIR=" + dir + " " : std::string()) + "tools/build-test-guest";
+    return f + " is missing; build the test guest with " + (custom ? "LLMORCH_GUEST_DIR=" + dir + " " : std::string()) +
+           "tools/build-test-guest";
   }
   return {};
 }
@@ -220,10 +218,12 @@ Guests::~Guests() {
 }
 
 CommandResult Guests::place(const std::string& name, const std::vector<std::string>& overrides) {
-  std::vector<std::string> argv = {LLMORCH_CLI,  "place",   "--connect", kUri,
-                                   "--config",   config_.string(), "--state-dir", state_dir_.string(),
-                                   "--template", std::string(LLMORCH_TEMPLATES_DIR) + "/tiny-test.conf",
-                                   "--name",     name};
+  std::vector<std::string> argv = {LLMORCH_CLI,   "place",
+                                   "--connect",   kUri,
+                                   "--config",    config_.string(),
+                                   "--state-dir", state_dir_.string(),
+                                   "--template",  std::string(LLMORCH_TEMPLATES_DIR) + "/tiny-test.conf",
+                                   "--name",      name};
   // The image first: a test's own kernel= or initrd= comes later and wins.
   std::vector<std::string> all = guest_image_overrides();
   all.insert(all.end(), overrides.begin(), overrides.end());
@@ -265,13 +265,9 @@ void SuiteDomains::TearDown() {
   EXPECT_EQ(names, "") << "domains left behind by the tests (removed now)";
 }
 
-std::string kernel_args(const std::string& words) {
-  return "kernel_args=console=ttyS0 quiet panic=-1 psi=1 " + words;
-}
+std::string kernel_args(const std::string& words) { return "kernel_args=console=ttyS0 quiet panic=-1 psi=1 " + words; }
 
-std::string serial_log(const std::string& name) {
-  return read_file("/var/log/libvirt/qemu/" + name + "-serial.log");
-}
+std::string serial_log(const std::string& name) { return read_file("/var/log/libvirt/qemu/" + name + "-serial.log"); }
 
 bool wait_for_console(const std::string& name, const std::string& marker, std::chrono::seconds timeout) {
   const auto deadline = Clock::now() + timeout;
@@ -293,8 +289,8 @@ std::optional<std::uint64_t> cpu_shares(const std::string& name) {
 DaemonProcess::DaemonProcess(const fs::path& host_config, const fs::path& state_dir,
                              const std::vector<std::string>& extra_args)
     : state_dir_(state_dir) {
-  std::vector<std::string> argv = {LLMORCH_DAEMON, "--connect", kUri, "--config", host_config.string(),
-                                   "--state-dir", state_dir.string()};
+  std::vector<std::string> argv = {LLMORCH_DAEMON, "--connect",       kUri, "--config", host_config.string(),
+                                   "--state-dir",  state_dir.string()};
   // A test may narrow the prefix further (its own VMs only); otherwise every e2e VM.
   if (std::find(extra_args.begin(), extra_args.end(), "--domain-prefix") == extra_args.end())
     argv.insert(argv.end(), {"--domain-prefix", kE2ePrefix});
@@ -389,8 +385,8 @@ std::optional<double> parse_iso8601(const std::string& text) {
   std::tm tm{};
   double frac = 0;
   int consumed = 0;
-  if (std::sscanf(text.c_str(), "%4d-%2d-%2dT%2d:%2d:%2d%n", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
-                  &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &consumed) != 6)
+  if (std::sscanf(text.c_str(), "%4d-%2d-%2dT%2d:%2d:%2d%n", &tm.tm_year, &tm.tm_mon, &tm.tm_mday, &tm.tm_hour,
+                  &tm.tm_min, &tm.tm_sec, &consumed) != 6)
     return std::nullopt;
   std::string rest = text.substr(static_cast<std::size_t>(consumed));
   if (!rest.empty() && rest[0] == '.') {

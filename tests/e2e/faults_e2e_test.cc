@@ -98,9 +98,12 @@ std::vector<std::set<int>> live_pins(const std::string& name) {
 // `llmorch place` argv with tiny-test.conf, for tests that run it themselves (Guests::place is serial).
 std::vector<std::string> place_argv(const fs::path& config, const fs::path& state, const std::string& name,
                                     const std::vector<std::string>& overrides) {
-  std::vector<std::string> argv = {LLMORCH_CLI, "place", "--connect", kUri, "--config", config.string(),
-                                   "--state-dir", state.string(), "--template",
-                                   std::string(LLMORCH_TEMPLATES_DIR) + "/tiny-test.conf", "--name", name};
+  std::vector<std::string> argv = {LLMORCH_CLI,   "place",
+                                   "--connect",   kUri,
+                                   "--config",    config.string(),
+                                   "--state-dir", state.string(),
+                                   "--template",  std::string(LLMORCH_TEMPLATES_DIR) + "/tiny-test.conf",
+                                   "--name",      name};
   for (const auto& o : overrides) argv.insert(argv.end(), {"--set", o});
   return argv;
 }
@@ -145,9 +148,7 @@ bool fresh_agent(const json& status, const std::string& vm) {
 
 double tick_time(const json& status) { return parse_iso8601(status.value("last_tick_at", "")).value_or(0); }
 
-double wall_now() {
-  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
+double wall_now() { return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count(); }
 
 std::optional<pid_t> libvirtd_pid() {
   std::ifstream in("/run/libvirtd.pid");
@@ -211,7 +212,8 @@ TEST(LibvirtdRestart, DaemonReconnectsWithin5sLeavesVmsAloneAndResumesRebalancin
   const auto up_steady = SteadyClock::now();
 
   // Reconnected: a tick after libvirtd answered says connected, and ticks keep advancing.
-  auto back = wait_status(daemon, 10s, [&](const json& s) { return s.value("connected", false) && tick_time(s) > up_at; });
+  auto back = wait_status(daemon, 10s,
+                          [&](const json& s) { return s.value("connected", false) && tick_time(s) > up_at; });
   ASSERT_TRUE(back) << "no connected tick within 10 s of libvirtd answering; daemon log:\n" << daemon.log();
   const double reconnect_s = std::chrono::duration<double>(SteadyClock::now() - up_steady).count();
   std::printf("[ reconnect ] connected again %.2f s after libvirtd answered (outage from SIGKILL %.2f s)\n",
@@ -266,7 +268,8 @@ TEST(DaemonRestart, RebuildsTheSamePlanFromLibvirtAndPinsStayDisjoint) {
       return va && vb && va->value("report_fresh", false) && vb->value("report_fresh", false);
     });
     ASSERT_TRUE(before) << "agents never reported; last status:\n"
-                        << first.status().value_or(json()).dump(1) << "\ndaemon log:\n" << first.log();
+                        << first.status().value_or(json()).dump(1) << "\ndaemon log:\n"
+                        << first.log();
     ASSERT_EQ(kill(first.pid(), SIGKILL), 0);
   }  // reaped
 
@@ -312,8 +315,9 @@ TEST(GuestCrash, ReportsGoStaleDuringTheGapAndTheAgentReconnectsAfterBoot) {
   DaemonProcess daemon(config, state, kOwnVms);
 
   auto reporting = wait_status(daemon, 40s, [&](const json& s) { return fresh_agent(s, g); });
-  ASSERT_TRUE(reporting) << "no fresh report; last status:\n" << daemon.status().value_or(json()).dump(1)
-                         << "\ndaemon log:\n" << daemon.log();
+  ASSERT_TRUE(reporting) << "no fresh report; last status:\n"
+                         << daemon.status().value_or(json()).dump(1) << "\ndaemon log:\n"
+                         << daemon.log();
   EXPECT_DOUBLE_EQ(find_vm(*reporting, g)->value("effective_priority", 0.0), 2.0);
   ASSERT_TRUE(wait_for_console(g, "crashing now", 30s)) << serial_log(g);
   const auto crashed_at = SteadyClock::now();
@@ -446,8 +450,7 @@ TEST(BadInputs, ExitStatus2WithAClearMessageAndNothingChanged) {
        "max_vcpus"},
       {"missing template", with(place, {"--config", "{CONFIG}", "--template", "/nonexistent/t.conf"}),
        "/nonexistent/t.conf"},
-      {"--set without =", with(place, {"--config", "{CONFIG}", "--template", "{TEMPLATE}", "--set", "vcpus"}),
-       "vcpus"},
+      {"--set without =", with(place, {"--config", "{CONFIG}", "--template", "{TEMPLATE}", "--set", "vcpus"}), "vcpus"},
       {"--set unknown key", with(place, {"--config", "{CONFIG}", "--template", "{TEMPLATE}", "--set", "colour=red"}),
        "colour"},
       {"bad host config", with(place, {"--config", "{BADCONFIG}", "--template", "{TEMPLATE}"}), "alpha"},
@@ -455,27 +458,34 @@ TEST(BadInputs, ExitStatus2WithAClearMessageAndNothingChanged) {
        "/nonexistent/host.conf"},
       {"unknown option", with(place, {"--config", "{CONFIG}", "--template", "{TEMPLATE}", "--frobnicate"}),
        "frobnicate"},
-      {"invalid VM name", {cli, "place", "--config", "{CONFIG}", "--template", "{TEMPLATE}", "--name", "no spaces"},
+      {"invalid VM name",
+       {cli, "place", "--config", "{CONFIG}", "--template", "{TEMPLATE}", "--name", "no spaces"},
        "not a valid VM name"},
-      {"malformed capabilities", {cli, "plan", "--capabilities", "{CAPS}", "--vm", "name=x,vcpus=1,memory_mib=64"},
+      {"malformed capabilities",
+       {cli, "plan", "--capabilities", "{CAPS}", "--vm", "name=x,vcpus=1,memory_mib=64"},
        "not well-formed XML"},
-      {"missing capabilities", {cli, "plan", "--capabilities", "/nonexistent/caps.xml", "--vm", "name=x,vcpus=1,memory_mib=64"},
+      {"missing capabilities",
+       {cli, "plan", "--capabilities", "/nonexistent/caps.xml", "--vm", "name=x,vcpus=1,memory_mib=64"},
        "cannot read host capabilities"},
       {"bad --vm spec", {cli, "plan", "--capabilities", "{CAPS}", "--vm", "name=x,vcpus=-1,memory_mib=64"}, "vcpus"},
       {"unknown subcommand", {cli, "frobnicate"}, "frobnicate"},
-      {"daemon: --interval-ms not a number", {daemon, "--dry-run", "--state-dir", "{STATE}", "--config", "{CONFIG}",
-                                              "--interval-ms", "abc"}, "interval-ms"},
-      {"daemon: --interval-ms too small", {daemon, "--dry-run", "--state-dir", "{STATE}", "--config", "{CONFIG}",
-                                           "--interval-ms", "0"}, "interval_ms"},
+      {"daemon: --interval-ms not a number",
+       {daemon, "--dry-run", "--state-dir", "{STATE}", "--config", "{CONFIG}", "--interval-ms", "abc"},
+       "interval-ms"},
+      {"daemon: --interval-ms too small",
+       {daemon, "--dry-run", "--state-dir", "{STATE}", "--config", "{CONFIG}", "--interval-ms", "0"},
+       "interval_ms"},
       {"daemon: unknown option", {daemon, "--dry-run", "--state-dir", "{STATE}", "--bogus"}, "bogus"},
-      {"daemon: missing config", {daemon, "--dry-run", "--state-dir", "{STATE}", "--config", "/nonexistent/h.conf"},
+      {"daemon: missing config",
+       {daemon, "--dry-run", "--state-dir", "{STATE}", "--config", "/nonexistent/h.conf"},
        "/nonexistent/h.conf"},
       {"daemon: bad config", {daemon, "--dry-run", "--state-dir", "{STATE}", "--config", "{BADCONFIG}"}, "alpha"},
-      {"daemon: bad --log-level", {daemon, "--dry-run", "--state-dir", "{STATE}", "--config", "{CONFIG}",
-                                   "--log-level", "loud"}, "loud"},
+      {"daemon: bad --log-level",
+       {daemon, "--dry-run", "--state-dir", "{STATE}", "--config", "{CONFIG}", "--log-level", "loud"},
+       "loud"},
   };
   const std::map<std::string, std::string> subst = {
-      {"{CONFIG}", config.string()},       {"{TEMPLATE}", tmpl},           {"{BADTEMPLATE}", bad_tmpl.string()},
+      {"{CONFIG}", config.string()},        {"{TEMPLATE}", tmpl},          {"{BADTEMPLATE}", bad_tmpl.string()},
       {"{BADCONFIG}", bad_config.string()}, {"{CAPS}", bad_caps.string()}, {"{STATE}", state.string()}};
   const std::set<std::string> domains_before = faults_domains();
   for (const BadInput& c : cases) {

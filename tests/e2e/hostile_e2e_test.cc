@@ -34,8 +34,8 @@ double formula_weight(double p, double p_other) {
 }
 
 json cli_status(const std::filesystem::path& config, const std::filesystem::path& state) {
-  const CommandResult r = run_command({LLMORCH_CLI, "status", "--json", "--connect", kUri, "--config",
-                                       config.string(), "--state-dir", state.string()});
+  const CommandResult r = run_command(
+      {LLMORCH_CLI, "status", "--json", "--connect", kUri, "--config", config.string(), "--state-dir", state.string()});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   auto j = json::parse(r.out, nullptr, false);
   EXPECT_FALSE(j.is_discarded()) << "llmorch status --json printed no JSON: " << r.out;
@@ -68,10 +68,10 @@ std::optional<double> process_cpu_s(pid_t pid) {
 
 // What the test observed of the daemon while the guests ran.
 struct Observation {
-  std::vector<double> tick_times;            // last_tick_at of every status.json seen, seconds
-  std::vector<double> hostile_priorities;    // effective_priority of the hostile VM at every tick
-  std::vector<json> reported_priorities;     // its reported_priority (null when none)
-  json last;                                 // the last status.json
+  std::vector<double> tick_times;          // last_tick_at of every status.json seen, seconds
+  std::vector<double> hostile_priorities;  // effective_priority of the hostile VM at every tick
+  std::vector<json> reported_priorities;   // its reported_priority (null when none)
+  json last;                               // the last status.json
 };
 
 Observation observe(const DaemonProcess& daemon, const std::string& hostile, std::chrono::seconds how_long) {
@@ -99,8 +99,8 @@ TEST_P(HostileE2e, DaemonStaysOnTimeAndHostileGuestGetsNoSay) {
   TempDir dir;
   const auto state = dir.path() / "state";
   std::filesystem::create_directories(state);
-  const auto config = write_host_config(dir.path(), {.shared_cpus = "1", .reserved_cpus = "0",
-                                                     .interval_ms = kIntervalMs, .alpha = kAlpha});
+  const auto config = write_host_config(
+      dir.path(), {.shared_cpus = "1", .reserved_cpus = "0", .interval_ms = kIntervalMs, .alpha = kAlpha});
   Guests guests(config, state);
   const std::string normal = domain_name("hostile-normal-" + mode), hostile = domain_name("hostile-" + mode);
   // The normal guest's agent reports priority 2 (template 5): if the daemon still uses it, the daemon
@@ -129,8 +129,7 @@ TEST_P(HostileE2e, DaemonStaysOnTimeAndHostileGuestGetsNoSay) {
   const auto cpu_after = process_cpu_s(daemon.pid());
   ASSERT_TRUE(cpu_after);
   // llmorchd's CPU over the window: one hostile guest (plus one normal guest and the ticks).
-  std::printf("FIGURE hostile_%s_llmorchd_cpu_s=%.2f over_s=%.1f\n", mode.c_str(), *cpu_after - *cpu_before,
-              window_s);
+  std::printf("FIGURE hostile_%s_llmorchd_cpu_s=%.2f over_s=%.1f\n", mode.c_str(), *cpu_after - *cpu_before, window_s);
   ASSERT_TRUE(daemon.running()) << "llmorchd died:\n" << daemon.log();
   ASSERT_TRUE(rss_after);
 
@@ -138,8 +137,8 @@ TEST_P(HostileE2e, DaemonStaysOnTimeAndHostileGuestGetsNoSay) {
   ASSERT_GE(o.tick_times.size(), 7u) << "llmorchd wrote too few status files in 15 s";
   for (std::size_t i = 1; i < o.tick_times.size(); ++i)
     EXPECT_LE(o.tick_times[i] - o.tick_times[i - 1], 2.0 * kIntervalMs / 1000) << "tick " << i << " late";
-  EXPECT_LE(*rss_after - *rss_before, 4096) << "llmorchd RSS grew from " << *rss_before << " to " << *rss_after
-                                            << " KiB in 15 s";
+  EXPECT_LE(*rss_after - *rss_before, 4096)
+      << "llmorchd RSS grew from " << *rss_before << " to " << *rss_after << " KiB in 15 s";
 
   // The normal guest is still read and rebalanced.
   const json* n = find_vm(o.last, normal);
@@ -185,8 +184,8 @@ TEST(SilentGuestE2e, KeepsTemplatePriority) {
   TempDir dir;
   const auto state = dir.path() / "state";
   std::filesystem::create_directories(state);
-  const auto config = write_host_config(dir.path(), {.shared_cpus = "1", .reserved_cpus = "0",
-                                                     .interval_ms = kIntervalMs, .alpha = kAlpha});
+  const auto config = write_host_config(
+      dir.path(), {.shared_cpus = "1", .reserved_cpus = "0", .interval_ms = kIntervalMs, .alpha = kAlpha});
   Guests guests(config, state);
   const std::string silent = domain_name("hostile-silent");
   auto r = guests.place(silent, {"priority=7", kernel_args("llmorch.workload=busy:1 llmorch.agent=off")});

@@ -141,15 +141,16 @@ std::size_t count_lines(const std::string& log, const std::string& needle) {
 // managed domain on the host, not only this suite's): ctest runs e2e tests one at a time, but by hand
 // other developers' or suites' VMs may be running.
 std::string host_not_idle(const fs::path& config, const fs::path& state) {
-  const CommandResult r = run_command({LLMORCH_CLI, "place", "--connect", kUri, "--config", config.string(),
-                                       "--state-dir", state.string(), "--template",
-                                       std::string(LLMORCH_TEMPLATES_DIR) + "/tiny-test.conf", "--name",
-                                       name_of("probe"), "--set", "cpu_policy=dedicated", "--set", "vcpus=2",
-                                       "--set", "max_vcpus=2", "--dry-run"});
+  const CommandResult r = run_command(
+      {LLMORCH_CLI, "place", "--connect", kUri, "--config", config.string(), "--state-dir", state.string(),
+       "--template", std::string(LLMORCH_TEMPLATES_DIR) + "/tiny-test.conf", "--name", name_of("probe"), "--set",
+       "cpu_policy=dedicated", "--set", "vcpus=2", "--set", "max_vcpus=2", "--dry-run"});
   return r.exit_code == 0 ? "" : "the host is not idle (other llmorch VMs hold its CPUs): " + r.err;
 }
 
-double seconds_since(SteadyClock::time_point t) { return std::chrono::duration<double>(SteadyClock::now() - t).count(); }
+double seconds_since(SteadyClock::time_point t) {
+  return std::chrono::duration<double>(SteadyClock::now() - t).count();
+}
 
 // --- C: a shared VM placed before a dedicated one ---------------------------------------------------
 // Without shared_cpus the shared VM floats over the node's whole free pool; the dedicated VM placed
@@ -209,7 +210,8 @@ TEST(HalfRepin, AVmDestroyedWhileBeingRepinnedIsRepairedWhenItStartsAgain) {
   ASSERT_EQ(host_not_idle(config, state / "probe"), "");
   Guests guests(config, state);
   const std::string s = name_of("half-s"), d = name_of("half-d");
-  auto r = guests.place(s, guest({"cpu_policy=shared", "vcpus=4", "max_vcpus=4", kernel_args("llmorch.workload=idle")}));
+  auto r = guests.place(s,
+                        guest({"cpu_policy=shared", "vcpus=4", "max_vcpus=4", kernel_args("llmorch.workload=idle")}));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   DaemonProcess daemon(config, state, kOwnVms);
   ASSERT_TRUE(daemon.wait_for_tick("", 20s)) << daemon.log();
@@ -222,7 +224,8 @@ TEST(HalfRepin, AVmDestroyedWhileBeingRepinnedIsRepairedWhenItStartsAgain) {
   std::fflush(shell);
   const std::string first_pin = "vm " + s + ": pin ";
   std::thread place([&] {
-    r = guests.place(d, guest({"cpu_policy=dedicated", "vcpus=1", "max_vcpus=1", kernel_args("llmorch.workload=idle")}));
+    r = guests.place(d,
+                     guest({"cpu_policy=dedicated", "vcpus=1", "max_vcpus=1", kernel_args("llmorch.workload=idle")}));
   });
   const auto deadline = SteadyClock::now() + 60s;
   bool seen = false;
@@ -264,8 +267,8 @@ TEST(HalfRepin, AVmDestroyedWhileBeingRepinnedIsRepairedWhenItStartsAgain) {
   ASSERT_TRUE(repaired) << "shared VM on " << text(vcpu_cpus(s)) << " (emulator " << text(emulator_cpus(s))
                         << ") after its restart, dedicated VM on " << text(dedicated) << "; daemon log:\n"
                         << daemon.log();
-  std::printf("[ measured ] restarted shared VM on its pool %.2f s after the start (%.2f s after the destroy)\n",
-              took, seconds_since(destroyed_at));
+  std::printf("[ measured ] restarted shared VM on its pool %.2f s after the start (%.2f s after the destroy)\n", took,
+              seconds_since(destroyed_at));
   const auto healthy = wait_status(daemon, 10s, [](const json& st) { return st.value("health", "") == "ok"; });
   EXPECT_TRUE(healthy) << daemon.status().value_or(json()).dump(1);
   EXPECT_TRUE(daemon.running());
@@ -284,7 +287,8 @@ TEST(Isolation, ACpuClaimedTwiceIsRepairedFromTheLivePins) {
   Guests guests(config, state);
   const std::string a = name_of("claim-a"), b = name_of("claim-b");
   for (const auto& n : {a, b}) {
-    auto r = guests.place(n, guest({"cpu_policy=dedicated", "vcpus=1", "max_vcpus=1", kernel_args("llmorch.workload=idle")}));
+    auto r = guests.place(
+        n, guest({"cpu_policy=dedicated", "vcpus=1", "max_vcpus=1", kernel_args("llmorch.workload=idle")}));
     ASSERT_EQ(r.exit_code, 0) << r.err;
   }
   const std::set<int> a_cpus = vcpu_cpus(a), b_cpus = vcpu_cpus(b);
@@ -305,10 +309,12 @@ TEST(Isolation, ACpuClaimedTwiceIsRepairedFromTheLivePins) {
   auto r = virsh({"metadata", b, ns, "--key", "llmorch", "--set", bad, "--live", "--config"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
 
-  const bool repaired = wait_until(10s, [&] { return virsh({"metadata", b, ns}).out.find(claim) != std::string::npos; });
+  const bool repaired = wait_until(10s, [&] {
+    return virsh({"metadata", b, ns}).out.find(claim) != std::string::npos;
+  });
   const double took = seconds_since(written);
-  ASSERT_TRUE(repaired) << "b's metadata still claims a's CPU: " << virsh({"metadata", b, ns}).out
-                        << "\ndaemon log:\n" << daemon.log();
+  ASSERT_TRUE(repaired) << "b's metadata still claims a's CPU: " << virsh({"metadata", b, ns}).out << "\ndaemon log:\n"
+                        << daemon.log();
   std::printf("[ measured ] conflicting claim repaired %.2f s after it was written\n", took);
   const std::string log = daemon.log();
   EXPECT_EQ(count_lines(log, "vm " + b + ": repaired: dedicated CPU " + std::to_string(*a_cpus.begin()) +
@@ -337,7 +343,8 @@ TEST(Churn, AFlappingGuestIsHeldAndItsNeighbourLeftAlone) {
   const fs::path config = host_config(dir, "1", 1000);
   Guests guests(config, state);
   const std::string honest = name_of("churn-honest"), flip = name_of("churn-flip");
-  auto r = guests.place(honest, guest({kernel_args("llmorch.workload=idle llmorch.priority=1 llmorch.priority_at=35:4")}));
+  auto r = guests.place(honest,
+                        guest({kernel_args("llmorch.workload=idle llmorch.priority=1 llmorch.priority_at=35:4")}));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   r = guests.place(flip, guest({kernel_args("llmorch.workload=idle llmorch.agent=flip")}));
   ASSERT_EQ(r.exit_code, 0) << r.err;
@@ -348,8 +355,9 @@ TEST(Churn, AFlappingGuestIsHeldAndItsNeighbourLeftAlone) {
     const json* f = find_vm(st, flip);
     return h && f && h->value("priority_source", "") == "agent" && f->value("report_fresh", false);
   });
-  ASSERT_TRUE(both) << "agents never reported (is the guest image built with the flip mode? "
-                    << serial_log(flip) << ")\ndaemon log:\n" << daemon.log();
+  ASSERT_TRUE(both) << "agents never reported (is the guest image built with the flip mode? " << serial_log(flip)
+                    << ")\ndaemon log:\n"
+                    << daemon.log();
   const std::string rewrite = "vm " + honest + ": cpu_shares";
   const std::size_t before = count_lines(daemon.log(), rewrite);
   const std::uint64_t ok_before = (*find_vm(*both, flip))["agent"].value("ok", 0u);

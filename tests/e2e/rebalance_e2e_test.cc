@@ -79,8 +79,7 @@ std::optional<json> wait_for_priority(DaemonProcess& d, const std::string& name,
   while (SteadyClock::now() < deadline && d.running()) {
     if (auto s = d.status()) {
       const json* vm = find_vm(*s, name);
-      if (vm && vm->value("priority_source", "") == "agent" && vm->value("effective_priority", 0.0) == p)
-        return s;
+      if (vm && vm->value("priority_source", "") == "agent" && vm->value("effective_priority", 0.0) == p) return s;
     }
     std::this_thread::sleep_for(100ms);
   }
@@ -112,8 +111,8 @@ TEST(RebalanceE2e, GuestPriorityMovesHostCpuShare) {
   TempDir dir;
   const auto state = dir.path() / "state";
   std::filesystem::create_directories(state);
-  const auto config = write_host_config(dir.path(), {.shared_cpus = "1", .reserved_cpus = "0",
-                                                     .interval_ms = 1000, .alpha = kAlpha});
+  const auto config = write_host_config(
+      dir.path(), {.shared_cpus = "1", .reserved_cpus = "0", .interval_ms = 1000, .alpha = kAlpha});
   Guests guests(config, state);
   const std::string a = domain_name("rebal-p1"), b = domain_name("rebal-p3");
   ASSERT_EQ(a.rfind(kPrefix, 0), 0u) << "domain names must carry the daemon's --domain-prefix";
@@ -164,8 +163,8 @@ TEST(RebalanceE2e, GuestPriorityMovesHostCpuShare) {
   figure("rebal_measure_s", split->wall);
   figure("rebal_guest_cpu_s_p1", split->seconds_a);
   figure("rebal_guest_cpu_s_p3", split->seconds_b);
-  EXPECT_NEAR(split->share_a(), w_a, 0.05) << "CPU seconds " << split->seconds_a << " and " << split->seconds_b
-                                           << " in " << split->wall << " s";
+  EXPECT_NEAR(split->share_a(), w_a, 0.05)
+      << "CPU seconds " << split->seconds_a << " and " << split->seconds_b << " in " << split->wall << " s";
   // On an idle host the two guests get nearly all of the CPU; other load on it lowers their total but,
   // as long as both stay runnable, not their split. A split of almost nothing proves nothing.
   figure("rebal_guests_cpu_fraction", (split->seconds_a + split->seconds_b) / split->wall);
@@ -204,8 +203,8 @@ TEST(RebalanceE2e, GuestPriorityMovesHostCpuShare) {
   for (const Change& c : changes) {
     std::printf("change %zu: report received %.3f, live shares %+.3f s later\n", to_live.size() + 1, c.report_at,
                 c.live_equal_at - c.report_at);
-    ASSERT_GE(c.live_equal_at, 0) << "the live shares never followed priority change " << to_live.size() + 1
-                                  << "\n" << daemon.log();
+    ASSERT_GE(c.live_equal_at, 0) << "the live shares never followed priority change " << to_live.size() + 1 << "\n"
+                                  << daemon.log();
     to_live.push_back(c.live_equal_at - c.report_at);
   }
   figure("rebal_change_to_equal_shares_s", to_live.front());

@@ -69,12 +69,14 @@ TEST(UnresponsiveE2e, StoppedQemuStallsNothingAndRejoins) {
   const std::string stuck = domain_name("stuck-a"), honest = domain_name("stuck-b");
   auto r = guests.place(stuck, {"priority=5", "priority_max=10", kernel_args("llmorch.priority=1")});
   ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
-  r = guests.place(honest, {"priority=5", "priority_max=10",
-                            kernel_args("llmorch.priority=3 llmorch.priority_at=" + std::to_string(kChangeAtS) + ":1")});
+  r = guests.place(honest,
+                   {"priority=5", "priority_max=10",
+                    kernel_args("llmorch.priority=3 llmorch.priority_at=" + std::to_string(kChangeAtS) + ":1")});
   ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
 
   DaemonProcess daemon(config, state, {"--domain-prefix", kPrefix});
-  for (const auto& n : {stuck, honest}) ASSERT_TRUE(wait_for_console(n, "llmorch-guest: agent started", 60s)) << serial_log(n);
+  for (const auto& n : {stuck, honest})
+    ASSERT_TRUE(wait_for_console(n, "llmorch-guest: agent started", 60s)) << serial_log(n);
   const auto honest_agent_started = SteadyClock::now();  // no earlier than its agent's start
   // Both managed: fresh reports at priorities 1 and 3, live shares as planned (1455/593).
   auto managed = [&](const json& s) {
@@ -103,13 +105,15 @@ TEST(UnresponsiveE2e, StoppedQemuStallsNothingAndRejoins) {
       last_tick = std::max(last_tick, *t);
     }
   };
-  for (auto until = SteadyClock::now() + 10s; SteadyClock::now() < until && !marked_after; std::this_thread::sleep_for(100ms)) {
+  for (auto until = SteadyClock::now() + 10s; SteadyClock::now() < until && !marked_after;
+       std::this_thread::sleep_for(100ms)) {
     if (!(s = daemon.status())) continue;
     track_ticks(*s);
     if (problem_of(*s, stuck, "unresponsive"))
       marked_after = std::chrono::duration<double>(SteadyClock::now() - stopped_at).count();
   }
-  ASSERT_TRUE(marked_after) << "the stopped VM was never marked unresponsive\n" << (s ? s->dump(2) : "") << daemon.log();
+  ASSERT_TRUE(marked_after) << "the stopped VM was never marked unresponsive\n"
+                            << (s ? s->dump(2) : "") << daemon.log();
   figure("stuck_marked_unresponsive_after_s", *marked_after);
   EXPECT_EQ(s->value("health", ""), "degraded");
 
@@ -159,7 +163,8 @@ TEST(UnresponsiveE2e, StoppedQemuStallsNothingAndRejoins) {
   stopped.resume();
   const auto resumed_at = SteadyClock::now();
   std::optional<double> rejoined_after;
-  for (auto until = SteadyClock::now() + 20s; SteadyClock::now() < until && !rejoined_after; std::this_thread::sleep_for(200ms)) {
+  for (auto until = SteadyClock::now() + 20s; SteadyClock::now() < until && !rejoined_after;
+       std::this_thread::sleep_for(200ms)) {
     if (!(s = daemon.status())) continue;
     const json* a = find_vm(*s, stuck);
     if (!problem_of(*s, stuck, "unresponsive") && a && cpu_shares(stuck) == a->value("cpu_shares", 0u) &&

@@ -46,8 +46,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const std::string_view input(reinterpret_cast<const char*>(data), size);
   const std::size_t nul = input.find('\0');
   std::istringstream file(std::string(input.substr(0, nul)));
-  const std::vector<std::string> overrides =
-      nul == std::string_view::npos ? std::vector<std::string>{} : lines(input.substr(nul + 1));
+  const std::vector<std::string> overrides = nul == std::string_view::npos ? std::vector<std::string>{}
+                                                                           : lines(input.substr(nul + 1));
   try {
     check_template(llmorch::orch::parse_template(file, "fuzz.conf", overrides));
   } catch (const llmorch::orch::TemplateError&) {

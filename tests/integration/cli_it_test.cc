@@ -43,7 +43,8 @@ struct Proc {
 
 // Runs a shell command line; stderr goes through a file named after `tag`.
 Proc shell(const std::string& line, const std::string& tag) {
-  const std::string err_file = (fs::temp_directory_path() / ("llmorch-cli-it-" + std::to_string(getpid()) + "-" + tag)).string();
+  const std::string err_file =
+      (fs::temp_directory_path() / ("llmorch-cli-it-" + std::to_string(getpid()) + "-" + tag)).string();
   Proc r;
   FILE* p = ::popen((line + " 2>" + quote(err_file)).c_str(), "r");
   if (!p) return r;

@@ -8,9 +8,9 @@
 
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <thread>
@@ -42,8 +42,14 @@ DomainSpec shared_spec(const std::string& name, double priority) {
   s.tmpl.priority = priority;
   s.tmpl.priority_min = 1;
   s.tmpl.priority_max = 9;
-  s.placement = {.name = name, .nodes = {0}, .cpus = {0}, .memory_mib_per_node = {{0, 64}},
-                 .cells = {{0, {0}, 64}}, .cpu_policy = policy::CpuPolicy::Shared, .hugepage_kib = 0, .vcpus = 1};
+  s.placement = {.name = name,
+                 .nodes = {0},
+                 .cpus = {0},
+                 .memory_mib_per_node = {{0, 64}},
+                 .cells = {{0, {0}, 64}},
+                 .cpu_policy = policy::CpuPolicy::Shared,
+                 .hugepage_kib = 0,
+                 .vcpus = 1};
   if (fs::exists(kGuestDir + "/vmlinuz") && fs::exists(kGuestDir + "/initrd.gz")) {
     s.tmpl.kernel = kGuestDir + "/vmlinuz";
     s.tmpl.initrd = kGuestDir + "/initrd.gz";
@@ -69,8 +75,7 @@ int run_daemon(const std::vector<std::string>& args, double* cpu_s = nullptr, st
   int status = 0;
   rusage ru{};
   wait4(pid, &status, 0, &ru);
-  if (cpu_s)
-    *cpu_s = ru.ru_utime.tv_sec + ru.ru_stime.tv_sec + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+  if (cpu_s) *cpu_s = ru.ru_utime.tv_sec + ru.ru_stime.tv_sec + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
@@ -121,8 +126,14 @@ class DaemonIntegration : public ::testing::Test {
   std::uint64_t shares(const std::string& name) { return hv->find_managed(name).value().cpu_shares.value_or(0); }
   std::vector<std::string> args(std::vector<std::string> extra) {
     // --domain-prefix keeps the daemon off every other test's domains on the shared libvirtd.
-    std::vector<std::string> v{"-c", kUri, "--config", (dir / "llmorch.conf").string(), "--state-dir",
-                               (dir / "state").string(), "--domain-prefix", prefix};
+    std::vector<std::string> v{"-c",
+                               kUri,
+                               "--config",
+                               (dir / "llmorch.conf").string(),
+                               "--state-dir",
+                               (dir / "state").string(),
+                               "--domain-prefix",
+                               prefix};
     v.insert(v.end(), extra.begin(), extra.end());
     return v;
   }
@@ -171,8 +182,8 @@ TEST_F(DaemonIntegration, LoopExitsCleanlyOnSigtermAndCostsLittleCpu) {
   const auto run_for = std::chrono::milliseconds(3000);
   ASSERT_EQ(run_daemon(args({"--interval-ms", "100"}), &cpu_s, run_for), 0);
   const double ticks = 3000.0 / 100.0;
-  std::printf("llmorchd with 2 VMs, 100 ms ticks for 3 s: %.1f ms CPU in all, about %.2f ms per tick\n",
-              cpu_s * 1e3, cpu_s * 1e3 / ticks);
+  std::printf("llmorchd with 2 VMs, 100 ms ticks for 3 s: %.1f ms CPU in all, about %.2f ms per tick\n", cpu_s * 1e3,
+              cpu_s * 1e3 / ticks);
   EXPECT_GT(shares(a), shares(b));
 }
 

@@ -87,9 +87,7 @@ class LibvirtIntegration : public ::testing::Test {
     ASSERT_NE(hv_, nullptr);
   }
 
-  static std::string unique_name(const std::string& what) {
-    return kPrefix + what + "-" + std::to_string(getpid());
-  }
+  static std::string unique_name(const std::string& what) { return kPrefix + what + "-" + std::to_string(getpid()); }
 
   // A one-to-two-vCPU TCG domain pinned to the host's CPUs; with `boot`, the test guest kernel.
   static DomainSpec small_spec(const std::string& name, bool boot = false) {
@@ -107,9 +105,14 @@ class LibvirtIntegration : public ::testing::Test {
     s.tmpl.priority_min = 1;
     s.tmpl.priority_max = 9;
     const int last = static_cast<int>(std::thread::hardware_concurrency()) - 1;
-    s.placement = {.name = name, .nodes = {0}, .cpus = {last, 0}, .memory_mib_per_node = {{0, 192}},
-                   .cells = {{0, {0, 1}, 192}}, .cpu_policy = policy::CpuPolicy::Dedicated,
-                   .hugepage_kib = 0, .vcpus = 2};
+    s.placement = {.name = name,
+                   .nodes = {0},
+                   .cpus = {last, 0},
+                   .memory_mib_per_node = {{0, 192}},
+                   .cells = {{0, {0, 1}, 192}},
+                   .cpu_policy = policy::CpuPolicy::Dedicated,
+                   .hugepage_kib = 0,
+                   .vcpus = 2};
     if (boot) {
       s.tmpl.kernel = kGuestDir + "/vmlinuz";
       s.tmpl.initrd = kGuestDir + "/initrd.gz";
@@ -366,7 +369,8 @@ std::vector<std::string> clients_of_this_process() {
   std::vector<std::string> ids;
   std::istringstream list(run("virt-admin srv-clients-list libvirtd 2>&1"));
   std::string line;
-  for (int skip = 0; skip < 2 && std::getline(list, line); ++skip) {}
+  for (int skip = 0; skip < 2 && std::getline(list, line); ++skip) {
+  }
   while (std::getline(list, line)) {
     std::istringstream fields(line);
     std::string id;

@@ -65,9 +65,14 @@ TEST(LibvirtTestDriver, HostQueriesAndManagedDomains) {
   s.tmpl.max_vcpus = 2;
   s.tmpl.memory_mib = 256;
   s.tmpl.max_memory_mib = 256;
-  s.placement = {.name = s.name, .nodes = {0}, .cpus = {2, 3}, .memory_mib_per_node = {{0, 256}},
-                 .cells = {{0, {0, 1}, 256}}, .cpu_policy = policy::CpuPolicy::Dedicated,
-                 .hugepage_kib = 0, .vcpus = 2};
+  s.placement = {.name = s.name,
+                 .nodes = {0},
+                 .cpus = {2, 3},
+                 .memory_mib_per_node = {{0, 256}},
+                 .cells = {{0, {0, 1}, 256}},
+                 .cpu_policy = policy::CpuPolicy::Dedicated,
+                 .hugepage_kib = 0,
+                 .vcpus = 2};
   hv->define_and_start(render_domain_xml(s));
   auto managed = hv->list_managed();
   ASSERT_EQ(managed.size(), 1u);
@@ -87,8 +92,14 @@ DomainSpec offline_spec(const std::string& name) {
   s.tmpl.max_vcpus = 1;
   s.tmpl.memory_mib = 128;
   s.tmpl.max_memory_mib = 128;
-  s.placement = {.name = s.name, .nodes = {0}, .cpus = {0}, .memory_mib_per_node = {{0, 128}},
-                 .cells = {{0, {0}, 128}}, .cpu_policy = policy::CpuPolicy::Shared, .hugepage_kib = 0, .vcpus = 1};
+  s.placement = {.name = s.name,
+                 .nodes = {0},
+                 .cpus = {0},
+                 .memory_mib_per_node = {{0, 128}},
+                 .cells = {{0, {0}, 128}},
+                 .cpu_policy = policy::CpuPolicy::Shared,
+                 .hugepage_kib = 0,
+                 .vcpus = 1};
   return s;
 }
 

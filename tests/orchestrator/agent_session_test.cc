@@ -54,7 +54,9 @@ TEST(AgentSession, ClampsPriorityIntoTemplateRange) {
   EXPECT_EQ(s.counters().clamped, 2u);
   // NaN never gets through the parser.
   EXPECT_TRUE(s.feed("LLMO1 report seq=1 prio=nan cpu_pct=1 runnable=0 ncpu_online=1 mem_total_kib=1 "
-                     "mem_avail_kib=1 floor_mib=0 interval_ms=1000\n", t0).empty());
+                     "mem_avail_kib=1 floor_mib=0 interval_ms=1000\n",
+                     t0)
+                  .empty());
   EXPECT_EQ(s.counters().malformed, 1u);
 }
 
@@ -96,9 +98,9 @@ TEST(AgentSession, ASqueezedGuestKeepsItsFloor) {
 TEST(AgentSession, ReportsExpireAfterTtl) {
   AgentSession s(limits(), t0);
   s.feed(protocol::encode(report(2, 1000)), t0);
-  EXPECT_TRUE(s.latest(t0 + 3000ms).has_value());   // 3 x 1 s
+  EXPECT_TRUE(s.latest(t0 + 3000ms).has_value());  // 3 x 1 s
   EXPECT_FALSE(s.latest(t0 + 3001ms).has_value());
-  s.feed(protocol::encode(report(2, 100)), t0);     // 3 x 100 ms < minimum of 3 s
+  s.feed(protocol::encode(report(2, 100)), t0);  // 3 x 100 ms < minimum of 3 s
   EXPECT_TRUE(s.latest(t0 + 2999ms).has_value());
   EXPECT_FALSE(s.latest(t0 + 3001ms).has_value());
   s.feed(protocol::encode(report(2, 5000)), t0);

@@ -16,9 +16,12 @@ using Status = BoundedCalls::Status;
 TEST(BoundedCalls, ReturnsValuesAndErrors) {
   BoundedCalls calls;
   BoundedCalls::Result r;
-  EXPECT_EQ(calls.get<int>("a", 1s, [] { return 42; }, r), 42);
+  EXPECT_EQ(calls.get<int>(
+                "a", 1s, [] { return 42; }, r),
+            42);
   EXPECT_EQ(r.status, Status::Ok);
-  EXPECT_FALSE(calls.get<int>("a", 1s, []() -> int { throw std::runtime_error("libvirt said no"); }, r));
+  EXPECT_FALSE(calls.get<int>(
+      "a", 1s, []() -> int { throw std::runtime_error("libvirt said no"); }, r));
   ASSERT_EQ(r.status, Status::Error);
   EXPECT_THROW(std::rethrow_exception(r.error), std::runtime_error);
   EXPECT_FALSE(calls.busy("a"));
@@ -53,11 +56,14 @@ TEST(BoundedCalls, LateCallOutlivesItsCaller) {
   {
     BoundedCalls calls;
     BoundedCalls::Result r;
-    EXPECT_FALSE(calls.get<std::string>("vm", 10ms, [&] {
-      while (!release) std::this_thread::sleep_for(1ms);
-      finished = true;
-      return std::string(1000, 'x');
-    }, r));
+    EXPECT_FALSE(calls.get<std::string>(
+        "vm", 10ms,
+        [&] {
+          while (!release) std::this_thread::sleep_for(1ms);
+          finished = true;
+          return std::string(1000, 'x');
+        },
+        r));
     EXPECT_EQ(r.status, Status::TimedOut);
   }
   release = true;
@@ -70,10 +76,14 @@ TEST(BoundedCalls, SequentialCallsReuseWorkers) {
   BoundedCalls calls;
   std::atomic<int> reused{0};
   for (int i = 0; i < 50; ++i) {
-    ASSERT_EQ(calls.run("vm" + std::to_string(i), 1s, [&] {
-      thread_local int calls_on_this_thread = 0;
-      if (++calls_on_this_thread > 1) ++reused;
-    }).status, Status::Ok);
+    ASSERT_EQ(calls
+                  .run("vm" + std::to_string(i), 1s,
+                       [&] {
+                         thread_local int calls_on_this_thread = 0;
+                         if (++calls_on_this_thread > 1) ++reused;
+                       })
+                  .status,
+              Status::Ok);
   }
   EXPECT_GE(reused.load(), 45);  // a thread_local is new in every new thread, whatever its id
   EXPECT_LE(calls.workers(), 2u);
@@ -83,9 +93,13 @@ TEST(BoundedCalls, SequentialCallsReuseWorkers) {
 TEST(BoundedCalls, StuckWorkerIsReplacedNotMultiplied) {
   BoundedCalls calls;
   std::atomic<bool> release{false};
-  EXPECT_EQ(calls.run("stuck", 20ms, [&] {
-    while (!release) std::this_thread::sleep_for(1ms);
-  }).status, Status::TimedOut);
+  EXPECT_EQ(calls
+                .run("stuck", 20ms,
+                     [&] {
+                       while (!release) std::this_thread::sleep_for(1ms);
+                     })
+                .status,
+            Status::TimedOut);
   for (int i = 0; i < 20; ++i) EXPECT_EQ(calls.run("vm" + std::to_string(i), 1s, [] {}).status, Status::Ok);
   EXPECT_EQ(calls.workers(), 2u);
   release = true;
@@ -99,9 +113,13 @@ TEST(BoundedCalls, ManyStuckCallsThenTheSparesShrink) {
   std::atomic<bool> release{false};
   const std::size_t stuck = BoundedCalls::kSpareWorkers + 3;
   for (std::size_t i = 0; i < stuck; ++i)
-    EXPECT_EQ(calls.run("vm" + std::to_string(i), 5ms, [&] {
-      while (!release) std::this_thread::sleep_for(1ms);
-    }).status, Status::TimedOut);
+    EXPECT_EQ(calls
+                  .run("vm" + std::to_string(i), 5ms,
+                       [&] {
+                         while (!release) std::this_thread::sleep_for(1ms);
+                       })
+                  .status,
+              Status::TimedOut);
   EXPECT_EQ(calls.workers(), stuck);
   EXPECT_EQ(calls.run("other", 1s, [] {}).status, Status::Ok);
   release = true;

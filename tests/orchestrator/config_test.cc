@@ -62,15 +62,15 @@ TEST_F(ConfigTest, EmptyFileGivesDefaults) {
 }
 
 TEST_F(ConfigTest, ReadsEveryKey) {
-  const HostConfig c = load_config(write(
-      "reserved_cpus = 0-1,8\n"
-      "shared_cpus = 4-5\n"
-      "alpha = 0.25\n"
-      "interval_ms = 50\n"
-      "priority_dwell_ms = 0\n"
-      "memory_reserve_mib = 2048\n"
-      "# a comment\n"
-      "domain_type = qemu   # trailing comment\n"));
+  const HostConfig c = load_config(
+      write("reserved_cpus = 0-1,8\n"
+            "shared_cpus = 4-5\n"
+            "alpha = 0.25\n"
+            "interval_ms = 50\n"
+            "priority_dwell_ms = 0\n"
+            "memory_reserve_mib = 2048\n"
+            "# a comment\n"
+            "domain_type = qemu   # trailing comment\n"));
   EXPECT_EQ(c.reserved_cpus, (std::set<policy::CpuId>{0, 1, 8}));
   EXPECT_EQ(c.shared_cpus, (std::set<policy::CpuId>{4, 5}));
   EXPECT_DOUBLE_EQ(c.alpha, 0.25);
@@ -83,16 +83,16 @@ TEST_F(ConfigTest, ReadsEveryKey) {
 TEST_F(ConfigTest, BalloonKeysAndHostMemoryLimit) {
   EXPECT_FALSE(load_config(write("")).host_memory_limit_mib.has_value());
   EXPECT_FALSE(load_config(write("host_memory_limit_mib = none\n")).host_memory_limit_mib.has_value());
-  const HostConfig c = load_config(write(
-      "host_memory_limit_mib = 400\n"
-      "balloon_step_mib = 64\n"
-      "balloon_dead_band_mib = 8\n"
-      "balloon_dead_band_fraction = 0.05\n"
-      "balloon_low_watermark_mib = 100\n"
-      "balloon_high_watermark_mib = 100\n"
-      "balloon_headroom_mib = 32\n"
-      "balloon_headroom_fraction = 0.1\n"
-      "balloon_pressure_psi = 25\n"));
+  const HostConfig c = load_config(
+      write("host_memory_limit_mib = 400\n"
+            "balloon_step_mib = 64\n"
+            "balloon_dead_band_mib = 8\n"
+            "balloon_dead_band_fraction = 0.05\n"
+            "balloon_low_watermark_mib = 100\n"
+            "balloon_high_watermark_mib = 100\n"
+            "balloon_headroom_mib = 32\n"
+            "balloon_headroom_fraction = 0.1\n"
+            "balloon_pressure_psi = 25\n"));
   EXPECT_EQ(c.host_memory_limit_mib, std::optional<std::uint64_t>(400));
   EXPECT_EQ(c.balloon.step_mib, 64u);
   EXPECT_EQ(c.balloon.dead_band_mib, 8u);
@@ -206,16 +206,14 @@ TEST_F(ConfigTest, DefaultPathMayBeMissing) {
 }
 
 TEST_F(ConfigTest, OverridesWinOverTheFile) {
-  const HostConfig c =
-      load_config(write("alpha = 0.5\ninterval_ms = 200\n"), {"alpha=0.9", " domain_type = qemu "});
+  const HostConfig c = load_config(write("alpha = 0.5\ninterval_ms = 200\n"), {"alpha=0.9", " domain_type = qemu "});
   EXPECT_DOUBLE_EQ(c.alpha, 0.9);
   EXPECT_EQ(c.interval_ms, 200);
   EXPECT_EQ(c.domain_type, "qemu");
 }
 
 TEST_F(ConfigTest, OverrideErrors) {
-  EXPECT_NE(error_of("", {"alpha=2"}).find("override: key 'alpha': '2' is not a number in [0, 1]"),
-            std::string::npos);
+  EXPECT_NE(error_of("", {"alpha=2"}).find("override: key 'alpha': '2' is not a number in [0, 1]"), std::string::npos);
   EXPECT_NE(error_of("", {"beta=2"}).find("unknown key 'beta'"), std::string::npos);
   EXPECT_NE(error_of("", {"alpha"}).find("'alpha': expected KEY=VALUE"), std::string::npos);
   const std::string overlap = error_of("reserved_cpus = 0\n", {"shared_cpus=0-1"});

@@ -35,7 +35,9 @@ using namespace std::chrono_literals;
 class FakeClock : public Clock {
  public:
   TimePoint now() const override { return t; }
-  std::chrono::system_clock::time_point wall() const override { return std::chrono::system_clock::time_point{} + (t - TimePoint{}); }
+  std::chrono::system_clock::time_point wall() const override {
+    return std::chrono::system_clock::time_point{} + (t - TimePoint{});
+  }
   TimePoint t = TimePoint{} + 1000s;
 };
 
@@ -134,7 +136,8 @@ TEST_F(DaemonTest, TickAppliesSharesAndWritesStatus) {
   EXPECT_NEAR(j["vms"][0]["weight"].get<double>(), 0.7105, 1e-4);
   EXPECT_NEAR(j["vms"][1]["weight"].get<double>(), 0.2895, 1e-4);
   EXPECT_EQ(j["vms"][1]["priority_source"], "template");
-  EXPECT_EQ(j["vms"][1]["last_change"], "vm b: cpu_shares 1024 -> 593 (priority 3 from template, weight 0.289 of 2 VMs)");
+  EXPECT_EQ(j["vms"][1]["last_change"],
+            "vm b: cpu_shares 1024 -> 593 (priority 3 from template, weight 0.289 of 2 VMs)");
   EXPECT_TRUE(j["vms"][1]["report"].is_null());
   EXPECT_EQ(fs::status(options.state_dir + "/status.json").permissions() & fs::perms::all,
             fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read | fs::perms::others_read);
@@ -205,7 +208,8 @@ TEST_F(DaemonTest, ALeverFailingEveryTickIsLoggedWhenItStartsAndStops) {
     return n;
   };
   EXPECT_EQ(count("failed: "), 1) << log;
-  EXPECT_EQ(count("vm a: cpu_shares: failing no more (it worked, or is not needed now) after 10 failure(s) in 10 s"), 1) << log;
+  EXPECT_EQ(count("vm a: cpu_shares: failing no more (it worked, or is not needed now) after 10 failure(s) in 10 s"), 1)
+      << log;
   EXPECT_EQ(count("vm a: cpu_shares 1024 -> 1455"), 2) << log;  // the failure's line, and the change
   EXPECT_EQ(hv.dom("a").cpu_shares, 1455u);
 }
@@ -291,12 +295,12 @@ TEST_F(DaemonTest, AVmWithBadMetadataIsLeftAloneAndReportedWhileTheOthersGoOn) {
 // status.json ("repaired", health "degraded"), and keeps managing the shared neighbour; the tick
 // after that is healthy again.
 TEST_F(DaemonTest, AHalfAppliedRepinIsRepairedAtTheNextTickAndTheOthersStayManaged) {
-  hv.caps = "<capabilities><host><topology><cells num='1'><cell id='0'><memory unit='KiB'>4194304</memory>"
-            "<cpus num='4'><cpu id='0'/><cpu id='1'/><cpu id='2'/><cpu id='3'/></cpus></cell></cells>"
-            "</topology></host></capabilities>";
+  hv.caps =
+      "<capabilities><host><topology><cells num='1'><cell id='0'><memory unit='KiB'>4194304</memory>"
+      "<cpus num='4'><cpu id='0'/><cpu id='1'/><cpu id='2'/><cpu id='3'/></cpus></cell></cells>"
+      "</topology></host></capabilities>";
   hv.domains = {make_domain("a", 1, {0, 2}, policy::CpuPolicy::Dedicated, 1, 2),
-                make_domain("b", 1, {1, 2}, policy::CpuPolicy::Dedicated, 2, 2),
-                make_domain("s", 3, {3})};
+                make_domain("b", 1, {1, 2}, policy::CpuPolicy::Dedicated, 2, 2), make_domain("s", 3, {3})};
   hv.dom("a").facts.placement.cpus = {0};  // a holds 0, b holds 1 and 2: a grows to {0, 2}, b shrinks
   hv.dom("a").vcpu_pins = {{0}, {0}};
   hv.fail_if = [](const std::string& call) { return call.rfind("pin_vcpu b", 0) == 0; };
@@ -684,7 +688,8 @@ TEST_F(BalloonDaemonTest, OverTheLimitTheLowWeightVmGivesFirstAndStatusSaysWhy) 
   ASSERT_TRUE(d.tick());
   // 512 - 400 = 112 MiB over; b (priority 3) has the lower weight and 256 - max(96, 56 + 64) = 136 MiB
   // reclaimable: it gives all 112, a is not touched.
-  EXPECT_EQ(std::count(hv.calls.begin(), hv.calls.end(), "set_memory_mib b 144"), 1) << ::testing::PrintToString(hv.calls);
+  EXPECT_EQ(std::count(hv.calls.begin(), hv.calls.end(), "set_memory_mib b 144"), 1)
+      << ::testing::PrintToString(hv.calls);
   for (const auto& c : hv.calls) EXPECT_EQ(c.find("set_memory_mib a"), std::string::npos) << c;
 
   const auto j = read_status_file(options.state_dir);
@@ -716,11 +721,12 @@ TEST_F(BalloonDaemonTest, AGuestsFloorIsCappedAndExpiresWithItsReportAndIsIgnore
   r.floor_mib = 200;
   hv.dom("b").facts.memory_floor_max_mib = 150;
   auto floor_with = [&](const AgentState& agent) {
-    Snapshot snap{.vms = {{hv.dom("b"), agent, {.stats = hv.memory["b"], .previous = std::nullopt, .fresh = true, .hold = {}}}},
-                  .alpha = 0.8,
-                  .memory = {.free_mib = {{0, 8192}}, .reserve_mib = 512, .limit_mib = 50, .config = {}},
-                  .cpu_host = {},
-                  .priority_holds = {}};
+    Snapshot snap{
+        .vms = {{hv.dom("b"), agent, {.stats = hv.memory["b"], .previous = std::nullopt, .fresh = true, .hold = {}}}},
+        .alpha = 0.8,
+        .memory = {.free_mib = {{0, 8192}}, .reserve_mib = 512, .limit_mib = 50, .config = {}},
+        .cpu_host = {},
+        .priority_holds = {}};
     const Plan plan = make_plan(snap);
     const VmMemoryPlan* m = plan.memory.find("b");
     if (!m) throw std::runtime_error("b has no memory plan");
@@ -803,7 +809,8 @@ TEST_F(BalloonDaemonTest, AVmSettlingAfterItsStepCountsAtItsTargetSoNoNeighbourG
   Daemon d(hv, clock, options);
   pass_first_report_grace(d);
   ASSERT_TRUE(d.tick());
-  ASSERT_EQ(std::count(hv.calls.begin(), hv.calls.end(), "set_memory_mib b 144"), 1) << ::testing::PrintToString(hv.calls);
+  ASSERT_EQ(std::count(hv.calls.begin(), hv.calls.end(), "set_memory_mib b 144"), 1)
+      << ::testing::PrintToString(hv.calls);
   hv.memory["b"].actual_kib = 250 * 1024;  // 6 MiB of 112 inflated so far; statistics from before the step
   hv.calls.clear();
   clock.t += 1s;
@@ -834,7 +841,8 @@ class BalloonFactsDaemonTest : public BalloonDaemonTest {
     if (before) hv.memory["b"].rss_kib = *before * 1024;
     pass_first_report_grace(d);
     EXPECT_TRUE(d.tick());
-    EXPECT_EQ(std::count(hv.calls.begin(), hv.calls.end(), "set_memory_mib b 192"), 1) << ::testing::PrintToString(hv.calls);
+    EXPECT_EQ(std::count(hv.calls.begin(), hv.calls.end(), "set_memory_mib b 192"), 1)
+        << ::testing::PrintToString(hv.calls);
 
     // One second later: the balloon is at 192 (the fake moved actual), but the guest's statistics are
     // still those of the second of the step. Over the limit by 160 still, yet nothing is decided.
@@ -884,7 +892,8 @@ TEST_F(BalloonFactsDaemonTest, ASqueezeThatGaveTheHostNothingBackStopsAtKeepAndS
   clock.t += 1s;
   hv.memory["b"].last_update_s = wall_s();
   ASSERT_TRUE(d.tick());
-  EXPECT_EQ(std::count(hv.calls.begin(), hv.calls.end(), "set_memory_mib b 128"), 1) << ::testing::PrintToString(hv.calls);
+  EXPECT_EQ(std::count(hv.calls.begin(), hv.calls.end(), "set_memory_mib b 128"), 1)
+      << ::testing::PrintToString(hv.calls);
 }
 
 // Seen live: after the stop, a reclaim above keep whose balloon lagged its target left no measured
@@ -899,7 +908,8 @@ TEST_F(BalloonFactsDaemonTest, TheStopHoldsWhileALaterReclaimIsStillBeingMeasure
   clock.t += 1s;
   hv.memory["b"].last_update_s = wall_s();
   ASSERT_TRUE(d.tick());
-  EXPECT_EQ(std::count(hv.calls.begin(), hv.calls.end(), "set_memory_mib b 136"), 1) << ::testing::PrintToString(hv.calls);
+  EXPECT_EQ(std::count(hv.calls.begin(), hv.calls.end(), "set_memory_mib b 136"), 1)
+      << ::testing::PrintToString(hv.calls);
   // Its balloon lags (170 MiB, target 136) while newer statistics come: held while it moves ...
   hv.memory["b"].actual_kib = 170 * 1024;
   hv.memory["b"].usable_kib = 100 * 1024;
@@ -915,7 +925,8 @@ TEST_F(BalloonFactsDaemonTest, TheStopHoldsWhileALaterReclaimIsStillBeingMeasure
   clock.t += 1s;
   hv.memory["b"].last_update_s = wall_s();
   ASSERT_TRUE(d.tick());
-  EXPECT_EQ(std::count(hv.calls.begin(), hv.calls.end(), "set_memory_mib b 134"), 1) << ::testing::PrintToString(hv.calls);
+  EXPECT_EQ(std::count(hv.calls.begin(), hv.calls.end(), "set_memory_mib b 134"), 1)
+      << ::testing::PrintToString(hv.calls);
   EXPECT_NE(d.plan().memory.find("b")->reason.find("not below keep 134 MiB"), std::string::npos)
       << d.plan().memory.find("b")->reason;
 }
@@ -935,8 +946,9 @@ TEST_F(BalloonFactsDaemonTest, WithoutRssSqueezesGoOnAndThatIsLoggedOnce) {
   {
     Daemon d(hv, clock, options);
     EXPECT_EQ(squeeze_then(d, std::nullopt, std::nullopt), std::vector<std::string>{"set_memory_mib b 128"});
-    EXPECT_NE(d.plan().memory.find("b")->reason.find("QEMU RSS not reported: not checked whether the host gets it back"),
-              std::string::npos)
+    EXPECT_NE(
+        d.plan().memory.find("b")->reason.find("QEMU RSS not reported: not checked whether the host gets it back"),
+        std::string::npos)
         << d.plan().memory.find("b")->reason;
   }
   spdlog::set_default_logger(previous);
@@ -946,7 +958,8 @@ TEST_F(BalloonFactsDaemonTest, WithoutRssSqueezesGoOnAndThatIsLoggedOnce) {
        at = log.find("vm b: libvirt reports no QEMU RSS", at + 1))
     ++n;
   EXPECT_EQ(n, 1u) << log;
-  EXPECT_EQ(log.find("waiting for the guest's statistics newer"), std::string::npos) << "a settling hold is not news\n" << log;
+  EXPECT_EQ(log.find("waiting for the guest's statistics newer"), std::string::npos) << "a settling hold is not news\n"
+                                                                                     << log;
 }
 
 TEST_F(BalloonDaemonTest, OldStatsAtStartAndAMissingBalloonAreLeftAlone) {

@@ -60,9 +60,14 @@ DomainSpec dedicated_single_node() {
   s.tmpl.vcpus = 2;
   s.tmpl.max_vcpus = 4;
   // Placement reserved the start count (2 CPUs); vCPUs 2 and 3 start offline on both.
-  s.placement = {.name = "llm-small", .nodes = {1}, .cpus = {9, 8},
-                 .memory_mib_per_node = {{1, 1024}}, .cells = {{1, {0, 1}, 1024}},
-                 .cpu_policy = CpuPolicy::Dedicated, .hugepage_kib = 0, .vcpus = 2};
+  s.placement = {.name = "llm-small",
+                 .nodes = {1},
+                 .cpus = {9, 8},
+                 .memory_mib_per_node = {{1, 1024}},
+                 .cells = {{1, {0, 1}, 1024}},
+                 .cpu_policy = CpuPolicy::Dedicated,
+                 .hugepage_kib = 0,
+                 .vcpus = 2};
   s.domain_type = "kvm";
   s.cpu_shares = 2048;
   return s;
@@ -76,9 +81,14 @@ DomainSpec shared_vm() {
   s.tmpl.cpu_policy = CpuPolicy::Shared;
   s.tmpl.priority = 5.5;
   s.tmpl.memory_mib = 768;
-  s.placement = {.name = "batch_job.1", .nodes = {0}, .cpus = {2, 3, 4, 5},
-                 .memory_mib_per_node = {{0, 1024}}, .cells = {{0, {0, 1}, 1024}},
-                 .cpu_policy = CpuPolicy::Shared, .hugepage_kib = 0, .vcpus = 2};
+  s.placement = {.name = "batch_job.1",
+                 .nodes = {0},
+                 .cpus = {2, 3, 4, 5},
+                 .memory_mib_per_node = {{0, 1024}},
+                 .cells = {{0, {0, 1}, 1024}},
+                 .cpu_policy = CpuPolicy::Shared,
+                 .hugepage_kib = 0,
+                 .vcpus = 2};
   s.domain_type = "qemu";
   s.emulator_cpus = {0, 1};
   return s;
@@ -94,10 +104,14 @@ DomainSpec spanning_hugepages() {
   s.tmpl.memory_mib = 8192;
   s.tmpl.max_memory_mib = 8192;
   s.tmpl.hugepage_kib = 2048;
-  s.placement = {.name = "llm-big", .nodes = {0, 1}, .cpus = {6, 7, 8, 9},
+  s.placement = {.name = "llm-big",
+                 .nodes = {0, 1},
+                 .cpus = {6, 7, 8, 9},
                  .memory_mib_per_node = {{0, 4096}, {1, 4096}},
                  .cells = {{0, {0, 1}, 4096}, {1, {2, 3}, 4096}},
-                 .cpu_policy = CpuPolicy::Dedicated, .hugepage_kib = 2048, .vcpus = 4};
+                 .cpu_policy = CpuPolicy::Dedicated,
+                 .hugepage_kib = 2048,
+                 .vcpus = 4};
   s.domain_type = "kvm";
   return s;
 }
@@ -116,9 +130,13 @@ DomainSpec disk_boot() {
   return s;
 }
 
-TEST(DomainXmlGolden, DedicatedSingleNode) { expect_golden(render_domain_xml(dedicated_single_node()), "dedicated_single_node.xml"); }
+TEST(DomainXmlGolden, DedicatedSingleNode) {
+  expect_golden(render_domain_xml(dedicated_single_node()), "dedicated_single_node.xml");
+}
 TEST(DomainXmlGolden, SharedVm) { expect_golden(render_domain_xml(shared_vm()), "shared.xml"); }
-TEST(DomainXmlGolden, SpanningTwoNodesHugepages) { expect_golden(render_domain_xml(spanning_hugepages()), "spanning_hugepages.xml"); }
+TEST(DomainXmlGolden, SpanningTwoNodesHugepages) {
+  expect_golden(render_domain_xml(spanning_hugepages()), "spanning_hugepages.xml");
+}
 TEST(DomainXmlGolden, DiskBoot) { expect_golden(render_domain_xml(disk_boot()), "disk_boot.xml"); }
 
 void expect_same_facts(const VmFacts& a, const VmFacts& b) {

@@ -19,7 +19,7 @@ TEST(FailureLog, LogsTheStartAChangeAndTheEndWithACount) {
   EXPECT_TRUE(log.failed("a: cpu_shares", "libvirt said something else", t0 + 100s));  // changed: log it
   EXPECT_TRUE(log.end_tick().empty());
   EXPECT_TRUE(log.failed("b: balloon", "x", t0 + 101s));  // another key is its own
-  const auto ended = log.end_tick();  // a did not fail this tick: over
+  const auto ended = log.end_tick();                      // a did not fail this tick: over
   ASSERT_EQ(ended.size(), 1u);
   EXPECT_EQ(ended[0].key, "a: cpu_shares");
   EXPECT_EQ(ended[0].failures, 101u);

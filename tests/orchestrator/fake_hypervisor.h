@@ -27,8 +27,8 @@ namespace llmorch::orch::testing {
 class FakeHypervisor : public Hypervisor {
   std::mutex hang_mu_;
   std::condition_variable hang_cv_;
-  std::set<std::string> hung_;                                             // hang(): their QEMU stopped
-  std::map<std::string, std::chrono::steady_clock::time_point> stuck_;     // a call blocked in it since
+  std::set<std::string> hung_;                                          // hang(): their QEMU stopped
+  std::map<std::string, std::chrono::steady_clock::time_point> stuck_;  // a call blocked in it since
 
  public:
   std::vector<ManagedDomain> domains;
@@ -175,7 +175,8 @@ class FakeHypervisor : public Hypervisor {
     std::lock_guard lock(hang_mu_);
     auto it = stuck_.find(name);
     if (it == stuck_.end()) return {};
-    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - it->second);
+    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() -
+                                                                          it->second);
     return {ControlState::Occupied, static_cast<std::uint64_t>(ms.count())};
   }
   void hang(const std::string& vm) {
@@ -251,8 +252,9 @@ inline ManagedDomain make_domain(const std::string& name, double priority, std::
   d.cpu_shares = 1024;
   d.emulator_pins = cpus;
   for (int i = 0; i < max_vcpus; ++i)
-    d.vcpu_pins.push_back(policy == policy::CpuPolicy::Dedicated ? std::vector<policy::CpuId>{cpus.at(static_cast<std::size_t>(i))}
-                                                                 : cpus);
+    d.vcpu_pins.push_back(policy == policy::CpuPolicy::Dedicated
+                              ? std::vector<policy::CpuId>{cpus.at(static_cast<std::size_t>(i))}
+                              : cpus);
   return d;
 }
 

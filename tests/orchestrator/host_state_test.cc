@@ -64,7 +64,8 @@ TEST(HostState, OthersMemoryIsTotalMinusFreeMinusRunningVmsClampedAtZero) {
 
 TEST(HostState, ResidentMemoryOfAFreshVmStandsInForItsBalloonSize) {
   // A just-started VM: balloon 2048 MiB, but QEMU holds only 100 MiB of the node's memory so far.
-  HostSnapshot host{two_nodes(), {vm("fresh", CpuPolicy::Dedicated, {0}, {{0, 2048}}, 2048)}, {{0, 3000}, {1, 4096}}, {}};
+  HostSnapshot host{
+      two_nodes(), {vm("fresh", CpuPolicy::Dedicated, {0}, {{0, 2048}}, 2048)}, {{0, 3000}, {1, 4096}}, {}};
   EXPECT_EQ(others_mib(host).at(0), 0u);  // 1096 used - 2048: clamped, the reservation looks free twice
   host.resident_mib["fresh"] = 100;
   EXPECT_EQ(others_mib(host).at(0), 4096u - 3000 - 100);
@@ -167,11 +168,11 @@ TEST(HostState, DescribeNodesSaysWhoUsesWhat) {
   config.reserved_cpus = {0};
   config.shared_cpus = {3};
   config.memory_reserve_mib = 100;
-  HostSnapshot host{two_nodes(),
-                    {vm("d", CpuPolicy::Dedicated, {1}, {{0, 1024}}, 800),
-                     vm("s", CpuPolicy::Shared, {3}, {{0, 512}}, 512)},
-                    {{0, 2000}, {1, 4096}},
-                    {}};
+  HostSnapshot host{
+      two_nodes(),
+      {vm("d", CpuPolicy::Dedicated, {1}, {{0, 1024}}, 800), vm("s", CpuPolicy::Shared, {3}, {{0, 512}}, 512)},
+      {{0, 2000}, {1, 4096}},
+      {}};
   const auto nodes = describe_nodes(host, config);
   ASSERT_EQ(nodes.size(), 2u);
   const NodeUse& n = nodes[0];
@@ -221,8 +222,8 @@ TEST(HostState, SharedVmsHugepagesCountAgainstADedicatedRequest) {
   host.topology.nodes[0].pages = {{.size_kib = 2048, .count = 256}};
   host.domains.push_back(vm("shared-hp", CpuPolicy::Shared, {3}, {{0, 384}}, 384));
   host.domains.back().facts.placement.hugepage_kib = 2048;
-  policy::PlacementRequest r{.name = "ded-hp", .vcpus = 1, .memory_mib = 256, .cpu_policy = CpuPolicy::Dedicated,
-                             .hugepage_kib = 2048};
+  policy::PlacementRequest r{
+      .name = "ded-hp", .vcpus = 1, .memory_mib = 256, .cpu_policy = CpuPolicy::Dedicated, .hugepage_kib = 2048};
   EXPECT_NE(rejected(place_on_host(host, config, r)).find("hugepages"), std::string::npos);
   EXPECT_EQ(describe_nodes(host, config)[0].hugepages.at(0).available_mib, 128u);
   r.memory_mib = 128;

@@ -11,9 +11,9 @@
 namespace llmorch::orch {
 namespace {
 
+using policy::CpuPolicy;
 using testing::FakeHypervisor;
 using testing::make_domain;
-using policy::CpuPolicy;
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 using std::chrono::seconds;
@@ -44,9 +44,8 @@ Snapshot snapshot_of(const std::vector<ManagedDomain>& domains, std::map<std::st
 
 template <class T>
 std::size_t count(const std::vector<Action>& actions, const std::string& vm = "") {
-  return static_cast<std::size_t>(std::count_if(actions.begin(), actions.end(), [&](const Action& a) {
-    return a.is<T>() && (vm.empty() || a.vm == vm);
-  }));
+  return static_cast<std::size_t>(std::count_if(
+      actions.begin(), actions.end(), [&](const Action& a) { return a.is<T>() && (vm.empty() || a.vm == vm); }));
 }
 
 // Applies actions to the fake, as the daemon would.
@@ -127,8 +126,8 @@ TEST(Reconciler, HostileAgentIsNotBelievedEvenInItsValidReports) {
 
 TEST(Reconciler, DemandFormula) {
   EXPECT_EQ(demand_cpus(AgentState{}), -1.0);
-  EXPECT_DOUBLE_EQ(demand_cpus(fresh(report(1, 50, 1, 4))), 2.0 * 1.25);   // busy 2 CPUs > 1 runnable
-  EXPECT_DOUBLE_EQ(demand_cpus(fresh(report(1, 10, 3, 2))), 3.0 * 1.25);   // 3 runnable > 0.2 busy
+  EXPECT_DOUBLE_EQ(demand_cpus(fresh(report(1, 50, 1, 4))), 2.0 * 1.25);  // busy 2 CPUs > 1 runnable
+  EXPECT_DOUBLE_EQ(demand_cpus(fresh(report(1, 10, 3, 2))), 3.0 * 1.25);  // 3 runnable > 0.2 busy
 }
 
 TEST(Reconciler, SharesActionsOnlyWhenOutsideTolerance) {
@@ -212,9 +211,9 @@ TEST_F(Dedicated, IdleVmGivesCpusToBusyOne) {
   std::vector<std::string> pins;
   for (const Action& a : actions)
     if (a.is<PinVcpu>()) pins.push_back(describe(a).substr(0, describe(a).find(" (")));
-  EXPECT_EQ(pins, (std::vector<std::string>{"vm a: pin vCPU 2 to 3", "vm a: pin vCPU 3 to 0-1,3",
-                                            "vm b: pin vCPU 1 to 2",
-                                            "vm b: pin vCPU 2 to 2", "vm b: pin vCPU 3 to 2"}));
+  EXPECT_EQ(pins,
+            (std::vector<std::string>{"vm a: pin vCPU 2 to 3", "vm a: pin vCPU 3 to 0-1,3", "vm b: pin vCPU 1 to 2",
+                                      "vm b: pin vCPU 2 to 2", "vm b: pin vCPU 3 to 2"}));
   const SendVcpusOnline* online = nullptr;
   for (const Action& a : actions)
     if (a.vm == "b" && a.is<SendVcpusOnline>()) online = a.as<SendVcpusOnline>();
@@ -442,7 +441,7 @@ TEST_F(PriorityDwell, TheFirstChangeAppliesAtOnceALaterOneAfterTheDwell) {
   EXPECT_EQ(held.find("flip")->priority, 5.0);
   EXPECT_FALSE(held.find("flip")->flapping);
   EXPECT_NE(held.find("flip")->reason.find("at most once per 3 s"), std::string::npos) << held.find("flip")->reason;
-  EXPECT_TRUE(held.problems.empty());  // a held change is not a problem
+  EXPECT_TRUE(held.problems.empty());                                // a held change is not a problem
   EXPECT_EQ(tick(2, t0 + seconds(13)).find("flip")->priority, 2.0);  // 3 s after the last applied one
   // Between ticks: the daemon reconciles at once only for a change that would apply.
   EXPECT_FALSE(r.observe_priority("flip", 2, t0 + seconds(14)));  // unchanged
@@ -483,7 +482,8 @@ TEST_F(PriorityDwell, AFlappingGuestIsHeldAndItsNeighbourLeftAlone) {
 TEST_F(PriorityDwell, ZeroDwellAppliesEveryChange) {
   r.set_priority_dwell(milliseconds(0));
   tick(1, t0);
-  for (int i = 1; i <= 10; ++i) EXPECT_EQ(tick(i % 2 ? 100 : 1, t0 + milliseconds(100 * i)).find("flip")->priority, i % 2 ? 100 : 1);
+  for (int i = 1; i <= 10; ++i)
+    EXPECT_EQ(tick(i % 2 ? 100 : 1, t0 + milliseconds(100 * i)).find("flip")->priority, i % 2 ? 100 : 1);
 }
 
 // Memory plan: a 256 MiB VM whose fresh agent report (KiB, floor in MiB) raises the floor above the
@@ -535,9 +535,13 @@ TEST(MemoryPlan, RssAndTheLastShrinkReachTheBalloonRuleAndASettlingHoldDecidesNo
   m.actual_kib = 156 * 1024;
   m.usable_kib = 40 * 1024;  // keep = 156 − 40 + 64 = 180: nothing reclaimable, 124 MiB squeezable
   m.rss_kib = 195 * 1024;
-  s.vms[0].balloon = {.stats = m, .previous = std::nullopt, .fresh = true, .hold = {}, .settling = false,
-                      .last_shrink = policy::ShrinkReturn{.taken_mib = 100, .rss_before_mib = 200,
-                                                          .rss_after_mib = 195, .node_free_before_mib = 8192}};
+  s.vms[0].balloon = {.stats = m,
+                      .previous = std::nullopt,
+                      .fresh = true,
+                      .hold = {},
+                      .settling = false,
+                      .last_shrink = policy::ShrinkReturn{
+                          .taken_mib = 100, .rss_before_mib = 200, .rss_after_mib = 195, .node_free_before_mib = 8192}};
   s.memory = {.free_mib = {{0, 8192}}, .reserve_mib = 512, .limit_mib = 100, .config = {}};
   const Plan stopped = make_plan(s);
   const VmMemoryPlan* a = stopped.memory.find("a");

@@ -68,8 +68,7 @@ TEST_F(StatusFileTest, RoundTripWithEveryField) {
   EXPECT_EQ(j["pid"], 42);
   EXPECT_EQ(j["started_at"], "2025-11-25T10:00:00.123Z");
   EXPECT_EQ(j["interval_ms"], 250);
-  EXPECT_EQ(j["daemon"]["report_to_apply_ms"],
-            nlohmann::json({{"n", 3}, {"p50", 4.5}, {"p99", 9.25}, {"max", 9.25}}));
+  EXPECT_EQ(j["daemon"]["report_to_apply_ms"], nlohmann::json({{"n", 3}, {"p50", 4.5}, {"p99", 9.25}, {"max", 9.25}}));
   const auto& v = j["vms"][0];
   EXPECT_EQ(v["priority_source"], "agent");
   EXPECT_EQ(v["template_priority"], 4.0);
@@ -115,8 +114,14 @@ DaemonStatus full_status() {
     p.flapping = true;
     s.plan.vms.push_back(p);
   }
-  s.plan.memory.vms.push_back({.name = "vm1", .actual_mib = 200, .target_mib = 180, .floor_mib = 96, .max_mib = 256,
-                               .reason = "shrink", .left_alone = false, .held = false});
+  s.plan.memory.vms.push_back({.name = "vm1",
+                               .actual_mib = 200,
+                               .target_mib = 180,
+                               .floor_mib = 96,
+                               .max_mib = 256,
+                               .reason = "shrink",
+                               .left_alone = false,
+                               .held = false});
   AgentState a;
   protocol::Report r;
   r.seq = 7;

@@ -81,12 +81,12 @@ TEST_F(TemplateTest, DefaultsForEveryOptionalKey) {
 }
 
 TEST_F(TemplateTest, ReadsEveryKey) {
-  const VmTemplate t = load_template(write(
-      "vcpus = 4\nmax_vcpus = 6\nmemory_mib = 4096\nmax_memory_mib = 8192\nmemory_floor_mib = 1000\n"
-      "memory_floor_max_mib = 6000\n"
-      "cpu_policy = shared\nhugepages = 2M\npriority = 3.5\npriority_min = 2\npriority_max = 9\n"
-      "domain_type = qemu\nkernel = /k/vmlinuz\ninitrd = /k/initrd.gz\n"
-      "kernel_args = console=ttyS0 llmorch.workload=busy:2\n"));
+  const VmTemplate t = load_template(
+      write("vcpus = 4\nmax_vcpus = 6\nmemory_mib = 4096\nmax_memory_mib = 8192\nmemory_floor_mib = 1000\n"
+            "memory_floor_max_mib = 6000\n"
+            "cpu_policy = shared\nhugepages = 2M\npriority = 3.5\npriority_min = 2\npriority_max = 9\n"
+            "domain_type = qemu\nkernel = /k/vmlinuz\ninitrd = /k/initrd.gz\n"
+            "kernel_args = console=ttyS0 llmorch.workload=busy:2\n"));
   EXPECT_EQ(t.vcpus, 4);
   EXPECT_EQ(t.max_vcpus, 6);
   EXPECT_EQ(t.memory_mib, 4096u);
@@ -167,8 +167,7 @@ TEST_F(TemplateTest, ImpossibleCombinations) {
   expect_error("memory_mib = 1024\ndisk = /d.img\nkernel_args = quiet\n", "kernel_args is set without kernel");
   expect_error(std::string(kMinimal) + "vcpus = 4\nmax_vcpus = 2\n",
                "max_vcpus (2) is less than vcpus (4); max_vcpus must be >= vcpus");
-  expect_error(std::string(kMinimal) + "max_memory_mib = 512\n",
-               "max_memory_mib (512) is less than memory_mib (1024)");
+  expect_error(std::string(kMinimal) + "max_memory_mib = 512\n", "max_memory_mib (512) is less than memory_mib (1024)");
   expect_error(std::string(kMinimal) + "memory_floor_mib = 1025\n",
                "memory_floor_mib (1025) is above memory_mib (1024)");
   expect_error(std::string(kMinimal) + "priority_min = 5\npriority_max = 2\npriority = 3\n",
@@ -221,9 +220,7 @@ TEST_F(TemplateTest, OverridesApplyAfterTheFile) {
   EXPECT_DOUBLE_EQ(t.priority, 7.0);
 }
 
-TEST_F(TemplateTest, LaterOverrideWins) {
-  EXPECT_EQ(load_template(write(kMinimal), {"vcpus=2", "vcpus=5"}).vcpus, 5);
-}
+TEST_F(TemplateTest, LaterOverrideWins) { EXPECT_EQ(load_template(write(kMinimal), {"vcpus=2", "vcpus=5"}).vcpus, 5); }
 
 TEST_F(TemplateTest, OverrideCanSwitchBootSource) {
   const VmTemplate t = load_template(write("memory_mib = 1024\ndisk = /d.img\n"), {"disk=", "kernel=/k"});
@@ -235,8 +232,7 @@ TEST_F(TemplateTest, OverrideErrors) {
   expect_error(kMinimal, "--set 'cores=2': unknown key 'cores'; known keys: vcpus", {"cores=2"});
   expect_error(kMinimal, "--set 'vcpus': expected KEY=VALUE", {"vcpus"});
   expect_error(kMinimal, "--set: key 'vcpus': '0' is not a whole number in [1, 4096]", {"vcpus=0"});
-  expect_error(kMinimal, "(with --set overrides): max_vcpus (1) is less than vcpus (2)",
-               {"vcpus=2", "max_vcpus=1"});
+  expect_error(kMinimal, "(with --set overrides): max_vcpus (1) is less than vcpus (2)", {"vcpus=2", "max_vcpus=1"});
 }
 
 TEST_F(TemplateTest, MaxDefaultsFollowOverriddenValues) {
@@ -278,8 +274,8 @@ TEST(ShippedTemplates, TinyTestBootsTheTestGuestUnderTcg) {
 
 TEST(ShippedTemplates, SeventyBNeedsMoreThanOneNodeOfATwoSocketHost) {
   const VmTemplate t = load_template(std::string(LLMORCH_TEMPLATES_DIR) + "/llm-70b-2node.conf");
-  EXPECT_GT(t.vcpus, 48);            // a node of the 2-node fixture host has 48 CPUs
-  EXPECT_GT(t.memory_mib, 32768u);   // and about 32 GiB
+  EXPECT_GT(t.vcpus, 48);           // a node of the 2-node fixture host has 48 CPUs
+  EXPECT_GT(t.memory_mib, 32768u);  // and about 32 GiB
 }
 
 TEST(ShippedTemplates, ReadmeDocumentsEveryKey) {

@@ -29,9 +29,9 @@ std::string error_of(const std::string& xml) {
   return "(no error)";
 }
 
-#define EXPECT_ERROR(xml, part)                                        \
-  do {                                                                 \
-    const std::string msg = error_of(xml);                             \
+#define EXPECT_ERROR(xml, part)                                         \
+  do {                                                                  \
+    const std::string msg = error_of(xml);                              \
     EXPECT_NE(msg.find(part), std::string::npos) << "message: " << msg; \
   } while (0)
 
@@ -220,8 +220,9 @@ TEST(TopologyErrors, MalformedInputIsAClearError) {
   EXPECT_ERROR(with_cells("<cell id='0'><distances><sibling id='0' value='ten'/></distances></cell>"), "'ten'");
   EXPECT_ERROR(with_cells("<cell id='0'><cpus><cpu socket_id='0'/></cpus></cell>"), "missing attribute 'id'");
   EXPECT_ERROR(with_cells("<cell id='0'><cpus><cpu id='1'/><cpu id='1'/></cpus></cell>"), "cpu 1 listed twice");
-  EXPECT_ERROR(with_cells("<cell id='0'><cpus><cpu id='1'/></cpus></cell><cell id='1'><cpus><cpu id='1'/></cpus></cell>"),
-               "cell 1: cpu 1 listed twice");
+  EXPECT_ERROR(
+      with_cells("<cell id='0'><cpus><cpu id='1'/></cpus></cell><cell id='1'><cpus><cpu id='1'/></cpus></cell>"),
+      "cell 1: cpu 1 listed twice");
   EXPECT_ERROR(with_cells("<cell id='0'><cpus><cpu id='1' siblings='3-1'/></cpus></cell>"), "cpu 1: siblings");
   EXPECT_ERROR(with_cells("<cell id='0'><cpus><cpu id='1' core_id='z'/></cpus></cell>"), "core_id");
 }

@@ -125,8 +125,7 @@ TEST(Balloon, StableGuestIsNotTouched) {
 TEST(Balloon, ReclaimTakesFromTheLowestWeightFirstAndSaysWhy) {
   Sim sim;
   sim.limit = 3 * 1024 - 80;
-  sim.guests = {{"hi", 1024, 100, 96, 2048, 0.5}, {"lo", 1024, 100, 96, 2048, 0.2},
-                {"mid", 1024, 100, 96, 2048, 0.3}};
+  sim.guests = {{"hi", 1024, 100, 96, 2048, 0.5}, {"lo", 1024, 100, 96, 2048, 0.2}, {"mid", 1024, 100, 96, 2048, 0.3}};
   const auto out = sim.tick();
   EXPECT_FALSE(out[0].target_mib);
   EXPECT_FALSE(out[2].target_mib);
@@ -149,8 +148,8 @@ BalloonVm untouched_guest() {
   v.weight = 0.5;
   v.nodes = {0};
   v.rss_mib = 207;
-  v.last_shrink = ShrinkReturn{.taken_mib = 400, .rss_before_mib = 244, .rss_after_mib = 207,
-                               .node_free_before_mib = 5000};
+  v.last_shrink = ShrinkReturn{
+      .taken_mib = 400, .rss_before_mib = 244, .rss_after_mib = 207, .node_free_before_mib = 5000};
   return v;
 }
 const BalloonHost kOverLimit{{{0, 5000, 0}}, 300};  // over by 300 MiB
@@ -234,8 +233,7 @@ TEST(Balloon, ReclaimAboveKeepGoesOnWhileSqueezesAreStopped) {
 TEST(Balloon, ReclaimSpreadsOverVmsInWeightOrderWhenOneStepIsNotEnough) {
   Sim sim;
   sim.limit = 3 * 1024 - 400;
-  sim.guests = {{"hi", 1024, 100, 96, 2048, 0.5}, {"lo", 1024, 100, 96, 2048, 0.2},
-                {"mid", 1024, 100, 96, 2048, 0.3}};
+  sim.guests = {{"hi", 1024, 100, 96, 2048, 0.5}, {"lo", 1024, 100, 96, 2048, 0.2}, {"mid", 1024, 100, 96, 2048, 0.3}};
   const auto out = sim.tick();
   EXPECT_FALSE(out[0].target_mib);
   EXPECT_EQ(out[1].target_mib, 1024u - 256u);
@@ -307,8 +305,7 @@ TEST(Balloon, SwapInOrMajorFaultsRisingIsPressure) {
 }
 
 TEST(Balloon, CorrectionsIntoFloorAndMaxAreImmediate) {
-  const std::vector<BalloonVm> vms = {Guest{"over", 3000, 100, 0, 2048}.vm(),
-                                      Guest{"under", 100, 90, 1024, 2048}.vm()};
+  const std::vector<BalloonVm> vms = {Guest{"over", 3000, 100, 0, 2048}.vm(), Guest{"under", 100, 90, 1024, 2048}.vm()};
   const auto out = plan_balloon({{{0, 100000, 0}}, std::nullopt}, vms);
   EXPECT_EQ(out[0].target_mib, 2048u);
   EXPECT_EQ(out[1].target_mib, 1024u);
@@ -407,7 +404,9 @@ TEST(Balloon, SmallStepSpillsInWeightOrderAndConvergesInFewTicks) {
 TEST(Balloon, PropertiesHoldOnRandomInput) {
   for (unsigned seed = 1; seed <= 400; ++seed) {
     std::mt19937 rng(seed);
-    auto uni = [&](std::uint64_t lo, std::uint64_t hi) { return std::uniform_int_distribution<std::uint64_t>(lo, hi)(rng); };
+    auto uni = [&](std::uint64_t lo, std::uint64_t hi) {
+      return std::uniform_int_distribution<std::uint64_t>(lo, hi)(rng);
+    };
     BalloonHost host;
     const int nodes = static_cast<int>(uni(1, 3));
     for (int n = 0; n < nodes; ++n) host.nodes.push_back({n, uni(0, 8192), uni(0, 1024)});
@@ -424,9 +423,10 @@ TEST(Balloon, PropertiesHoldOnRandomInput) {
       vm.template_floor_mib = uni(0, vm.max_memory_mib);
       if (uni(0, 4)) vm.stats.actual_mib = uni(vm.template_floor_mib / 2, vm.max_memory_mib + 512);
       if (uni(0, 3) && vm.stats.actual_mib) vm.stats.usable_mib = uni(0, *vm.stats.actual_mib);
-      if (uni(0, 1)) vm.agent = AgentMemory{vm.max_memory_mib, uni(0, vm.max_memory_mib),
-                                            uni(0, 1) ? std::optional<double>(static_cast<double>(uni(0, 40))) : std::nullopt,
-                                            uni(0, vm.max_memory_mib + 100)};
+      if (uni(0, 1))
+        vm.agent = AgentMemory{vm.max_memory_mib, uni(0, vm.max_memory_mib),
+                               uni(0, 1) ? std::optional<double>(static_cast<double>(uni(0, 40))) : std::nullopt,
+                               uni(0, vm.max_memory_mib + 100)};
       vm.stats_fresh = uni(0, 9) != 0;
       vm.weight = raw[static_cast<std::size_t>(i)] / sum;
       vm.nodes = {static_cast<NodeId>(uni(0, static_cast<std::uint64_t>(nodes - 1)))};
@@ -458,7 +458,7 @@ TEST(Balloon, PropertiesHoldOnRandomInput) {
       const std::uint64_t delta = target > actual ? target - actual : actual - target;
       const bool in_bounds = actual >= effective_floor(vm) && actual <= vm.max_memory_mib;
       if (in_bounds) {
-        EXPECT_LE(delta, c.step_mib);       // step limit
+        EXPECT_LE(delta, c.step_mib);  // step limit
         if (target != effective_floor(vm)) {
           EXPECT_GE(delta, c.dead_band_mib);  // dead band
         }
@@ -479,7 +479,9 @@ TEST(Balloon, PropertiesHoldOnRandomInput) {
 TEST(Balloon, RandomSimulationsConvergeAndThenStayStill) {
   for (unsigned seed = 1; seed <= 200; ++seed) {
     std::mt19937 rng(seed);
-    auto uni = [&](std::uint64_t lo, std::uint64_t hi) { return std::uniform_int_distribution<std::uint64_t>(lo, hi)(rng); };
+    auto uni = [&](std::uint64_t lo, std::uint64_t hi) {
+      return std::uniform_int_distribution<std::uint64_t>(lo, hi)(rng);
+    };
     Sim sim;
     const int count = static_cast<int>(uni(2, 5));
     std::uint64_t floors = 0;

@@ -10,8 +10,7 @@
 namespace llmorch::policy {
 namespace {
 
-VmCpuInput dedicated(std::string name, NodeId node, std::vector<CpuId> cpus, int max, double prio,
-                     double demand = -1) {
+VmCpuInput dedicated(std::string name, NodeId node, std::vector<CpuId> cpus, int max, double prio, double demand = -1) {
   VmCpuInput vm;
   vm.name = std::move(name);
   vm.cpu_policy = CpuPolicy::Dedicated;
@@ -49,8 +48,7 @@ TEST(CpuPlan, SharedVmsGetSharesInTheRatioOfTheirWeights) {
 TEST(CpuPlan, DedicatedVmsOnANodeDivideTheCpusTheyHoldByWeight) {
   // Two busy VMs holding 4 CPUs each on node 0, may grow to 8: priority 1 vs 3 gives 6 and 2
   // (weights 0.711 and 0.289 of 8 CPUs = 5.68 and 2.32).
-  const std::vector<VmCpuInput> vms = {dedicated("hi", 0, {0, 1, 2, 3}, 8, 1),
-                                       dedicated("lo", 0, {4, 5, 6, 7}, 8, 3)};
+  const std::vector<VmCpuInput> vms = {dedicated("hi", 0, {0, 1, 2, 3}, 8, 1), dedicated("lo", 0, {4, 5, 6, 7}, 8, 3)};
   const CpuPlan plan = plan_cpus(vms, 0.8);
   EXPECT_EQ(plan.vms[0].vcpus_online, 6);
   EXPECT_EQ(plan.vms[1].vcpus_online, 2);
@@ -92,8 +90,7 @@ TEST(CpuPlan, ABusyVmTakesOnlyWhatItWantsAndTheIdleOneKeepsTheRest) {
 TEST(CpuPlan, UnwantedCpusGoBackToTheHeavierHolderFirst) {
   // Division: a 1, b 1, c 3 of 6. a and b free 3 CPUs, c takes 2; the one left goes back to a
   // (priority 1) rather than b (priority 5).
-  const std::vector<VmCpuInput> vms = {dedicated("a", 0, {0, 1}, 2, 1, 0.1),
-                                       dedicated("b", 0, {2, 3, 4}, 3, 5, 0.1),
+  const std::vector<VmCpuInput> vms = {dedicated("a", 0, {0, 1}, 2, 1, 0.1), dedicated("b", 0, {2, 3, 4}, 3, 5, 0.1),
                                        dedicated("c", 0, {5}, 3, 9, 9.0)};
   const CpuPlan plan = plan_cpus(vms, 0.8);
   EXPECT_EQ(plan.vms[0].cpus, (std::vector<CpuId>{0, 1}));
@@ -114,8 +111,7 @@ TEST(CpuPlan, ADedicatedVmHoldingNoCpusIsLeftAlone) {
 TEST(CpuPlan, NodesAreDividedSeparatelyAndSpanningVmsAreLeftAlone) {
   VmCpuInput span = dedicated("span", 0, {8, 9}, 2, 1);
   span.nodes = {0, 1};
-  const std::vector<VmCpuInput> vms = {dedicated("n0", 0, {0, 1}, 4, 1), dedicated("n1", 1, {4, 5}, 4, 5),
-                                       span};
+  const std::vector<VmCpuInput> vms = {dedicated("n0", 0, {0, 1}, 4, 1), dedicated("n1", 1, {4, 5}, 4, 5), span};
   const CpuPlan plan = plan_cpus(vms, 0.8);
   // Alone on their node, each keeps exactly the CPUs it holds, whatever its priority.
   EXPECT_EQ(plan.vms[0].cpus, (std::vector<CpuId>{0, 1}));
@@ -160,7 +156,7 @@ CpuHost one_node(std::vector<CpuId> cpus) {
 TEST(CpuPlan, ACpuClaimedTwiceIsRepairedFromTheLivePins) {
   VmCpuInput a = dedicated("a", 0, {0, 2}, 2, 1), b = dedicated("b", 0, {1, 2}, 2, 1);
   a.live_pins = {{0}, {2}};
-  b.live_pins = {{1}, {1, 2}};  // b's vCPU 1 floats: its pin was never applied as planned
+  b.live_pins = {{1}, {1, 2}};                 // b's vCPU 1 floats: its pin was never applied as planned
   const std::vector<VmCpuInput> vms = {b, a};  // the keeper does not depend on order
   const CpuPlan plan = plan_cpus(vms, 0.8, one_node({0, 1, 2, 3}));
   EXPECT_TRUE(plan.vms[0].error.empty()) << plan.vms[0].error;
@@ -326,8 +322,7 @@ TEST(CpuPlan, RandomNodesConserveCpusAndNeverShareOne) {
       std::vector<CpuId> cpus;
       for (int c = 0; c < held; ++c) cpus.push_back(next++);
       const double demand = (rng() % 3 == 0) ? -1.0 : double(rng() % 8) + 0.5;
-      vms.push_back(dedicated("vm" + std::to_string(i), 0, cpus, held + int(rng() % 4),
-                              1 + double(rng() % 5), demand));
+      vms.push_back(dedicated("vm" + std::to_string(i), 0, cpus, held + int(rng() % 4), 1 + double(rng() % 5), demand));
     }
     const CpuPlan plan = plan_cpus(vms, 0.8);
     std::set<CpuId> seen;

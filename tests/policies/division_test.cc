@@ -39,8 +39,7 @@ TEST(Apportion, WorkedExampleFromTheDesign) {
 
 TEST(Apportion, CappedVmsSurplusGoesToOthersByWeight) {
   const std::vector<double> w{0.5, 0.25, 0.25};
-  EXPECT_EQ(apportion(w, 8, std::vector<int>{0, 0, 0}, std::vector<int>{2, 8, 8}),
-            (std::vector<int>{2, 3, 3}));
+  EXPECT_EQ(apportion(w, 8, std::vector<int>{0, 0, 0}, std::vector<int>{2, 8, 8}), (std::vector<int>{2, 3, 3}));
 }
 
 TEST(Apportion, MinIsAFloorNotABonus) {
@@ -57,18 +56,14 @@ TEST(Apportion, EqualRemaindersGoToTheHigherWeight) {
 
 TEST(Apportion, FullTiesGoToTheLowerIndex) {
   const std::vector<double> w{1.0, 1.0, 1.0};
-  EXPECT_EQ(apportion(w, 1, std::vector<int>{0, 0, 0}, std::vector<int>{1, 1, 1}),
-            (std::vector<int>{1, 0, 0}));
-  EXPECT_EQ(apportion(w, 2, std::vector<int>{0, 0, 0}, std::vector<int>{1, 1, 1}),
-            (std::vector<int>{1, 1, 0}));
+  EXPECT_EQ(apportion(w, 1, std::vector<int>{0, 0, 0}, std::vector<int>{1, 1, 1}), (std::vector<int>{1, 0, 0}));
+  EXPECT_EQ(apportion(w, 2, std::vector<int>{0, 0, 0}, std::vector<int>{1, 1, 1}), (std::vector<int>{1, 1, 0}));
 }
 
 TEST(Apportion, TooFewCpusServesMinsInWeightOrder) {
   const std::vector<double> w{0.2, 0.5, 0.3};
-  EXPECT_EQ(apportion(w, 5, std::vector<int>{2, 2, 2}, std::vector<int>{4, 4, 4}),
-            (std::vector<int>{1, 2, 2}));
-  EXPECT_EQ(apportion(w, 0, std::vector<int>{2, 2, 2}, std::vector<int>{4, 4, 4}),
-            (std::vector<int>{0, 0, 0}));
+  EXPECT_EQ(apportion(w, 5, std::vector<int>{2, 2, 2}, std::vector<int>{4, 4, 4}), (std::vector<int>{1, 2, 2}));
+  EXPECT_EQ(apportion(w, 0, std::vector<int>{2, 2, 2}, std::vector<int>{4, 4, 4}), (std::vector<int>{0, 0, 0}));
 }
 
 TEST(Apportion, TooManyCpusGivesEveryoneItsMaxAndLeavesTheRest) {
@@ -81,9 +76,10 @@ TEST(Apportion, RejectsBadInputNamingIt) {
   const std::vector<int> lo{0, 0}, hi{2, 2};
   EXPECT_NE(message_of([&] { apportion(w, -1, lo, hi); }).find("total"), std::string::npos);
   EXPECT_NE(message_of([&] { apportion(w, 2, std::vector<int>{0}, hi); }).find("min"), std::string::npos);
-  EXPECT_NE(message_of([&] { apportion(w, 2, lo, std::vector<int>{2, -1}); }).find("bounds #2"),
-            std::string::npos);
-  EXPECT_NE(message_of([&] { apportion(std::vector<double>{0.5, 0.0}, 2, lo, hi); }).find("weight #2"),
+  EXPECT_NE(message_of([&] { apportion(w, 2, lo, std::vector<int>{2, -1}); }).find("bounds #2"), std::string::npos);
+  EXPECT_NE(message_of([&] {
+              apportion(std::vector<double>{0.5, 0.0}, 2, lo, hi);
+            }).find("weight #2"),
             std::string::npos);
 }
 
@@ -186,8 +182,7 @@ TEST(Waterfill, WhatAnIdleVmLeavesGoesToTheOthersByWeight) {
 }
 
 TEST(Waterfill, EveryoneSatisfiedLeavesCapacityUnused) {
-  const std::vector<double> share =
-      waterfill(std::vector<double>{0.5, 0.5}, std::vector<double>{1.0, 2.0}, 8.0);
+  const std::vector<double> share = waterfill(std::vector<double>{0.5, 0.5}, std::vector<double>{1.0, 2.0}, 8.0);
   EXPECT_EQ(share, (std::vector<double>{1.0, 2.0}));
 }
 
@@ -300,8 +295,14 @@ TEST(Divide, TiesAreBrokenByNameWhateverTheInputOrder) {
 TEST(Divide, TiesFollowFullNameOrderWhateverTheSharedPrefix) {
   // Names that share a long prefix, differ only after 8 more bytes, are prefixes of each other or
   // hold a NUL byte: full ties go to the names that std::string orders first.
-  std::vector<std::string> names{"vm-000000000000b", "vm-000000000000a", "vm-0000", "vm-00000",
-                                 std::string("vm-0000\0", 8), "vm-1", "vm-10", "vm-"};
+  std::vector<std::string> names{"vm-000000000000b",
+                                 "vm-000000000000a",
+                                 "vm-0000",
+                                 "vm-00000",
+                                 std::string("vm-0000\0", 8),
+                                 "vm-1",
+                                 "vm-10",
+                                 "vm-"};
   std::vector<std::string> sorted = names;
   std::sort(sorted.begin(), sorted.end());
   std::mt19937_64 rng(3);

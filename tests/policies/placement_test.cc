@@ -16,7 +16,8 @@ const std::string kHosts = LLMORCH_HOSTS_DIR;
 // Every host description: the project's own, and real hosts' files when a directory of them exists.
 std::vector<std::string> host_files() {
   std::vector<std::string> files;
-  for (const std::filesystem::path& dir : {std::filesystem::path(kHosts), std::filesystem::path(LLMORCH_REAL_HOSTS_DIR)}) {
+  for (const std::filesystem::path& dir :
+       {std::filesystem::path(kHosts), std::filesystem::path(LLMORCH_REAL_HOSTS_DIR)}) {
     if (!std::filesystem::is_directory(dir)) continue;
     for (const auto& entry : std::filesystem::directory_iterator(dir))
       if (entry.path().extension() == ".xml") files.push_back(entry.path().string());
@@ -214,7 +215,8 @@ TEST(Placement, GreedyNodeSetsOnLargeHosts) {
   for (NodeId id : {0, 1, 2, 3, 4}) {
     EXPECT_EQ(must_place(host, usage, vm("fill" + std::to_string(id), 4, 10)).nodes, std::vector<NodeId>{id});
   }
-  // 10 usable nodes: too many to try every set. 10 vCPUs need 3 nodes: 5-7-8 has the lowest ids, but the run 7-8-9 is nearer (70 vs 90).
+  // 10 usable nodes: too many to try every set. 10 vCPUs need 3 nodes: 5-7-8 has the lowest ids, but the run 7-8-9 is
+  // nearer (70 vs 90).
   EXPECT_EQ(must_place(host, usage, vm("big", 10, 10)).nodes, (std::vector<NodeId>{7, 8, 9}));
   check_invariants(host, usage);
 }

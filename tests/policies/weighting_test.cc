@@ -54,9 +54,7 @@ TEST(ComputeWeights, DefaultAlphaIsPointEight) {
   EXPECT_EQ(compute_weights(p), compute_weights(p, 0.8));
 }
 
-TEST(ComputeWeights, EmptyInputGivesEmptyOutput) {
-  EXPECT_TRUE(compute_weights(std::vector<double>{}, 0.5).empty());
-}
+TEST(ComputeWeights, EmptyInputGivesEmptyOutput) { EXPECT_TRUE(compute_weights(std::vector<double>{}, 0.5).empty()); }
 
 TEST(ComputeWeights, SingleVmGetsEverything) {
   EXPECT_EQ(compute_weights(std::vector<double>{7.0}, 0.3), std::vector<double>{1.0});

@@ -30,14 +30,15 @@ TEST(HostGenFixtures, CheckedInFilesAreTheGeneratorsOutput) {
   const bool update = std::getenv("LLMORCH_UPDATE_GOLDEN") != nullptr;
   int xml_files = 0;
   for (const auto& e : fs::directory_iterator(LLMORCH_HOSTS_DIR)) xml_files += e.path().extension() == ".xml";
-  EXPECT_EQ(xml_files, static_cast<int>(presets().size())) << "a file in " << LLMORCH_HOSTS_DIR
-                                                           << " has no description in hostgen.cc, or the reverse";
+  EXPECT_EQ(xml_files, static_cast<int>(presets().size()))
+      << "a file in " << LLMORCH_HOSTS_DIR << " has no description in hostgen.cc, or the reverse";
   for (const HostSpec& spec : presets()) {
     SCOPED_TRACE(spec.name);
     const fs::path file = fs::path(LLMORCH_HOSTS_DIR) / (spec.name + ".xml");
     const std::string xml = render_capabilities(spec);
     if (update) std::ofstream(file, std::ios::trunc) << xml;
-    EXPECT_EQ(slurp(file), xml) << file << " differs from its description; regenerate it (tests/fixtures/hosts/README.md)";
+    EXPECT_EQ(slurp(file), xml) << file
+                                << " differs from its description; regenerate it (tests/fixtures/hosts/README.md)";
   }
 }
 

@@ -33,8 +33,7 @@ Host make_host(std::size_t n) {
   h.cpus = static_cast<int>(4 * n);
   for (std::size_t i = 0; i < n; ++i) {
     const std::string number = std::to_string(i);
-    VmDemand vm{"vm-" + std::string(8 - number.size(), '0') + number, double(priority(rng)), 1, vcpus(rng),
-                load(rng)};
+    VmDemand vm{"vm-" + std::string(8 - number.size(), '0') + number, double(priority(rng)), 1, vcpus(rng), load(rng)};
     h.priorities.push_back(vm.priority);
     h.min.push_back(vm.min_cpus);
     h.max.push_back(vm.max_cpus);

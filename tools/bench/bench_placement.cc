@@ -12,8 +12,8 @@ namespace {
 using namespace llmorch::policy;
 
 const HostTopology& epyc() {
-  static const HostTopology host =
-      llmorch::orch::parse_capabilities_file(std::string(LLMORCH_HOSTS_DIR) + "/x86-8node-384cpu-epyc-nps4.xml");
+  static const HostTopology host = llmorch::orch::parse_capabilities_file(std::string(LLMORCH_HOSTS_DIR) +
+                                                                          "/x86-8node-384cpu-epyc-nps4.xml");
   return host;
 }
 
@@ -56,8 +56,8 @@ void BM_FillHost(benchmark::State& state) {
     placed = usage.placed.size();
   }
   state.counters["vms_placed"] = static_cast<double>(placed);
-  state.counters["per_decision"] =
-      benchmark::Counter(static_cast<double>(decisions), benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+  state.counters["per_decision"] = benchmark::Counter(static_cast<double>(decisions),
+                                                      benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
 }
 BENCHMARK(BM_FillHost)->Unit(benchmark::kMillisecond);
 
@@ -77,9 +77,7 @@ void BM_OneDecision(benchmark::State& state) {
   for (auto _ : state) benchmark::DoNotOptimize(place(epyc(), usage, r));
   state.counters["vms_already_placed"] = static_cast<double>(usage.placed.size());
 }
-BENCHMARK(BM_OneDecision)
-    ->ArgsProduct({{0, 50, 90}, {4, 64, 120}})
-    ->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_OneDecision)->ArgsProduct({{0, 50, 90}, {4, 64, 120}})->Unit(benchmark::kMicrosecond);
 
 }  // namespace
 

@@ -92,7 +92,7 @@ struct Options {
 };
 
 constexpr int kNodes = 8;
-constexpr int kPool = 16;        // shared CPUs per node
+constexpr int kPool = 16;  // shared CPUs per node
 constexpr int kDedicatedEvery = 4;
 constexpr std::uint64_t kVmMib = 2048;
 
@@ -155,8 +155,13 @@ Generated generate(std::size_t n) {
     } else {
       for (int c = 0; c < kPool; ++c) cpus.push_back(base + c);
     }
-    s.placement = {.name = s.name, .nodes = {node}, .cpus = cpus, .memory_mib_per_node = {{node, kVmMib}},
-                   .cells = {{node, {0, 1}, kVmMib}}, .cpu_policy = s.tmpl.cpu_policy, .hugepage_kib = 0,
+    s.placement = {.name = s.name,
+                   .nodes = {node},
+                   .cpus = cpus,
+                   .memory_mib_per_node = {{node, kVmMib}},
+                   .cells = {{node, {0, 1}, kVmMib}},
+                   .cpu_policy = s.tmpl.cpu_policy,
+                   .hugepage_kib = 0,
                    .vcpus = 2};
     s.domain_type = "qemu";
 
@@ -281,7 +286,8 @@ class TestDriverShim : public orch::Hypervisor {
     std::lock_guard lock(mu_);
     ++levers_;
     auto it = overlay_.find(name);
-    if (it == overlay_.end()) throw orch::HypervisorError(orch::HypervisorError::Kind::NoDomain, "lever on " + name, "no such domain", "");
+    if (it == overlay_.end())
+      throw orch::HypervisorError(orch::HypervisorError::Kind::NoDomain, "lever on " + name, "no such domain", "");
     return it->second;
   }
   // What the test driver lacks or refuses, from the overlay; the rest (name, uuid, state, metadata as
@@ -297,7 +303,7 @@ class TestDriverShim : public orch::Hypervisor {
     d.vcpus_current = o.vcpus_current;
     d.vcpus_max = o.vcpus_max;
     d.memory_actual_kib = o.memory_actual_kib;
-    d.channel_path = o.channel_path;  // the agents' sockets are the benchmark's
+    d.channel_path = o.channel_path;           // the agents' sockets are the benchmark's
     if (!d.metadata_error) d.facts = o.facts;  // set_metadata is the shim's
   }
 
@@ -410,7 +416,8 @@ double median(std::vector<double> v) {
 
 std::string temp_dir() {
   char tmpl[] = "/tmp/lbench-XXXXXX";
-  if (!::mkdtemp(tmpl)) throw std::runtime_error(std::string("cannot create a temporary directory: ") + std::strerror(errno));
+  if (!::mkdtemp(tmpl))
+    throw std::runtime_error(std::string("cannot create a temporary directory: ") + std::strerror(errno));
   return tmpl;
 }
 
@@ -477,8 +484,7 @@ int run_one(const std::string& backend, std::size_t n, bool dry, const Options& 
     if (!fake) return;
     const std::uint64_t now = wall_s();
     for (std::size_t i = 0; i < n; ++i)
-      fake->memory[g.domains[i].name] =
-          balloon_stats(i, fake->domains[i].memory_actual_kib, now);
+      fake->memory[g.domains[i].name] = balloon_stats(i, fake->domains[i].memory_actual_kib, now);
   };
   auto read_reports = [&] {
     agents.report_if_due();
@@ -520,8 +526,9 @@ int run_one(const std::string& backend, std::size_t n, bool dry, const Options& 
   const auto status_bytes = std::filesystem::file_size(dir + "/state/status.json");
   std::printf("%-5s %6zu %-5s %5d %9.2f %9.2f %9.2f %8.1f %8.1f %9.1f %6zu %7.1f\n", backend.c_str(), n,
               dry ? "dry" : "apply", ticks, median(cpu), *std::max_element(cpu.begin(), cpu.end()), median(wall),
-              static_cast<double>(proc_status_kib("VmRSS:")) / 1024.0, static_cast<double>(proc_status_kib("VmHWM:")) / 1024.0,
-              static_cast<double>(status_bytes) / 1024.0, agents_fresh, levers_per_tick);
+              static_cast<double>(proc_status_kib("VmRSS:")) / 1024.0,
+              static_cast<double>(proc_status_kib("VmHWM:")) / 1024.0, static_cast<double>(status_bytes) / 1024.0,
+              agents_fresh, levers_per_tick);
   std::fflush(stdout);
   spdlog::debug("warm-up {:.1f} s", warmup_s);
 
@@ -535,7 +542,9 @@ int run_one(const std::string& backend, std::size_t n, bool dry, const Options& 
         continue;
       }
       const auto [w, c] = time_command(args);
-      if (w < 0) std::printf("      llmorch %-6s at %zu VMs: failed (run it by hand: %s %s -c %s)\n", cmd, n, cli.c_str(), cmd, uri.c_str());
+      if (w < 0)
+        std::printf("      llmorch %-6s at %zu VMs: failed (run it by hand: %s %s -c %s)\n", cmd, n, cli.c_str(), cmd,
+                    uri.c_str());
       else std::printf("      llmorch %-6s at %zu VMs: %.0f ms wall, %.0f ms CPU\n", cmd, n, w, c);
     }
     std::fflush(stdout);

@@ -89,12 +89,10 @@ std::optional<double> to_double(std::string_view text) {
 }
 
 std::string range_error(std::string_view key, std::string_view text, std::string_view range) {
-  return std::string(key) + "=" + std::string(text.substr(0, 32)) + " is not a number in " +
-         std::string(range);
+  return std::string(key) + "=" + std::string(text.substr(0, 32)) + " is not a number in " + std::string(range);
 }
 
-auto u64_field(std::string_view key, bool required, std::uint64_t lo, std::uint64_t hi,
-               std::uint64_t* out) {
+auto u64_field(std::string_view key, bool required, std::uint64_t lo, std::uint64_t hi, std::uint64_t* out) {
   return Field{key, required, [=](std::string_view text) -> std::string {
                  auto v = to_u64(text);
                  if (!v || *v < lo || *v > hi)
@@ -242,8 +240,8 @@ Result<HostCommand> parse_host_command(std::string_view frame, ParseStats* stats
   if (std::string error = split(frame, &type, &words); !error.empty()) return R::failure(error);
   if (type == "config") {
     ConfigCommand c;
-    std::string error = apply({u64_field("interval_ms", true, kMinIntervalMs, kMaxIntervalMs, &c.interval_ms)},
-                              words, stats);
+    std::string error = apply({u64_field("interval_ms", true, kMinIntervalMs, kMaxIntervalMs, &c.interval_ms)}, words,
+                              stats);
     return error.empty() ? R::success(c) : R::failure(error);
   }
   if (type == "vcpus") {

@@ -12,13 +12,13 @@
 #include <set>
 #include <sstream>
 
-#include "cli_common.h"
 #include "../fake_hypervisor.h"
-#include "run_cli.h"
+#include "cli_common.h"
 #include "llmorch/orch/domain_xml.h"
 #include "llmorch/orch/reconciler.h"
 #include "llmorch/orch/status_file.h"
 #include "llmorch/orch/topology.h"
+#include "run_cli.h"
 
 namespace llmorch::cli {
 namespace {
@@ -83,7 +83,7 @@ TEST_F(LiveCommands, PlaceDefinesAPinnedDomainAndReportsIt) {
   EXPECT_EQ(j["name"], "a");
   EXPECT_EQ(j["dry_run"], false);
   EXPECT_FALSE(j.contains("xml"));
-  EXPECT_EQ(j["domain_type"], "qemu");  // the template sets none: the host config's
+  EXPECT_EQ(j["domain_type"], "qemu");                                // the template sets none: the host config's
   EXPECT_EQ(j["placement"]["cpus"], nlohmann::json::array({1, 49}));  // vcpus (2), not max_vcpus (4)
   EXPECT_EQ(j["placement"]["cells"][0]["vcpus"], nlohmann::json::array({0, 1, 2, 3}));
   ASSERT_EQ(host_->defined.size(), 1u);

@@ -17,10 +17,9 @@ TEST(PlacementJson, EveryFieldOfAPlacement) {
   p.hugepage_kib = 1048576;
   p.vcpus = 3;
   const nlohmann::ordered_json j = placement_json(p);
-  EXPECT_EQ(j.dump(),
-            R"({"name":"a","nodes":[1,3],"cpus":[8,9,24],"memory_mib_per_node":{"1":2048,"3":1024},)"
-            R"("cpu_policy":"shared","hugepages":"1G","cells":[{"node":1,"vcpus":[0,1],"memory_mib":2048},)"
-            R"({"node":3,"vcpus":[2],"memory_mib":1024}]})");
+  EXPECT_EQ(j.dump(), R"({"name":"a","nodes":[1,3],"cpus":[8,9,24],"memory_mib_per_node":{"1":2048,"3":1024},)"
+                      R"("cpu_policy":"shared","hugepages":"1G","cells":[{"node":1,"vcpus":[0,1],"memory_mib":2048},)"
+                      R"({"node":3,"vcpus":[2],"memory_mib":1024}]})");
   p.hugepage_kib = 2048;
   EXPECT_EQ(placement_json(p)["hugepages"], "2M");
   p.hugepage_kib = 0;

@@ -22,10 +22,10 @@ Result plan(std::vector<std::string> args) {
 std::string host(const std::string& name) { return kHosts + "/" + name; }
 
 TEST(PlanCli, JsonPlacesInOrderAndRejectsWithReasons) {
-  const Result r = plan({"--capabilities", host("x86-2node-96cpu-cascadelake.xml"), "--json", "--reserve-cpus",
-                         "0,48", "--vm", "name=a,vcpus=4,memory_mib=4096", "--vm",
-                         "name=b,vcpus=60,memory_mib=40000", "--vm", "name=s,vcpus=2,memory_mib=1024,cpu_policy=shared",
-                         "--vm", "name=huge,vcpus=200,memory_mib=1024"});
+  const Result r = plan({"--capabilities", host("x86-2node-96cpu-cascadelake.xml"), "--json", "--reserve-cpus", "0,48",
+                         "--vm", "name=a,vcpus=4,memory_mib=4096", "--vm", "name=b,vcpus=60,memory_mib=40000", "--vm",
+                         "name=s,vcpus=2,memory_mib=1024,cpu_policy=shared", "--vm",
+                         "name=huge,vcpus=200,memory_mib=1024"});
   ASSERT_EQ(r.status, kExitOk) << r.err;
   const nlohmann::json doc = nlohmann::json::parse(r.out);  // exactly one JSON value
   ASSERT_EQ(doc.at("placed").size(), 3u);
@@ -69,7 +69,8 @@ TEST(PlanCli, ASharedVmPlacedFirstFloatsOnlyOverWhatDedicatedVmsLeave) {
   const int dedicated = d["cpus"][0];
   EXPECT_EQ(s.at("cpus"), nlohmann::json::array({1 - dedicated})) << r.out;
   const Result table = plan({"--capabilities", host("x86-1node-2cpu-small.xml"), "--vm",
-                             "name=s,vcpus=1,memory_mib=256,cpu_policy=shared", "--vm", "name=d,vcpus=1,memory_mib=256"});
+                             "name=s,vcpus=1,memory_mib=256,cpu_policy=shared", "--vm",
+                             "name=d,vcpus=1,memory_mib=256"});
   const auto row = table.out.find("\ns ");
   ASSERT_NE(row, std::string::npos) << table.out;
   const std::string line = table.out.substr(row + 1, table.out.find('\n', row + 1) - row - 1);
@@ -78,13 +79,14 @@ TEST(PlanCli, ASharedVmPlacedFirstFloatsOnlyOverWhatDedicatedVmsLeave) {
 
 TEST(PlanCli, HugepagesAndSpanningOnEpyc) {
   const Result r = plan({"--capabilities", host("x86-8node-384cpu-epyc-nps4.xml"), "--json", "--vm",
-                         "name=h,vcpus=8,memory_mib=20480,hugepages=2M", "--vm", "name=g,vcpus=2,memory_mib=1024,hugepages=1G"});
+                         "name=h,vcpus=8,memory_mib=20480,hugepages=2M", "--vm",
+                         "name=g,vcpus=2,memory_mib=1024,hugepages=1G"});
   ASSERT_EQ(r.status, kExitOk) << r.err;
   const nlohmann::json doc = nlohmann::json::parse(r.out);
   ASSERT_EQ(doc.at("placed").size(), 1u);
   const auto& h = doc["placed"][0];
   EXPECT_EQ(h.at("hugepages"), "2M");
-  ASSERT_EQ(h.at("nodes").size(), 2u);  // 16 GiB of 2 MiB pages per node
+  ASSERT_EQ(h.at("nodes").size(), 2u);                                // 16 GiB of 2 MiB pages per node
   EXPECT_EQ(h["nodes"][1].get<int>() - h["nodes"][0].get<int>(), 1);  // neighbours of one socket
   EXPECT_EQ(doc["rejected"][0].at("name"), "g");
   EXPECT_NE(doc["rejected"][0].at("reason").get<std::string>().find("1 GiB hugepages"), std::string::npos);

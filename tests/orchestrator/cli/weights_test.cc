@@ -131,16 +131,13 @@ TEST_P(WeightsCliUsage, ExitsTwoNamingTheBadArgument) {
 
 INSTANTIATE_TEST_SUITE_P(
     BadArguments, WeightsCliUsage,
-    ::testing::Values(BadArgs{{"a=0"}, "'a'"}, BadArgs{{"a=1", "b=-3"}, "'b'"},
-                      BadArgs{{"a=fast"}, "'fast'"}, BadArgs{{"a=nan"}, "'a'"},
-                      BadArgs{{"a=inf"}, "'a'"}, BadArgs{{"a=2x"}, "'2x'"}, BadArgs{{"a="}, "'a'"},
-                      BadArgs{{"a"}, "NAME=PRIORITY"}, BadArgs{{"=1"}, "NAME=PRIORITY"},
-                      BadArgs{{"--alpha", "1.5", "a=1"}, "--alpha"},
-                      BadArgs{{"--alpha=-0.1", "a=1"}, "--alpha"},
-                      BadArgs{{"--alpha", "much", "a=1"}, "alpha"},
-                      BadArgs{{"--cpus", "0", "a=1"}, "--cpus"}, BadArgs{{"--cpus", "two", "a=1"}, "cpus"},
-                      BadArgs{{"a=1", "a=2"}, "'a'"}, BadArgs{{}, "NAME=PRIORITY"},
-                      BadArgs{{"--bogus", "a=1"}, "--bogus"}));
+    ::testing::Values(BadArgs{{"a=0"}, "'a'"}, BadArgs{{"a=1", "b=-3"}, "'b'"}, BadArgs{{"a=fast"}, "'fast'"},
+                      BadArgs{{"a=nan"}, "'a'"}, BadArgs{{"a=inf"}, "'a'"}, BadArgs{{"a=2x"}, "'2x'"},
+                      BadArgs{{"a="}, "'a'"}, BadArgs{{"a"}, "NAME=PRIORITY"}, BadArgs{{"=1"}, "NAME=PRIORITY"},
+                      BadArgs{{"--alpha", "1.5", "a=1"}, "--alpha"}, BadArgs{{"--alpha=-0.1", "a=1"}, "--alpha"},
+                      BadArgs{{"--alpha", "much", "a=1"}, "alpha"}, BadArgs{{"--cpus", "0", "a=1"}, "--cpus"},
+                      BadArgs{{"--cpus", "two", "a=1"}, "cpus"}, BadArgs{{"a=1", "a=2"}, "'a'"},
+                      BadArgs{{}, "NAME=PRIORITY"}, BadArgs{{"--bogus", "a=1"}, "--bogus"}));
 
 }  // namespace
 }  // namespace llmorch::cli

@@ -1,7 +1,7 @@
 // Host end of one guest's agent channel: the AF_UNIX socket libvirt binds for the virtio-serial port
 // (ManagedDomain::channel_path; QEMU accepts one client at a time). Non-blocking throughout, so one
-// guest can never stall the daemon or another guest: reads are bounded per wakeup and per second, writes that do not fit
-// the socket buffer are dropped, and the AgentSession validates, clamps and rate-limits what arrives.
+// guest can never stall the daemon or another guest: reads are bounded per wakeup and per second, writes that do not
+// fit the socket buffer are dropped, and the AgentSession validates, clamps and rate-limits what arrives.
 #pragma once
 
 #include <chrono>

@@ -18,14 +18,14 @@
 namespace llmorch::orch {
 
 struct AgentSessionLimits {
-  double priority_min = 1.0;            // the template's range: reported priorities are clamped into it;
-  double priority_max = 100.0;          // a range that is not one (min > max, not finite) drops them
-  std::uint64_t floor_max_mib = 0;      // reported floors are clamped to this (memory_floor_max_mib); 0: none
-  double rate_per_s = 20.0;             // token bucket for frames of any kind
+  double priority_min = 1.0;        // the template's range: reported priorities are clamped into it;
+  double priority_max = 100.0;      // a range that is not one (min > max, not finite) drops them
+  std::uint64_t floor_max_mib = 0;  // reported floors are clamped to this (memory_floor_max_mib); 0: none
+  double rate_per_s = 20.0;         // token bucket for frames of any kind
   double burst = 40.0;
   std::chrono::milliseconds min_ttl{3000};  // a report lives max(min_ttl, ttl_intervals * its interval)
   int ttl_intervals = 3;
-  int hostile_errors = 20;              // this many errors within hostile_window marks the guest hostile
+  int hostile_errors = 20;  // this many errors within hostile_window marks the guest hostile
   std::chrono::milliseconds hostile_window{10'000};
 };
 

@@ -78,10 +78,10 @@ class BoundedCalls {
   struct Call;
   struct Shared {
     mutable std::mutex mu;
-    std::condition_variable cv;    // a call finished
-    std::condition_variable work;  // a call was queued, or the pool stops
+    std::condition_variable cv;                                            // a call finished
+    std::condition_variable work;                                          // a call was queued, or the pool stops
     std::map<std::string, std::chrono::steady_clock::time_point> running;  // key -> started
-    std::deque<std::shared_ptr<Call>> queue;  // calls no worker has taken yet
+    std::deque<std::shared_ptr<Call>> queue;                               // calls no worker has taken yet
     std::size_t spare = 0;    // workers that will take a queued call without a new one: idle or starting
     std::size_t workers = 0;  // alive
     bool stopping = false;    // the BoundedCalls is gone: idle workers end, busy ones after their call

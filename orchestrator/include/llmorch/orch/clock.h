@@ -9,7 +9,7 @@ class Clock {
  public:
   using TimePoint = std::chrono::steady_clock::time_point;
   virtual ~Clock() = default;
-  virtual TimePoint now() const = 0;                            // monotonic: ages, dwell, ticks
+  virtual TimePoint now() const = 0;                               // monotonic: ages, dwell, ticks
   virtual std::chrono::system_clock::time_point wall() const = 0;  // calendar: status timestamps
 };
 

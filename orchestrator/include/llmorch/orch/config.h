@@ -17,18 +17,18 @@ namespace llmorch::orch {
 inline constexpr const char* kDefaultConfigPath = "/etc/llmorch/llmorch.conf";
 
 struct HostConfig {
-  std::set<policy::CpuId> reserved_cpus;   // host CPUs never given to VMs
-  std::set<policy::CpuId> shared_cpus;     // pool `shared` VMs float over; empty: unreserved CPUs of the node
-  double alpha = 0.8;                      // weighting: priority vs equal split
-  int interval_ms = 1000;                  // daemon tick
+  std::set<policy::CpuId> reserved_cpus;  // host CPUs never given to VMs
+  std::set<policy::CpuId> shared_cpus;    // pool `shared` VMs float over; empty: unreserved CPUs of the node
+  double alpha = 0.8;                     // weighting: priority vs equal split
+  int interval_ms = 1000;                 // daemon tick
   // How long llmorchd waits for one libvirt call before it goes on without it (a VM whose call did not
   // return is marked unresponsive and skipped until it answers).
   int libvirt_timeout_ms = 500;
-  int priority_dwell_ms = 3000;            // a VM's priority changes the plan at most once per this; 0: off
-  std::uint64_t memory_reserve_mib = 512;  // per node, memory VMs may not take
-  std::string domain_type = "kvm";         // default for templates that do not set one
+  int priority_dwell_ms = 3000;                        // a VM's priority changes the plan at most once per this; 0: off
+  std::uint64_t memory_reserve_mib = 512;              // per node, memory VMs may not take
+  std::string domain_type = "kvm";                     // default for templates that do not set one
   std::optional<std::uint64_t> host_memory_limit_mib;  // Σ VM memory the balloon keeps to; none: no limit
-  policy::BalloonConfig balloon;           // balloon_* keys
+  policy::BalloonConfig balloon;                       // balloon_* keys
 };
 
 class ConfigError : public std::runtime_error {

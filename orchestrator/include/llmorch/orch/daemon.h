@@ -115,7 +115,9 @@ class Daemon {
   // Calls that can wait on a VM's QEMU (levers, statistics, control info) get libvirt_timeout_ms;
   // host-level calls that never do (listing, free memory, reconnecting) get at least kHostCallTimeout,
   // so that a merely busy libvirtd does not look like an outage.
-  std::chrono::milliseconds call_timeout() const { return std::chrono::milliseconds(options_.config.libvirt_timeout_ms); }
+  std::chrono::milliseconds call_timeout() const {
+    return std::chrono::milliseconds(options_.config.libvirt_timeout_ms);
+  }
   std::chrono::milliseconds host_call_timeout() const { return std::max(call_timeout(), kHostCallTimeout); }
   std::optional<std::map<std::string, DomainStats>> read_stats();
   void check_responsive(const std::vector<ManagedDomain>& domains,
@@ -175,12 +177,12 @@ class Daemon {
   void note_balloon_change(const Action& a);
   std::map<std::string, BalloonHistory> balloons_;
   std::map<policy::NodeId, std::uint64_t> last_free_mib_;  // the latest node free memory read
-  std::map<std::string, std::string> left_alone_;  // VMs whose balloon is left alone, and why
-  std::optional<policy::HostTopology> topology_;   // read once, for the CPU plan
+  std::map<std::string, std::string> left_alone_;          // VMs whose balloon is left alone, and why
+  std::optional<policy::HostTopology> topology_;           // read once, for the CPU plan
 
   FailureLog failures_;  // levers failing tick after tick, logged when they start and stop
-  BoundedCalls calls_;  // keys: a VM's name, or "connect", "list", "stats", "stats.2", "free-memory",
-                        // "capabilities"
+  BoundedCalls calls_;   // keys: a VM's name, or "connect", "list", "stats", "stats.2", "free-memory",
+                         // "capabilities"
   struct Unresponsive {
     std::chrono::system_clock::time_point since;
     std::string detail;

@@ -49,8 +49,7 @@ std::uint64_t floor_claim_cap(const VmFacts& facts);
 // a sentence saying what is wrong.
 std::string facts_problem(const VmFacts& facts);
 
-VmFacts make_facts(const std::string& template_path, const VmTemplate& tmpl,
-                   const policy::Placement& placement);
+VmFacts make_facts(const std::string& template_path, const VmTemplate& tmpl, const policy::Placement& placement);
 
 struct DomainSpec {
   std::string name;

@@ -17,9 +17,9 @@ class FailureLog {
   using TimePoint = std::chrono::steady_clock::time_point;
   struct Ended {
     std::string key;
-    std::string message;      // the last failure's
-    std::uint64_t failures;   // how many times it failed in a row
-    TimePoint since;          // the first of them
+    std::string message;     // the last failure's
+    std::uint64_t failures;  // how many times it failed in a row
+    TimePoint since;         // the first of them
   };
 
   // Records this tick's failure of `key`. True when it should be logged: the first failure, or one whose

@@ -79,19 +79,19 @@ struct HugepagePool {
 // One node as `llmorch host` shows it.
 struct NodeUse {
   policy::NodeId id = 0;
-  std::vector<policy::CpuId> cpus;      // all of the node's CPUs
-  std::vector<policy::CpuId> reserved;  // reserved_cpus on this node
+  std::vector<policy::CpuId> cpus;                              // all of the node's CPUs
+  std::vector<policy::CpuId> reserved;                          // reserved_cpus on this node
   std::map<std::string, std::vector<policy::CpuId>> dedicated;  // VM -> CPUs it holds here
-  std::vector<policy::CpuId> shared_pool;  // where shared vCPUs float (empty: none possible)
-  std::vector<std::string> shared_vms;     // shared VMs with memory on this node
-  std::vector<policy::CpuId> free;         // neither reserved, dedicated nor in a configured shared pool
+  std::vector<policy::CpuId> shared_pool;                       // where shared vCPUs float (empty: none possible)
+  std::vector<std::string> shared_vms;                          // shared VMs with memory on this node
+  std::vector<policy::CpuId> free;  // neither reserved, dedicated nor in a configured shared pool
   std::uint64_t total_mib = 0;
-  std::uint64_t free_mib = 0;      // free now (kernel's view)
-  std::uint64_t reserve_mib = 0;   // memory_reserve_mib
-  std::uint64_t others_mib = 0;    // non-llmorch users now
+  std::uint64_t free_mib = 0;                          // free now (kernel's view)
+  std::uint64_t reserve_mib = 0;                       // memory_reserve_mib
+  std::uint64_t others_mib = 0;                        // non-llmorch users now
   std::map<std::string, std::uint64_t> vm_mib;         // reserved by each managed VM here
   std::map<std::string, std::uint64_t> vm_actual_mib;  // running VMs' balloon size here
-  std::uint64_t available_mib = 0;  // what a new VM could get: total − reserve − others − Σ vm_mib
+  std::uint64_t available_mib = 0;      // what a new VM could get: total − reserve − others − Σ vm_mib
   std::vector<HugepagePool> hugepages;  // page sizes above 4 KiB with a pool or a VM using them
 };
 

@@ -24,7 +24,9 @@ class HypervisorError : public std::runtime_error {
 
   HypervisorError(Kind kind, const std::string& action, std::string libvirt_message, std::string hint)
       : std::runtime_error(action + ": " + libvirt_message + (hint.empty() ? "" : " (" + hint + ")")),
-        kind_(kind), libvirt_message_(std::move(libvirt_message)), hint_(std::move(hint)) {}
+        kind_(kind),
+        libvirt_message_(std::move(libvirt_message)),
+        hint_(std::move(hint)) {}
 
   Kind kind() const { return kind_; }
   const std::string& libvirt_message() const { return libvirt_message_; }
@@ -69,7 +71,7 @@ struct ManagedDomain {
   // The read of cpu_shares failed this time (e.g. libvirtd still reconnecting to its QEMUs after a
   // restart): unknown, but not a reason to write it; the reconciler leaves the shares alone this tick.
   bool cpu_shares_unreadable = false;
-  std::uint64_t memory_actual_kib = 0;                // balloon size now (configured size when off)
+  std::uint64_t memory_actual_kib = 0;  // balloon size now (configured size when off)
   std::uint64_t memory_max_kib = 0;
   std::string channel_path;  // agent socket; empty while the domain is not running
   bool active() const {
@@ -79,8 +81,8 @@ struct ManagedDomain {
 
 // virDomainMemoryStats; a field the guest/driver did not report is absent. KiB unless noted.
 struct MemoryStats {
-  std::optional<std::uint64_t> actual_kib, unused_kib, available_kib, usable_kib, swap_in_kib,
-      swap_out_kib, major_faults, minor_faults, rss_kib, last_update_s;
+  std::optional<std::uint64_t> actual_kib, unused_kib, available_kib, usable_kib, swap_in_kib, swap_out_kib,
+      major_faults, minor_faults, rss_kib, last_update_s;
 };
 
 struct CpuStats {
@@ -91,8 +93,8 @@ struct CpuStats {
 // One running domain's statistics from the bulk read.
 struct DomainStats {
   CpuStats cpu;
-  MemoryStats memory;  // actual_kib always; the guest's figures (unused, usable, rss, last update...)
-                       // only when memory_complete
+  MemoryStats memory;            // actual_kib always; the guest's figures (unused, usable, rss, last update...)
+                                 // only when memory_complete
   bool memory_complete = false;  // false: libvirt skipped what needs the domain's job (it is busy)
 };
 
@@ -162,7 +164,7 @@ class Hypervisor {
   virtual void set_cpu_shares(const std::string& name, std::uint64_t shares) = 0;
   virtual void pin_vcpu(const std::string& name, int vcpu, const std::vector<policy::CpuId>& cpus) = 0;
   virtual void pin_emulator(const std::string& name, const std::vector<policy::CpuId>& cpus) = 0;
-  virtual void set_vcpus(const std::string& name, int count) = 0;  // hot-add; guest must online them
+  virtual void set_vcpus(const std::string& name, int count) = 0;               // hot-add; guest must online them
   virtual void set_memory_mib(const std::string& name, std::uint64_t mib) = 0;  // balloon target
   virtual void set_metadata(const std::string& name, const VmFacts& facts) = 0;
 

@@ -12,7 +12,7 @@
 namespace llmorch::orch {
 
 struct LatencySummary {
-  std::size_t n = 0;  // samples in the window
+  std::size_t n = 0;                    // samples in the window
   std::optional<double> p50, p99, max;  // empty while n == 0
 };
 

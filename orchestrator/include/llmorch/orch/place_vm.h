@@ -25,8 +25,7 @@ namespace llmorch::orch {
 // Statistics that do not come back in time are skipped with a warning on `warn` (balloon sizes stand
 // in for resident memory); a listing that does not is a HypervisorError. Shared: a call still running
 // after its deadline keeps the hypervisor alive.
-HostSnapshot read_host(const std::shared_ptr<Hypervisor>& hypervisor, std::chrono::seconds timeout,
-                       std::ostream& warn);
+HostSnapshot read_host(const std::shared_ptr<Hypervisor>& hypervisor, std::chrono::seconds timeout, std::ostream& warn);
 
 // Holds an exclusive flock on DIR/place.lock for its lifetime, so two placements never race. DIR is
 // checked as llmorchd's state directory is (open_state_dir: created 0755, refused when others may write
@@ -47,7 +46,7 @@ struct PlaceVmRequest {
   std::string template_path;  // recorded in the metadata (made absolute)
   VmTemplate tmpl;            // loaded, overrides applied
   HostConfig config;
-  bool dry_run = false;       // place and render only: no lock, nothing defined
+  bool dry_run = false;                     // place and render only: no lock, nothing defined
   std::string lock_dir = kDefaultStateDir;  // where place.lock lives (llmorchd's --state-dir)
   std::chrono::seconds call_timeout{5};     // per libvirt read (read_host)
 };
@@ -72,8 +71,8 @@ struct PlaceVmProgress {
 // among the running VMs at their template priorities (offline_plan). Nothing changes unless the
 // outcome is Placed. Throws ConfigError (host config vs topology), HypervisorError, CapabilitiesError,
 // std::runtime_error (the lock).
-PlaceVmResult place_vm(const std::shared_ptr<Hypervisor>& hypervisor, const PlaceVmRequest& request,
-                       std::ostream& warn, const PlaceVmProgress& progress = {});
+PlaceVmResult place_vm(const std::shared_ptr<Hypervisor>& hypervisor, const PlaceVmRequest& request, std::ostream& warn,
+                       const PlaceVmProgress& progress = {});
 
 // The plan llmorchd would make now if no agent had reported: its own make_plan on a snapshot of
 // `domains` (any state; those with bad metadata are left out) without agents or balloon statistics,

@@ -84,7 +84,7 @@ std::string_view to_string(PrioritySource s);
 struct AgentState {
   std::optional<protocol::Report> last_report;  // newest valid report, kept after it expires
   double last_report_age_s = 0;
-  bool fresh = false;                           // last_report is within its TTL
+  bool fresh = false;  // last_report is within its TTL
   bool connected = false;
   AgentSessionCounters counters;
   bool hostile = false;
@@ -124,7 +124,7 @@ struct HostMemory {
 struct PriorityHold {
   double priority = 1.0;  // in force: the last applied one
   bool flapping = false;
-  std::string reason;     // a sentence: what it wants and why it is held
+  std::string reason;  // a sentence: what it wants and why it is held
 };
 
 struct Snapshot {
@@ -156,7 +156,7 @@ struct VmPlan {
   std::string held;          // non-empty: its priority is held, and why
   std::string error;         // non-empty: the plan leaves this VM as it is, and why
   std::string repaired;      // non-empty: its claimed CPUs were repaired this tick, and how
-  std::string reason;  // "priority 1 reported by agent, weight 0.711 of 2 VMs"
+  std::string reason;        // "priority 1 reported by agent, weight 0.711 of 2 VMs"
 };
 
 // A problem of one VM the plan works around (status.json "problems").
@@ -173,10 +173,10 @@ struct VmMemoryPlan {
   std::uint64_t floor_mib = 0;              // the floor the rule enforced
   std::uint64_t max_mib = 0;
   std::string reason;
-  bool left_alone = false;                  // no usable stats: not managed this tick
-  bool held = false;                        // left alone for an expected reason: a first report or statistics
-                                            // still to come (BalloonSample::hold), or hugepage-backed memory
-  bool settling = false;                    // held until statistics newer than the last change come
+  bool left_alone = false;  // no usable stats: not managed this tick
+  bool held = false;        // left alone for an expected reason: a first report or statistics
+                            // still to come (BalloonSample::hold), or hugepage-backed memory
+  bool settling = false;    // held until statistics newer than the last change come
 };
 
 // Per active VM, in plan order. find() is a binary search over `by_name` (positions of vms sorted by
@@ -192,7 +192,7 @@ struct MemoryPlan {
 struct Plan {
   std::vector<VmPlan> vms;  // active managed VMs, in snapshot order
   MemoryPlan memory;
-  std::vector<PlanProblem> problems;  // in snapshot order
+  std::vector<PlanProblem> problems;   // in snapshot order
   std::vector<std::uint32_t> by_name;  // as MemoryPlan::by_name
   const VmPlan* find(std::string_view name) const;
   void index_by_name();  // this plan's and its memory plan's
@@ -246,9 +246,13 @@ struct Action {
   std::string reason;
 
   template <class T>
-  bool is() const { return std::holds_alternative<T>(change); }
+  bool is() const {
+    return std::holds_alternative<T>(change);
+  }
   template <class T>
-  const T* as() const { return std::get_if<T>(&change); }
+  const T* as() const {
+    return std::get_if<T>(&change);
+  }
 };
 
 // std::visit(Overloaded{[](const SetCpuShares&) {...}, ...}, action.change): one lambda per type.

@@ -106,10 +106,10 @@ struct DaemonStatus {
   bool dry_run = false;
   bool connected = false;
   Plan plan;
-  std::map<std::string, AgentState> agents;     // by VM name
-  std::map<std::string, LastChange> last_change;  // by VM name
-  std::map<std::string, LastChange> balloon_change;  // by VM name: the last balloon change and why
-  LatencySummary report_to_apply_ms;  // see "daemon.report_to_apply_ms" above
+  std::map<std::string, AgentState> agents;                // by VM name
+  std::map<std::string, LastChange> last_change;           // by VM name
+  std::map<std::string, LastChange> balloon_change;        // by VM name: the last balloon change and why
+  LatencySummary report_to_apply_ms;                       // see "daemon.report_to_apply_ms" above
   std::map<std::string, std::vector<VmProblem>> problems;  // by VM name; see "problems" above
 };
 
@@ -196,7 +196,7 @@ nlohmann::json report_to_json(const protocol::Report& r);
 StatusFile status_file_of(const DaemonStatus& status);
 nlohmann::json to_json(const StatusFile& status);
 nlohmann::json to_json(const StatusFileVm::Balloon& balloon);  // "balloon" of a "vms" entry
-nlohmann::json status_to_json(const DaemonStatus& status);  // to_json(status_file_of(status))
+nlohmann::json status_to_json(const DaemonStatus& status);     // to_json(status_file_of(status))
 // Reads what status_to_json wrote. Throws StatusFileError naming the first field that is missing or of
 // the wrong type, or a version other than kStatusVersion. Keys it does not know are ignored.
 StatusFile status_from_json(const nlohmann::json& j);

@@ -23,20 +23,20 @@ inline constexpr double kMaxPriority = 1e6;
 std::string priority_problem(double priority, double priority_min, double priority_max);
 
 struct VmTemplate {
-  int vcpus = 1;                       // vCPUs online at start
-  int max_vcpus = 0;                   // vCPUs the domain can hot-add up to; unset in the file: = vcpus
-  std::uint64_t memory_mib = 0;        // memory at start (balloon current); required
-  std::uint64_t max_memory_mib = 0;    // domain maximum; what placement reserves. unset: = memory_mib
-  std::uint64_t memory_floor_mib = 0;  // never balloon below this
+  int vcpus = 1;                           // vCPUs online at start
+  int max_vcpus = 0;                       // vCPUs the domain can hot-add up to; unset in the file: = vcpus
+  std::uint64_t memory_mib = 0;            // memory at start (balloon current); required
+  std::uint64_t max_memory_mib = 0;        // domain maximum; what placement reserves. unset: = memory_mib
+  std::uint64_t memory_floor_mib = 0;      // never balloon below this
   std::uint64_t memory_floor_max_mib = 0;  // most an agent may claim as its floor; unset: = memory_mib
   policy::CpuPolicy cpu_policy = policy::CpuPolicy::Dedicated;
-  std::uint64_t hugepage_kib = 0;      // 0, 2048 or 1048576
-  double priority = 1.0;               // used until the agent reports
-  double priority_min = 1.0;           // an agent's reported priority is clamped into [min, max]
+  std::uint64_t hugepage_kib = 0;  // 0, 2048 or 1048576
+  double priority = 1.0;           // used until the agent reports
+  double priority_min = 1.0;       // an agent's reported priority is clamped into [min, max]
   double priority_max = 100.0;
-  std::string domain_type;             // "kvm" or "qemu"; empty: the host config's domain_type
+  std::string domain_type;                  // "kvm" or "qemu"; empty: the host config's domain_type
   std::string kernel, initrd, kernel_args;  // direct kernel boot
-  std::string disk;                    // or a disk image
+  std::string disk;                         // or a disk image
 };
 
 // A template problem: names the file, the key and what is allowed.
@@ -50,8 +50,7 @@ class TemplateError : public std::runtime_error {
 VmTemplate load_template(const std::string& path, const std::vector<std::string>& overrides = {});
 
 // The same from a stream; `name` stands for the file in error messages.
-VmTemplate parse_template(std::istream& in, const std::string& name,
-                          const std::vector<std::string>& overrides = {});
+VmTemplate parse_template(std::istream& in, const std::string& name, const std::vector<std::string>& overrides = {});
 
 // The keys a template may set, in documentation order.
 std::vector<std::string> template_keys();

@@ -72,7 +72,7 @@ struct BalloonStats {
   std::optional<std::uint64_t> usable_mib;     // MemAvailable
   std::optional<std::uint64_t> swap_in_mib;
   std::optional<std::uint64_t> swap_out_mib;
-  std::optional<std::uint64_t> major_faults;   // cumulative count
+  std::optional<std::uint64_t> major_faults;  // cumulative count
 };
 
 // The agent's memory report (absent when the agent has not reported or its report is stale).
@@ -85,7 +85,7 @@ struct AgentMemory {
 
 // The host's side of a VM's last balloon shrink (the step(s) since the previous measurement).
 struct ShrinkReturn {
-  std::uint64_t taken_mib = 0;                        // how far the balloon went down
+  std::uint64_t taken_mib = 0;                                       // how far the balloon went down
   std::optional<std::uint64_t> rss_before_mib = std::nullopt;        // QEMU's RSS just before the shrink
   std::optional<std::uint64_t> rss_after_mib = std::nullopt;         // from the first statistics newer than it
   std::optional<std::uint64_t> node_free_before_mib = std::nullopt;  // Σ free of the VM's nodes before it
@@ -101,10 +101,10 @@ struct BalloonVm {
   bool stats_fresh = true;               // false: the stats are not updating
   std::optional<AgentMemory> agent;
   std::uint64_t template_floor_mib = 0;
-  std::uint64_t max_memory_mib = 0;      // > 0
-  double weight = 0.0;                   // from the CPU plan, in [0, 1]
-  std::vector<NodeId> nodes;             // host nodes holding its memory; empty: limit only
-  std::optional<std::uint64_t> rss_mib = std::nullopt;  // QEMU's resident memory now (libvirt balloon.rss)
+  std::uint64_t max_memory_mib = 0;                        // > 0
+  double weight = 0.0;                                     // from the CPU plan, in [0, 1]
+  std::vector<NodeId> nodes;                               // host nodes holding its memory; empty: limit only
+  std::optional<std::uint64_t> rss_mib = std::nullopt;     // QEMU's resident memory now (libvirt balloon.rss)
   std::optional<ShrinkReturn> last_shrink = std::nullopt;  // none measured since llmorchd watches it, or it grew
 };
 
@@ -120,17 +120,17 @@ struct BalloonHost {
 };
 
 struct BalloonConfig {
-  std::uint64_t step_mib = 256;           // most a VM moves per tick
-  std::uint64_t dead_band_mib = 16;       // no change smaller than this ...
-  double dead_band_fraction = 0.02;       // ... or this share of actual
-  std::uint64_t low_watermark_mib = 256;  // a node is short below reserve + low
-  std::uint64_t high_watermark_mib = 512; // grows spend only free memory above reserve + high
-  std::uint64_t headroom_mib = 64;        // free memory a guest keeps after a reclaim ...
-  double headroom_fraction = 0.2;         // ... at least this share of actual
-  double pressure_psi = 10.0;             // psi memory some avg10 above this: pressure
-  double pressure_free_fraction = 0.1;    // free below this share of actual: pressure
-  std::uint64_t swap_in_rise_mib = 1;     // swap-in rising by this much per tick: pressure
-  std::uint64_t major_faults_rise = 1000; // major faults rising by this many per tick: pressure
+  std::uint64_t step_mib = 256;            // most a VM moves per tick
+  std::uint64_t dead_band_mib = 16;        // no change smaller than this ...
+  double dead_band_fraction = 0.02;        // ... or this share of actual
+  std::uint64_t low_watermark_mib = 256;   // a node is short below reserve + low
+  std::uint64_t high_watermark_mib = 512;  // grows spend only free memory above reserve + high
+  std::uint64_t headroom_mib = 64;         // free memory a guest keeps after a reclaim ...
+  double headroom_fraction = 0.2;          // ... at least this share of actual
+  double pressure_psi = 10.0;              // psi memory some avg10 above this: pressure
+  double pressure_free_fraction = 0.1;     // free below this share of actual: pressure
+  std::uint64_t swap_in_rise_mib = 1;      // swap-in rising by this much per tick: pressure
+  std::uint64_t major_faults_rise = 1000;  // major faults rising by this many per tick: pressure
 };
 
 struct BalloonDecision {

@@ -69,14 +69,14 @@ struct CpuHost {
 
 struct VmCpuPlan {
   std::string name;
-  double weight = 0.0;                // among all running VMs, Σ = 1
+  double weight = 0.0;  // among all running VMs, Σ = 1
   int cpu_shares = 1024;
-  std::vector<CpuId> cpus;            // dedicated: after rebalancing, vCPU i on cpus[i]; else unchanged
-  std::optional<int> vcpus_online;    // set for rebalanced dedicated VMs
-  std::optional<double> node_share;   // rebalanced: fractional CPUs from water-filling on its node
-  bool pool_planned = false;          // shared: cpus is the node's shared pool as of this plan
-  std::string error;                  // non-empty: left out of the plan (weight 0, CPUs as they are)
-  std::string repaired;               // non-empty: its claimed CPUs were repaired, and how
+  std::vector<CpuId> cpus;           // dedicated: after rebalancing, vCPU i on cpus[i]; else unchanged
+  std::optional<int> vcpus_online;   // set for rebalanced dedicated VMs
+  std::optional<double> node_share;  // rebalanced: fractional CPUs from water-filling on its node
+  bool pool_planned = false;         // shared: cpus is the node's shared pool as of this plan
+  std::string error;                 // non-empty: left out of the plan (weight 0, CPUs as they are)
+  std::string repaired;              // non-empty: its claimed CPUs were repaired, and how
 };
 
 struct CpuPlan {
@@ -89,7 +89,6 @@ CpuPlan plan_cpus(std::span<const VmCpuInput> vms, double alpha = kDefaultAlpha,
 // The pool shared vCPUs on `nodes` float over: shared_cpus on those nodes when configured, else the
 // nodes' CPUs that are neither reserved nor in `dedicated`. Either way never a CPU in `dedicated` or
 // `host.held`. Sorted; empty when nothing is left (or the host is unknown).
-std::vector<CpuId> shared_pool(const CpuHost& host, const std::vector<NodeId>& nodes,
-                               const std::set<CpuId>& dedicated);
+std::vector<CpuId> shared_pool(const CpuHost& host, const std::vector<NodeId>& nodes, const std::set<CpuId>& dedicated);
 
 }  // namespace llmorch::policy

@@ -32,8 +32,7 @@ std::vector<int> apportion(std::span<const double> weights, int total, std::span
 // weights: finite and > 0; demand: >= 0 (infinity = unbounded); capacity: finite, >= 0.
 // The result sums to min(capacity, Σdemand). When every demand is at least capacity·w_i/Σw
 // (full contention) it is exactly capacity·w_i/Σw. O(n log n).
-std::vector<double> waterfill(std::span<const double> weights, std::span<const double> demand,
-                              double capacity);
+std::vector<double> waterfill(std::span<const double> weights, std::span<const double> demand, double capacity);
 
 // One division of the host's CPUs; every vector is in the order of the VMs given to divide().
 struct Division {

@@ -44,8 +44,8 @@ std::uint64_t hugepage_capacity_kib(const NumaNode& node, std::uint64_t page_kib
 // What one node has left for VMs, after reserved CPUs, placed VMs and unavailable memory.
 struct NodeFree {
   NodeId id = 0;
-  std::vector<CpuId> cpus;          // neither reserved nor pinned by a dedicated VM (= the shared pool)
-  bool hosts_shared = false;        // a shared VM uses this node (one of `cpus` stays shared)
+  std::vector<CpuId> cpus;    // neither reserved nor pinned by a dedicated VM (= the shared pool)
+  bool hosts_shared = false;  // a shared VM uses this node (one of `cpus` stays shared)
   std::uint64_t memory_mib = 0;
   std::map<std::uint64_t, std::uint64_t> hugepage_mib;  // page size KiB -> free hugepage MiB
 

@@ -32,10 +32,10 @@ struct PageInfo {
 
 struct NumaNode {
   NodeId id = 0;
-  std::uint64_t memory_kib = 0;         // total memory of the node
-  std::vector<Cpu> cpus;                // sorted by id; may be empty (memory-only node)
-  std::vector<PageInfo> pages;          // sorted by size
-  std::map<NodeId, int> distances;      // empty when the host did not report distances
+  std::uint64_t memory_kib = 0;     // total memory of the node
+  std::vector<Cpu> cpus;            // sorted by id; may be empty (memory-only node)
+  std::vector<PageInfo> pages;      // sorted by size
+  std::map<NodeId, int> distances;  // empty when the host did not report distances
 };
 
 struct HostTopology {
@@ -68,13 +68,13 @@ struct PlacementRequest {
 // One guest NUMA cell: the vCPUs and memory that live on one host node.
 struct GuestCell {
   NodeId host_node = 0;
-  std::vector<int> vcpus;        // guest vCPU indices in this cell
+  std::vector<int> vcpus;  // guest vCPU indices in this cell
   std::uint64_t memory_mib = 0;
 };
 
 struct Placement {
   std::string name;
-  std::vector<NodeId> nodes;     // host nodes used, ascending
+  std::vector<NodeId> nodes;  // host nodes used, ascending
   // Dedicated: cpus[i] is the host CPU vCPU i is pinned to (size == vcpus).
   // Shared: the pool of host CPUs the vCPUs float over (the unreserved CPUs of `nodes`).
   std::vector<CpuId> cpus;
@@ -87,8 +87,8 @@ struct Placement {
 
 // What is already taken on the host before a decision.
 struct HostUsage {
-  std::set<CpuId> reserved_cpus;                  // never given to VMs
-  std::vector<Placement> placed;                  // VMs already placed
+  std::set<CpuId> reserved_cpus;  // never given to VMs
+  std::vector<Placement> placed;  // VMs already placed
   // Memory each node cannot give to VMs beyond what `placed` uses (host reserve, other processes).
   // Absent: nothing beyond `placed`.
   std::map<NodeId, std::uint64_t> unavailable_mib;
@@ -104,10 +104,10 @@ struct Rejection {
 
 struct VmDemand {
   std::string name;
-  double priority = 1.0;          // > 0; 1 is the most important
-  int min_cpus = 1;               // whole CPUs the VM must keep
-  int max_cpus = 1;               // whole CPUs the VM can use (its vCPU count)
-  double demand_cpus = -1.0;      // CPUs the VM can use now (from its load); < 0 means "unknown: max"
+  double priority = 1.0;      // > 0; 1 is the most important
+  int min_cpus = 1;           // whole CPUs the VM must keep
+  int max_cpus = 1;           // whole CPUs the VM can use (its vCPU count)
+  double demand_cpus = -1.0;  // CPUs the VM can use now (from its load); < 0 means "unknown: max"
 };
 
 }  // namespace llmorch::policy
