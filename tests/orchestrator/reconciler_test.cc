@@ -566,7 +566,9 @@ TEST(MemoryPlan, RssAndTheLastShrinkReachTheBalloonRuleAndASettlingHoldDecidesNo
   EXPECT_NE(a->reason.find("newer than the last balloon change"), std::string::npos) << a->reason;
   EXPECT_EQ(count<SetMemory>(Reconciler().diff(s, settling, Clock::now())), 0u);
   s.vms[0].balloon.requested_mib = 100;  // on its way there: counted at it, shown at what it is now
-  a = make_plan(s).memory.find("a");
+  const Plan on_its_way = make_plan(s);  // kept: `a` points into it
+  a = on_its_way.memory.find("a");
+  ASSERT_NE(a, nullptr);
   EXPECT_EQ(a->actual_mib, std::optional<std::uint64_t>(156));
   EXPECT_NE(a->reason.find("counted at its target 100 MiB"), std::string::npos) << a->reason;
 }
