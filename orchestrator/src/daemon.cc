@@ -229,6 +229,7 @@ bool Daemon::tick() {
 void Daemon::apply_reports() {
   if (!last_snapshot_ || !connected_) return;  // the full tick applies them
   const auto now = clock_.now();
+  last_fast_apply_ = now;
   Snapshot& snap = *last_snapshot_;
   for (VmSnapshot& vm : snap.vms) vm.agent = channels_.state(vm.domain.name, now);
   snap.priority_holds = reconciler_.hold_priorities(snap, now);
@@ -703,7 +704,9 @@ void Daemon::poll_once(std::chrono::milliseconds max_wait) {
       if (!ch->read_available(received).empty()) on_reports(names[i], received);
     }
   }
-  if (!pending_reports_.empty()) apply_reports();
+  // At most one fast reconcile per report_coalesce: a guest sending a plan-changing report per frame
+  // cannot make llmorchd plan the whole host that often; later reports wait for the coalesced tick.
+  if (!pending_reports_.empty() && clock_.now() - last_fast_apply_ >= options_.report_coalesce) apply_reports();
 }
 
 int Daemon::run() {

@@ -458,6 +458,30 @@ TEST_F(DaemonTest, ReportThatChangesThePlanIsAppliedAsItIsReadAndTimed) {
   EXPECT_DOUBLE_EQ(j["max"].get<double>(), 14.0);
 }
 
+// A guest sending plan-changing reports back to back gets one fast reconcile per report_coalesce;
+// the rest wait for the coalesced full tick, which applies the newest state.
+TEST_F(DaemonTest, FastReconcilesAreAtMostOnePerCoalesceWindow) {
+  options.config.priority_dwell_ms = 0;
+  GuestEnd guest((dir / "b.sock").string());
+  hv.dom("b").channel_path = (dir / "b.sock").string();
+  Daemon d(hv, clock, options);
+  ASSERT_TRUE(d.tick());
+  ASSERT_TRUE(guest.accept());
+  hv.calls.clear();
+  guest.send(report(1));
+  d.poll_once(1000ms);
+  EXPECT_EQ(hv.calls.size(), 2u) << "the first report applies at once";
+  hv.calls.clear();
+  clock.t += 50ms;
+  guest.send(report(3));
+  d.poll_once(1000ms);
+  EXPECT_TRUE(hv.calls.empty()) << "a second fast reconcile within report_coalesce";
+  ASSERT_TRUE(d.reconcile_due());
+  clock.t += 50ms;
+  ASSERT_TRUE(d.tick());
+  EXPECT_EQ(hv.calls, (std::vector<std::string>{"set_cpu_shares a 1455", "set_cpu_shares b 593"}));
+}
+
 // A lifecycle event since the last tick makes its snapshot stale: a report then waits for the full
 // tick, which reads libvirt first.
 TEST_F(DaemonTest, AReportAfterALifecycleEventWaitsForTheFullTick) {

@@ -25,7 +25,8 @@
 // libvirt work: the plan is made from the last tick's snapshot (libvirt as that tick left it, see
 // record_applied) with the agents' state of now, and only the CPU levers go out (shares, pins, vCPUs;
 // no reads, no balloon). A full tick follows report_coalesce later. A lifecycle event or a reload since
-// the last tick makes that snapshot stale: then the report waits for the full tick.
+// the last tick makes that snapshot stale: then the report waits for the full tick. At most one such
+// fast reconcile per report_coalesce, whatever guests send: reports in between wait for the full tick.
 // Latency: for each report that changes the plan, the time from reading its bytes to the return of the
 // last libvirt call that applies it (kLatencySamples kept; status.json
 // daemon.report_to_apply_ms). A tick that applies nothing (dry run, dwell, failure) drops the sample.
@@ -149,6 +150,7 @@ class Daemon {
   bool connection_lost_ = false;
   bool reconcile_due_ = false;
   Clock::TimePoint last_reconcile_{};
+  Clock::TimePoint last_fast_apply_{};  // the last apply_reports that planned (at most one per report_coalesce)
   std::atomic<std::uint64_t> reconciles_{0};  // read by other threads (tests, while run() loops)
   // Reports that changed the plan and are not applied yet: VM and when their bytes were read.
   std::vector<std::pair<std::string, Clock::TimePoint>> pending_reports_;
