@@ -150,7 +150,7 @@ class Daemon {
   bool connection_lost_ = false;
   bool reconcile_due_ = false;
   Clock::TimePoint last_reconcile_{};
-  Clock::TimePoint last_fast_apply_{};  // the last apply_reports that planned (at most one per report_coalesce)
+  Clock::TimePoint last_fast_apply_{};        // the last apply_reports that planned (at most one per report_coalesce)
   std::atomic<std::uint64_t> reconciles_{0};  // read by other threads (tests, while run() loops)
   // Reports that changed the plan and are not applied yet: VM and when their bytes were read.
   std::vector<std::pair<std::string, Clock::TimePoint>> pending_reports_;
