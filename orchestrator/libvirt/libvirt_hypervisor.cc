@@ -262,17 +262,6 @@ class LibvirtHypervisor final : public Hypervisor {
     }
   }
 
-  bool destroy_and_undefine(const std::string& name) override {
-    const auto c = conn();
-    Domain d(virDomainLookupByName(c->ptr, name.c_str()));
-    if (!d) {
-      if (virGetLastErrorCode() == VIR_ERR_NO_DOMAIN) return false;
-      throw last_error("cannot look up domain '" + name + "'");
-    }
-    destroy_and_undefine_domain(d.get(), "domain '" + name + "'");
-    return true;
-  }
-
   bool destroy_and_undefine_uuid(const std::string& uuid) override {
     const auto c = conn();
     Domain d(virDomainLookupByUUIDString(c->ptr, uuid.c_str()));
@@ -288,13 +277,15 @@ class LibvirtHypervisor final : public Hypervisor {
     return true;
   }
 
-  void set_cpu_shares(const std::string& name, std::uint64_t shares) override {
+  void set_cpu_shares(const std::string& name, std::uint64_t shares, Scope scope) override {
     const auto c = conn();
     Domain d = lookup(c->ptr, name);
     virTypedParameterPtr params = nullptr;
     int n = 0, max = 0;
     virTypedParamsAddULLong(&params, &n, &max, VIR_DOMAIN_SCHEDULER_CPU_SHARES, shares);
-    int rc = virDomainSetSchedulerParametersFlags(d.get(), params, n, live_and_config(d.get()));
+    const unsigned int flags = scope == Scope::LiveOnly ? static_cast<unsigned int>(VIR_DOMAIN_AFFECT_LIVE)
+                                                        : live_and_config(d.get());
+    int rc = virDomainSetSchedulerParametersFlags(d.get(), params, n, flags);
     virTypedParamsFree(params, n);
     if (rc < 0) throw last_error("cannot set cpu_shares of domain '" + name + "' to " + std::to_string(shares));
   }
@@ -409,7 +400,7 @@ class LibvirtHypervisor final : public Hypervisor {
     conn_.reset();
   }
 
-  bool alive() override {
+  bool alive() {
     std::shared_ptr<Connection> c;
     {
       std::lock_guard lock(mu_);

@@ -240,8 +240,7 @@ void Daemon::apply_reports() {
     last_snapshot_.reset();  // the full tick says why
     return;
   }
-  std::vector<Action> actions = reconciler_.diff(snap, plan, now);
-  std::erase_if(actions, [](const Action& a) { return a.is<SetMemory>(); });
+  const std::vector<Action> actions = reconciler_.diff(snap, plan, now, Reconciler::DiffPass::Reports);
   std::vector<Action> applied;
   apply(actions, applied);
   spdlog::debug("{} report(s) applied first: {} change(s) from the last tick's view, before reading libvirt",
@@ -265,6 +264,16 @@ BalloonSample Daemon::sample_balloon(const ManagedDomain& d, const AgentState& a
     sample.hold = "waiting for the agent's first report (its floor may be above the template's)";
   if (!stats || !stats->memory_complete) {
     spdlog::debug("vm {}: no balloon statistics this tick", d.name);
+    // A read that failed or timed out (libvirtd busy, the guest's job held) says nothing about the
+    // guest's memory: count it at its last known size (libvirt's current one when the read had it) and
+    // leave it alone, instead of at its maximum, which would squeeze its neighbours for memory it does
+    // not hold.
+    if (first || !h.last.actual_kib) return sample;
+    sample.stats = h.last;
+    if (stats && stats->memory.actual_kib) sample.stats->actual_kib = stats->memory.actual_kib;
+    if (sample.hold.empty())
+      sample.hold = fmt::format("no balloon statistics this tick; counted at its last known size {} MiB",
+                                *sample.stats->actual_kib / 1024);
     return sample;
   }
   sample.stats = stats->memory;
@@ -607,7 +616,10 @@ void Daemon::record_report_latency(bool applied_any, Clock::TimePoint applied_at
 void Daemon::apply_one(const Action& a) {
   const std::string& vm = a.vm;
   std::visit(Overloaded{
-                 [&](const SetCpuShares& c) { hv_.set_cpu_shares(vm, c.shares); },
+                 [&](const SetCpuShares& c) {
+                   hv_.set_cpu_shares(vm, c.shares,
+                                      c.live_only ? Hypervisor::Scope::LiveOnly : Hypervisor::Scope::LiveAndConfig);
+                 },
                  [&](const SetVcpus& c) { hv_.set_vcpus(vm, c.count); },
                  [&](const PinVcpu& c) { hv_.pin_vcpu(vm, c.vcpu, c.cpus); },
                  [&](const PinEmulator& c) { hv_.pin_emulator(vm, c.cpus); },

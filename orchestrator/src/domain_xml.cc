@@ -7,6 +7,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include <fmt/format.h>
 #include <pugixml.hpp>
 
 #include "llmorch/orch/config.h"
@@ -96,6 +97,12 @@ void validate(const DomainSpec& s) {
   if (t.vcpus < 1 || t.max_vcpus < t.vcpus) bad_spec(s.name, "need 1 <= vcpus <= max_vcpus");
   if (t.memory_mib == 0 || t.max_memory_mib < t.memory_mib) bad_spec(s.name, "need 0 < memory_mib <= max_memory_mib");
   if (p.nodes.empty()) bad_spec(s.name, "the placement names no host node");
+  if (p.cpu_policy != t.cpu_policy)
+    bad_spec(s.name, "the placement's CPU policy (" + policy_name(p.cpu_policy) + ") differs from the template's (" +
+                         policy_name(t.cpu_policy) + ")");
+  if (p.hugepage_kib != t.hugepage_kib)
+    bad_spec(s.name, "the placement's hugepage size (" + std::to_string(p.hugepage_kib) +
+                         " KiB) differs from the template's (" + std::to_string(t.hugepage_kib) + " KiB)");
   const auto held = p.cpus.size();
   if (p.cpu_policy == CpuPolicy::Dedicated &&
       (held < static_cast<std::size_t>(t.vcpus) || held > static_cast<std::size_t>(t.max_vcpus)))
@@ -142,8 +149,6 @@ void render_metadata_into(pugi::xml_node parent, const VmFacts& f, bool with_nam
   attr(mem, "max_mib", std::to_string(f.max_memory_mib));
   attr(mem, "floor_mib", std::to_string(f.memory_floor_mib));
   attr(mem, "floor_max_mib", std::to_string(f.memory_floor_max_mib));
-  attr(el(vm, "cpu"), "policy", policy_name(f.cpu_policy));
-  attr(el(vm, "hugepages"), "size_kib", std::to_string(f.hugepage_kib));
 
   const auto& p = f.placement;
   auto pl = el(vm, "placement");
@@ -202,9 +207,9 @@ void render_numatune(pugi::xml_node dom, const DomainSpec& s) {
 }
 
 void render_hugepages(pugi::xml_node dom, const DomainSpec& s) {
-  if (s.tmpl.hugepage_kib == 0) return;
+  if (s.placement.hugepage_kib == 0) return;
   auto page = dom.append_child("memoryBacking").append_child("hugepages").append_child("page");
-  attr(page, "size", std::to_string(s.tmpl.hugepage_kib));
+  attr(page, "size", std::to_string(s.placement.hugepage_kib));
   attr(page, "unit", "KiB");
   // nodeset names guest cells; only meaningful (and only accepted) when the guest has cells.
   if (s.placement.cells.size() > 1) attr(page, "nodeset", "0-" + std::to_string(s.placement.cells.size() - 1));
@@ -326,6 +331,33 @@ T get(pugi::xml_node n, const char* name) {
   return v;
 }
 
+// Metadata of older llmorch repeated the CPU policy in <cpu policy> and the hugepage size in
+// <hugepages size_kib> next to <placement>. Copies that agree mark the facts old_format (rewritten
+// once by llmorchd); copies that disagree make the metadata bad, because which one is true cannot be
+// known.
+void read_old_copies(pugi::xml_node vm, VmFacts& f) {
+  const auto cpu = child_local(vm, "cpu");
+  const auto huge = child_local(vm, "hugepages");
+  if (cpu) {
+    const CpuPolicy old = parse_policy(cpu.attribute("policy").value());
+    if (old != f.placement.cpu_policy)
+      throw std::invalid_argument(fmt::format(
+          "<cpu policy='{}'> disagrees with <placement policy='{}'>; redefine the VM from its template (llmorch "
+          "remove, then llmorch place)",
+          policy_name(old), policy_name(f.placement.cpu_policy)));
+    f.old_format = true;
+  }
+  if (huge) {
+    const auto old = get<std::uint64_t>(huge, "size_kib");
+    if (old != f.placement.hugepage_kib)
+      throw std::invalid_argument(fmt::format(
+          "<hugepages size_kib='{}'> disagrees with <placement hugepage_kib='{}'>; redefine the VM from its "
+          "template (llmorch remove, then llmorch place)",
+          old, f.placement.hugepage_kib));
+    f.old_format = true;
+  }
+}
+
 VmFacts parse_facts(pugi::xml_node vm) {
   VmFacts f;
   f.template_path = child_local(vm, "template").attribute("path").value();
@@ -341,8 +373,6 @@ VmFacts parse_facts(pugi::xml_node vm) {
   f.max_memory_mib = get<std::uint64_t>(mem, "max_mib");
   f.memory_floor_mib = get<std::uint64_t>(mem, "floor_mib");
   f.memory_floor_max_mib = mem.attribute("floor_max_mib") ? get<std::uint64_t>(mem, "floor_max_mib") : f.memory_mib;
-  f.cpu_policy = parse_policy(child_local(vm, "cpu").attribute("policy").value());
-  f.hugepage_kib = get<std::uint64_t>(child_local(vm, "hugepages"), "size_kib");
 
   auto pl = child_local(vm, "placement");
   auto& p = f.placement;
@@ -361,6 +391,7 @@ VmFacts parse_facts(pugi::xml_node vm) {
           {get<int>(c, "node"), parse_cpuset(c.attribute("vcpus").value()), get<std::uint64_t>(c, "memory_mib")});
     }
   }
+  read_old_copies(vm, f);
   return f;
 }
 
@@ -385,9 +416,7 @@ VmFacts make_facts(const std::string& template_path, const VmTemplate& t, const 
   f.max_memory_mib = t.max_memory_mib;
   f.memory_floor_mib = t.memory_floor_mib;
   f.memory_floor_max_mib = t.memory_floor_max_mib ? t.memory_floor_max_mib : t.memory_mib;  // unset: memory_mib
-  f.cpu_policy = t.cpu_policy;
-  f.hugepage_kib = t.hugepage_kib;
-  f.placement = p;
+  f.placement = p;  // its cpu_policy and hugepage_kib are the VM's (render_domain_xml checks the template agrees)
   return f;
 }
 

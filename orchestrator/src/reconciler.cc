@@ -100,7 +100,7 @@ std::string cpu_list(const std::vector<policy::CpuId>& cpus) {
 }
 
 bool rebalanced(const ManagedDomain& d) {
-  return d.facts.cpu_policy == policy::CpuPolicy::Dedicated && d.facts.placement.nodes.size() == 1;
+  return d.facts.placement.cpu_policy == policy::CpuPolicy::Dedicated && d.facts.placement.nodes.size() == 1;
 }
 
 std::optional<std::uint64_t> kib_to_mib(const std::optional<std::uint64_t>& kib) {
@@ -132,7 +132,8 @@ std::optional<policy::AgentMemory> agent_memory(const AgentState& agent) {
 // Why this VM's balloon is left alone for an expected reason, or empty. Hugepage-backed memory stays in
 // the host's hugepage pool whatever the balloon does: squeezing the guest would gain the host nothing.
 std::string balloon_hold(const VmSnapshot& vm) {
-  if (vm.domain.facts.hugepage_kib != 0) return "hugepage-backed memory: the balloon cannot give it back to the host";
+  if (vm.domain.facts.placement.hugepage_kib != 0)
+    return "hugepage-backed memory: the balloon cannot give it back to the host";
   return vm.balloon.hold;
 }
 
@@ -173,7 +174,7 @@ MemoryPlan make_memory_plan(const Snapshot& snapshot, const std::vector<VmPlan>&
   for (const VmSnapshot& vm : snapshot.vms) {
     if (!vm.domain.active()) continue;
     holds.push_back(balloon_hold(vm));
-    settling.push_back(vm.balloon.settling && vm.domain.facts.hugepage_kib == 0);
+    settling.push_back(vm.balloon.settling && vm.domain.facts.placement.hugepage_kib == 0);
     actuals.push_back(vm.balloon.stats ? kib_to_mib(vm.balloon.stats->actual_kib) : std::nullopt);
     // The CPU plan holds the active VMs in the same (snapshot) order: its next entry is this VM's.
     const std::size_t k = vms.size();
@@ -238,7 +239,7 @@ Plan make_plan(const Snapshot& snapshot) {
   policy::CpuHost host = snapshot.cpu_host;
   for (const VmSnapshot& vm : snapshot.vms) {
     const ManagedDomain& d = vm.domain;
-    if (d.active() || d.facts.cpu_policy != policy::CpuPolicy::Dedicated) continue;
+    if (d.active() || d.facts.placement.cpu_policy != policy::CpuPolicy::Dedicated) continue;
     host.held.insert(d.facts.placement.cpus.begin(), d.facts.placement.cpus.end());  // a later start needs them
   }
   for (const VmSnapshot& vm : snapshot.vms) {
@@ -260,7 +261,7 @@ Plan make_plan(const Snapshot& snapshot) {
     int max_vcpus = std::max(1, d.facts.max_vcpus);
     if (d.vcpus_max > 0) max_vcpus = std::min(max_vcpus, d.vcpus_max);  // the domain's real limit
     inputs.push_back({.name = d.name,
-                      .cpu_policy = d.facts.cpu_policy,
+                      .cpu_policy = d.facts.placement.cpu_policy,
                       .nodes = d.facts.placement.nodes,
                       .cpus = d.facts.placement.cpus,
                       .min_vcpus = 1,
@@ -303,8 +304,9 @@ std::string describe(const Action& a) {
   const std::string& why = a.reason;
   return std::visit(Overloaded{
                         [&](const SetCpuShares& c) {
-                          return fmt::format("vm {}: cpu_shares {} -> {} ({})", vm,
-                                             c.live ? std::to_string(*c.live) : "?", c.shares, why);
+                          return fmt::format("vm {}: cpu_shares {} -> {}{} ({})", vm,
+                                             c.live ? std::to_string(*c.live) : "?", c.shares,
+                                             c.live_only ? " (live)" : "", why);
                         },
                         [&](const SetVcpus& c) {
                           return fmt::format("vm {}: vCPUs {} -> {} (hot-add; {})", vm, c.current, c.count, why);
@@ -401,17 +403,22 @@ Action make_action(const std::string& vm, Change change, std::string reason) {
   return Action{.vm = vm, .change = std::move(change), .reason = std::move(reason)};
 }
 
-void shares_action(const ManagedDomain& d, const VmPlan& p, std::uint64_t tol_abs, double tol,
-                   std::vector<Action>& out) {
+// persist: the definition lacks shares set live only by the report fast path: write them even within
+// the tolerance. live_only: the fast path's own write.
+void shares_action(const ManagedDomain& d, const VmPlan& p, std::uint64_t tol_abs, double tol, bool persist,
+                   bool live_only, std::vector<Action>& out) {
   const auto want = static_cast<std::uint64_t>(p.cpu_shares);
   if (!d.cpu_shares && d.cpu_shares_unreadable) return;  // unknown this tick: no reason to write
+  std::string reason = p.reason;
   if (d.cpu_shares) {
     const std::uint64_t live = *d.cpu_shares;
     const std::uint64_t delta = live > want ? live - want : want - live;
     const auto limit = std::max<std::uint64_t>(tol_abs, static_cast<std::uint64_t>(tol * static_cast<double>(live)));
-    if (delta <= limit) return;
+    if (delta <= limit && !persist) return;
+    if (delta <= limit) reason = "save the shares set live at the agent's report into the definition";
   }
-  out.push_back(make_action(d.name, SetCpuShares{.live = d.cpu_shares, .shares = want}, p.reason));
+  out.push_back(
+      make_action(d.name, SetCpuShares{.live = d.cpu_shares, .shares = want, .live_only = live_only}, reason));
 }
 
 // Pins that make vCPU i run on set[i] (i < k) and the rest on the whole set; only those that differ.
@@ -457,7 +464,8 @@ void memory_action(const VmMemoryPlan* m, const std::map<std::string, std::uint6
 
 }  // namespace
 
-std::vector<Action> Reconciler::diff(const Snapshot& snapshot, const Plan& plan, TimePoint now) const {
+std::vector<Action> Reconciler::diff(const Snapshot& snapshot, const Plan& plan, TimePoint now, DiffPass pass) const {
+  const bool reports = pass == DiffPass::Reports;
   std::vector<Action> out;
   std::map<policy::NodeId, bool> blocked;
   for (const VmPlan& p : plan.vms)
@@ -470,9 +478,17 @@ std::vector<Action> Reconciler::diff(const Snapshot& snapshot, const Plan& plan,
     const ManagedDomain& d = vm.domain;
     const VmPlan* p = plan.find(d.name);
     if (!p || !p->error.empty()) continue;  // a VM the plan cannot handle is left as it is
-    shares_action(d, *p, config_.share_tolerance_abs, config_.share_tolerance, out);
-    memory_action(plan.memory.find(d.name), memory_requested_, out);
+    shares_action(d, *p, config_.share_tolerance_abs, config_.share_tolerance,
+                  !reports && shares_live_only_.count(d.name), reports, out);
+    if (!reports) memory_action(plan.memory.find(d.name), memory_requested_, out);
     if (p->shared_pool) pool_pin_actions(d, *p, out);
+    if (d.facts.old_format) {
+      SetMetadata meta{.facts = d.facts};
+      meta.facts.old_format = false;
+      out.push_back(make_action(d.name, std::move(meta),
+                                "metadata of an older llmorch: the CPU policy and hugepage size now live only in "
+                                "<placement>, rewritten once"));
+    }
     if (!p->rebalanced_node || !p->vcpus_online) continue;
 
     const int k = *p->vcpus_online;
@@ -500,6 +516,7 @@ std::vector<Action> Reconciler::diff(const Snapshot& snapshot, const Plan& plan,
     if (moves) {
       SetMetadata meta{.facts = d.facts};
       meta.facts.placement.cpus = p->cpus;
+      meta.facts.old_format = false;
       out.push_back(make_action(d.name, std::move(meta), "so a restart rebuilds the same placement"));
     }
   }
@@ -538,8 +555,13 @@ void Reconciler::commit(const std::vector<Action>& applied, const Plan& plan, Ti
     const VmMemoryPlan* m = plan.memory.find(kv.first);
     return !m || m->actual_mib == kv.second;  // gone, or reached
   });
+  std::erase_if(shares_live_only_, [&](const std::string& vm) { return !plan.find(vm); });
   for (const Action& a : applied) {
     if (const auto* m = a.as<SetMemory>()) memory_requested_[a.vm] = m->target_mib;
+    if (const auto* s = a.as<SetCpuShares>()) {
+      if (s->live_only) shares_live_only_.insert(a.vm);
+      else shares_live_only_.erase(a.vm);
+    }
     if (a.is<SendVcpusOnline>()) vcpus_sent_[a.vm] = now;
     if (!a.is<SetMetadata>()) continue;  // a node's re-pin is recorded by its metadata
     const VmPlan* p = plan.find(a.vm);

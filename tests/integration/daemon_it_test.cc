@@ -116,7 +116,7 @@ class DaemonIntegration : public ::testing::Test {
       const pid_t owner = std::atoi(d.name.c_str() + std::strlen("llmorch-it-daemon-"));
       if (d.name.rfind(prefix, 0) == 0 || (owner > 0 && kill(owner, 0) != 0 && errno == ESRCH)) {
         try {
-          hv->destroy_and_undefine(d.name);
+          hv->destroy_and_undefine_uuid(d.uuid);
         } catch (const HypervisorError& e) {
           ADD_FAILURE() << "cannot remove " << d.name << ": " << e.what();
         }

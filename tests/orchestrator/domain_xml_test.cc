@@ -150,11 +150,12 @@ void expect_same_facts(const VmFacts& a, const VmFacts& b) {
   EXPECT_EQ(a.max_memory_mib, b.max_memory_mib);
   EXPECT_EQ(a.memory_floor_mib, b.memory_floor_mib);
   EXPECT_EQ(a.memory_floor_max_mib, b.memory_floor_max_mib);
-  EXPECT_EQ(a.cpu_policy, b.cpu_policy);
-  EXPECT_EQ(a.hugepage_kib, b.hugepage_kib);
   const auto& p = a.placement;
   const auto& q = b.placement;
   EXPECT_EQ(p.name, q.name);
+  EXPECT_EQ(p.cpu_policy, q.cpu_policy);
+  EXPECT_EQ(p.hugepage_kib, q.hugepage_kib);
+  EXPECT_EQ(a.old_format, b.old_format);
   EXPECT_EQ(p.nodes, q.nodes);
   EXPECT_EQ(p.cpus, q.cpus);  // order matters: cpus[i] is vCPU i's CPU
   EXPECT_EQ(p.memory_mib_per_node, q.memory_mib_per_node);
@@ -239,6 +240,69 @@ TEST(Metadata, RejectsForeignNamespaceAndMalformedFacts) {
   ASSERT_NE(pos, std::string::npos);
   frag.replace(pos, 14, "max_mib=\"lots\"");
   EXPECT_FALSE(parse_metadata(frag).has_value());
+}
+
+// Issue 12, debt 2: the CPU policy and the hugepage size have one home, <placement>. Domains defined
+// by older llmorch (fixtures: the golden XML as it rendered them) also carry <cpu policy> and
+// <hugepages size_kib>: read when the copies agree and marked old_format, so llmorchd rewrites them
+// once; rejected when they disagree.
+TEST(Metadata, OneHomeForCpuPolicyAndHugepages) {
+  const std::string fresh = render_metadata(make_facts("t", shared_vm().tmpl, shared_vm().placement));
+  EXPECT_EQ(fresh.find("cpu policy"), std::string::npos) << fresh;
+  EXPECT_EQ(fresh.find("hugepages"), std::string::npos) << fresh;
+  const auto back = parse_metadata(fresh);
+  ASSERT_TRUE(back.has_value());
+  EXPECT_FALSE(back->old_format);
+  EXPECT_EQ(back->placement.cpu_policy, CpuPolicy::Shared);
+}
+
+TEST(Metadata, OldFormatWithAgreeingCopiesIsReadAndMarkedForRewrite) {
+  const std::string dir = LLMORCH_METADATA_FIXTURES;
+  const auto shared = parse_metadata(read_file(dir + "/old-format-shared.xml"));
+  ASSERT_TRUE(shared.has_value());
+  EXPECT_TRUE(shared->old_format);
+  EXPECT_EQ(shared->placement.cpu_policy, CpuPolicy::Shared);
+  EXPECT_EQ(shared->placement.hugepage_kib, 0u);
+  const auto huge = parse_metadata(read_file(dir + "/old-format-hugepages.xml"));
+  ASSERT_TRUE(huge.has_value());
+  EXPECT_TRUE(huge->old_format);
+  EXPECT_EQ(huge->placement.cpu_policy, CpuPolicy::Dedicated);
+  EXPECT_EQ(huge->placement.hugepage_kib, 2048u);
+  // Rewritten, it is the new format and reads back the same.
+  const auto again = parse_metadata(render_metadata(*huge));
+  ASSERT_TRUE(again.has_value());
+  EXPECT_FALSE(again->old_format);
+  EXPECT_EQ(again->placement.hugepage_kib, 2048u);
+  EXPECT_EQ(again->placement.cpus, huge->placement.cpus);
+}
+
+TEST(Metadata, OldFormatWithDisagreeingCopiesIsBadMetadata) {
+  const std::string dir = LLMORCH_METADATA_FIXTURES;
+  auto replaced = [](std::string xml, const std::string& from, const std::string& to) {
+    const auto pos = xml.find(from);
+    EXPECT_NE(pos, std::string::npos) << from;
+    if (pos != std::string::npos) xml.replace(pos, from.size(), to);
+    return xml;
+  };
+  const std::string policy = replaced(read_file(dir + "/old-format-shared.xml"), "<llmorch:cpu policy=\"shared\"",
+                                      "<llmorch:cpu policy=\"dedicated\"");
+  const auto r1 = read_metadata(policy);
+  ASSERT_TRUE(r1.has_value());
+  EXPECT_FALSE(r1->facts.has_value());
+  EXPECT_NE(r1->error.find("<cpu policy='dedicated'> disagrees with <placement policy='shared'>"), std::string::npos)
+      << r1->error;
+  const std::string pages = replaced(read_file(dir + "/old-format-hugepages.xml"), "size_kib=\"2048\"",
+                                     "size_kib=\"1048576\"");
+  const auto r2 = read_metadata(pages);
+  ASSERT_TRUE(r2.has_value());
+  EXPECT_FALSE(r2->facts.has_value());
+  EXPECT_NE(r2->error.find("disagrees with <placement hugepage_kib='2048'>"), std::string::npos) << r2->error;
+}
+
+TEST(DomainXml, RejectsAPlacementWhosePolicyDiffersFromTheTemplate) {
+  DomainSpec s = shared_vm();
+  s.placement.cpu_policy = CpuPolicy::Dedicated;
+  EXPECT_THROW(render_domain_xml(s), std::invalid_argument);
 }
 
 TEST(Metadata, WithoutFloorMaxMibItIsMemoryMib) {

@@ -1,13 +1,14 @@
 // An in-memory Hypervisor for unit tests: domains are ManagedDomain values; levers change them and are
 // recorded; a VM name in `fail_on` makes every lever on that VM throw; `fail_if` (fault injection) makes
-// a lever throw when it returns true for the call's text ("pin_vcpu b 1 2"); `down` makes every call
+// a lever throw when it returns true for the call's text ("pin_vcpu b 1 2"; "domain_stats" for the
+// statistics read); `down` makes every call
 // throw a connection error. `caps` is what capabilities_xml() returns. hang(vm) models a QEMU that
 // stopped answering (SIGSTOP): its levers block, and so does the first statistics read (it takes the
 // VM's job), while later reads skip it (NOWAIT) and its control info says Occupied; release(vm) lets the
 // blocked calls return with an error, changing nothing. Calls run on BoundedCalls' worker threads:
 // state a blocked call could touch late is behind hang_mu_.
 // define_and_start keeps the XML in `defined` and adds the running domain its metadata and live values
-// describe; destroy_and_undefine(_uuid) remove a domain and record its name in `removed`. `unmanaged`
+// describe; destroy_and_undefine_uuid removes a domain and records its name in `removed`. `unmanaged`
 // are names of domains without llmorch metadata (domain_exists sees them, list_managed does not);
 // `after_find` runs after each find_managed (another process changing the host meanwhile).
 #pragma once
@@ -99,13 +100,6 @@ class FakeHypervisor : public Hypervisor {
     d.memory_max_kib = facts->max_memory_mib * 1024;
     domains.push_back(d);
   }
-  bool destroy_and_undefine(const std::string& name) override {
-    check();
-    calls.push_back("destroy_and_undefine " + name);
-    const bool gone = std::erase_if(domains, [&](const ManagedDomain& d) { return d.name == name; }) > 0;
-    if (gone) removed.push_back(name);
-    return gone;
-  }
   bool destroy_and_undefine_uuid(const std::string& uuid) override {
     check();
     calls.push_back("destroy_and_undefine_uuid " + uuid);
@@ -113,8 +107,8 @@ class FakeHypervisor : public Hypervisor {
       if (d.uuid == uuid) removed.push_back(d.name);
     return std::erase_if(domains, [&](const ManagedDomain& d) { return d.uuid == uuid; }) > 0;
   }
-  void set_cpu_shares(const std::string& name, std::uint64_t shares) override {
-    lever(name, "set_cpu_shares " + name + " " + std::to_string(shares));
+  void set_cpu_shares(const std::string& name, std::uint64_t shares, Scope scope) override {
+    lever(name, "set_cpu_shares " + name + " " + std::to_string(shares) + (scope == Scope::LiveOnly ? " live" : ""));
     dom(name).cpu_shares = shares;
   }
   void pin_vcpu(const std::string& name, int vcpu, const std::vector<policy::CpuId>& cpus) override {
@@ -146,6 +140,8 @@ class FakeHypervisor : public Hypervisor {
   }
   std::map<std::string, DomainStats> domain_stats() override {
     check();
+    if (fail_if && fail_if("domain_stats"))
+      throw HypervisorError(HypervisorError::Kind::Other, "domain_stats", "injected failure", "");
     std::map<std::string, DomainStats> out;
     for (const auto& d : domains) {
       if (!d.active()) continue;
@@ -200,7 +196,6 @@ class FakeHypervisor : public Hypervisor {
     return static_cast<int>(stuck_.size());
   }
   void set_lifecycle_callback(LifecycleCallback cb) override { callback = std::move(cb); }
-  bool alive() override { return !down; }
   void ensure_connected() override { check(); }
 
  private:
@@ -241,7 +236,6 @@ inline ManagedDomain make_domain(const std::string& name, double priority, std::
   d.facts.priority_max = 10;
   d.facts.vcpus = vcpus;
   d.facts.max_vcpus = max_vcpus;
-  d.facts.cpu_policy = policy;
   d.facts.placement.name = name;
   d.facts.placement.nodes = {0};
   d.facts.placement.cpus = cpus;

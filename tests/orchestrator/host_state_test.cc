@@ -36,7 +36,6 @@ ManagedDomain vm(const std::string& name, CpuPolicy policy, std::vector<int> cpu
   p.cpus = std::move(cpus);
   p.memory_mib_per_node = std::move(mib_per_node);
   for (const auto& [node, mib] : p.memory_mib_per_node) p.nodes.push_back(node);
-  d.facts.cpu_policy = policy;
   return d;
 }
 

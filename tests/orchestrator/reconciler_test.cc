@@ -52,7 +52,10 @@ std::size_t count(const std::vector<Action>& actions, const std::string& vm = ""
 void apply_to(FakeHypervisor& hv, const std::vector<Action>& actions) {
   for (const Action& a : actions) {
     std::visit(Overloaded{
-                   [&](const SetCpuShares& c) { hv.set_cpu_shares(a.vm, c.shares); },
+                   [&](const SetCpuShares& c) {
+                     hv.set_cpu_shares(a.vm, c.shares,
+                                       c.live_only ? Hypervisor::Scope::LiveOnly : Hypervisor::Scope::LiveAndConfig);
+                   },
                    [&](const SetVcpus& c) { hv.set_vcpus(a.vm, c.count); },
                    [&](const PinVcpu& c) { hv.pin_vcpu(a.vm, c.vcpu, c.cpus); },
                    [&](const PinEmulator& c) { hv.pin_emulator(a.vm, c.cpus); },
@@ -165,6 +168,23 @@ TEST(Reconciler, InactiveDomainsAreLeftOut) {
   ASSERT_EQ(plan.vms.size(), 1u);
   EXPECT_EQ(plan.vms[0].weight, 1.0);
   EXPECT_EQ(Reconciler().diff(snap, plan, {}).size(), 0u);  // 1 VM alone: 1024 = live
+}
+
+// Issue 12, debt 2: metadata of an older llmorch (old_format) is rewritten once, and only once.
+TEST(Reconciler, OldFormatMetadataIsRewrittenOnce) {
+  std::vector<ManagedDomain> doms{make_domain("a", 1, {0}), make_domain("b", 1, {0})};
+  doms[1].facts.old_format = true;
+  Snapshot snap = snapshot_of(doms);
+  Reconciler r;
+  const auto actions = r.diff(snap, make_plan(snap), {});
+  ASSERT_EQ(count<SetMetadata>(actions), 1u);
+  ASSERT_EQ(count<SetMetadata>(actions, "b"), 1u);
+  const auto meta = std::find_if(actions.begin(), actions.end(), [](const Action& a) { return a.is<SetMetadata>(); });
+  EXPECT_FALSE(meta->as<SetMetadata>()->facts.old_format);
+  EXPECT_EQ(meta->as<SetMetadata>()->facts.placement.cpus, doms[1].facts.placement.cpus);
+  EXPECT_NE(meta->reason.find("older llmorch"), std::string::npos) << meta->reason;
+  record_applied(snap, actions);
+  EXPECT_EQ(count<SetMetadata>(r.diff(snap, make_plan(snap), {})), 0u);
 }
 
 class Dedicated : public ::testing::Test {
@@ -590,7 +610,7 @@ TEST(MemoryPlan, HugepageBackedVmIsLeftAloneButCounted) {
     d.facts.max_memory_mib = 256;
     d.facts.memory_floor_mib = 96;
   }
-  doms[0].facts.hugepage_kib = 2048;
+  doms[0].facts.placement.hugepage_kib = 2048;
   Snapshot s = snapshot_of(doms);
   MemoryStats m;
   m.actual_kib = 256 * 1024;

@@ -240,9 +240,8 @@ class TestDriverShim : public orch::Hypervisor {
     return d;
   }
   void define_and_start(const std::string& xml) override { real_->define_and_start(xml); }
-  bool destroy_and_undefine(const std::string& name) override { return real_->destroy_and_undefine(name); }
   bool destroy_and_undefine_uuid(const std::string& uuid) override { return real_->destroy_and_undefine_uuid(uuid); }
-  void set_cpu_shares(const std::string& name, std::uint64_t shares) override { at(name).d.cpu_shares = shares; }
+  void set_cpu_shares(const std::string& name, std::uint64_t shares, Scope) override { at(name).d.cpu_shares = shares; }
   void pin_vcpu(const std::string& name, int vcpu, const std::vector<policy::CpuId>& cpus) override {
     auto& pins = at(name).d.vcpu_pins;
     if (pins.size() <= static_cast<std::size_t>(vcpu)) pins.resize(static_cast<std::size_t>(vcpu) + 1);
@@ -274,7 +273,6 @@ class TestDriverShim : public orch::Hypervisor {
   }
   orch::ControlInfo control_info(const std::string&) override { return {}; }
   void set_lifecycle_callback(orch::LifecycleCallback cb) override { real_->set_lifecycle_callback(std::move(cb)); }
-  bool alive() override { return real_->alive(); }
   void ensure_connected() override { real_->ensure_connected(); }
 
  private:

@@ -36,9 +36,12 @@ struct VmFacts {
   std::uint64_t max_memory_mib = 0;
   std::uint64_t memory_floor_mib = 0;
   std::uint64_t memory_floor_max_mib = 0;  // most an agent may claim as its floor; 0: memory_mib
-  policy::CpuPolicy cpu_policy = policy::CpuPolicy::Dedicated;
-  std::uint64_t hugepage_kib = 0;
+  // The CPU policy and the hugepage size live in placement (placement.cpu_policy, .hugepage_kib):
+  // one home per fact. Metadata of older llmorch also had them in <cpu policy> and <hugepages
+  // size_kib>; read_metadata rejects such metadata when the copies disagree, and marks it old_format
+  // when they agree, so that llmorchd rewrites it once (Reconciler::diff, SetMetadata).
   policy::Placement placement;
+  bool old_format = false;
 };
 
 // The most an agent may claim as the VM's floor: memory_floor_max_mib, else memory_mib, else

@@ -152,16 +152,17 @@ class Hypervisor {
   // Defines a new persistent domain and starts it. Refuses a name that exists. If the start fails the
   // domain is undefined again, so nothing half-made remains. Throws HypervisorError.
   virtual void define_and_start(const std::string& domain_xml) = 0;
-  // Stops the domain if running and removes its definition, managed save and snapshot metadata.
-  // Returns false when there was no such domain.
-  virtual bool destroy_and_undefine(const std::string& name) = 0;
-  // The same for the domain with this UUID (ManagedDomain::uuid) and no other: a domain of the same
-  // name defined since the caller looked is left alone. False when no domain has that UUID.
+  // Stops the domain with this UUID (ManagedDomain::uuid) if running and removes its definition,
+  // managed save and snapshot metadata. By UUID only: a domain of the same name defined since the
+  // caller looked is left alone. False when no domain has that UUID.
   virtual bool destroy_and_undefine_uuid(const std::string& uuid) = 0;
 
   // Live levers. Changes apply to the running domain and to its persistent definition (where libvirt
   // allows: set_memory_mib is live only, the definition keeps its start size).
-  virtual void set_cpu_shares(const std::string& name, std::uint64_t shares) = 0;
+  // LiveOnly: the running domain alone (fewer calls and no definition written: libvirt saves it with
+  // fsync); for the report fast path, whose tick saves the definition right after.
+  enum class Scope { LiveAndConfig, LiveOnly };
+  virtual void set_cpu_shares(const std::string& name, std::uint64_t shares, Scope scope) = 0;
   virtual void pin_vcpu(const std::string& name, int vcpu, const std::vector<policy::CpuId>& cpus) = 0;
   virtual void pin_emulator(const std::string& name, const std::vector<policy::CpuId>& cpus) = 0;
   virtual void set_vcpus(const std::string& name, int count) = 0;               // hot-add; guest must online them
@@ -185,9 +186,8 @@ class Hypervisor {
   // at the next call; the stuck call keeps the old one, which closes when that call returns.
   virtual void abandon_connection() {}
 
-  // Connection. alive(): cheap check. ensure_connected(): reconnects with backoff when the connection
-  // died (libvirtd restarted); throws HypervisorError(Kind::Connection) when it gives up.
-  virtual bool alive() = 0;
+  // Reconnects with backoff when the connection died (libvirtd restarted); throws
+  // HypervisorError(Kind::Connection) when it gives up.
   virtual void ensure_connected() = 0;
 };
 

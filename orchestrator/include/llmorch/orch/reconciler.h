@@ -216,6 +216,7 @@ policy::CpuHost cpu_host(const policy::HostTopology& topology, const std::set<po
 struct SetCpuShares {
   std::optional<std::uint64_t> live;  // the live value; absent: unknown
   std::uint64_t shares = 0;
+  bool live_only = false;  // DiffPass::Reports: the running domain only; the next tick saves the definition
 };
 struct SetVcpus {  // hot-add (going down is the agent's job: SendVcpusOnline)
   int current = 0;
@@ -289,7 +290,13 @@ class Reconciler {
 
   // The actions that bring the live state of `snapshot` to `plan`. Does not change the reconciler:
   // call commit() with what was applied (a dry run commits nothing).
-  std::vector<Action> diff(const Snapshot& snapshot, const Plan& plan, TimePoint now) const;
+  // DiffPass::Reports (the report fast path, daemon.h "Reports first"): CPU levers only, no balloon,
+  // and cpu_shares on the running domain alone (live_only). The next DiffPass::Tick saves the shares of
+  // such VMs into their definitions (a SetCpuShares even within the tolerance), so a VM restarted while
+  // llmorchd is down starts with them.
+  enum class DiffPass { Tick, Reports };
+  std::vector<Action> diff(const Snapshot& snapshot, const Plan& plan, TimePoint now,
+                           DiffPass pass = DiffPass::Tick) const;
   // Records applied actions (re-pin times, for the dwell rule).
   void commit(const std::vector<Action>& applied, const Plan& plan, TimePoint now);
 
@@ -324,6 +331,7 @@ class Reconciler {
   std::map<policy::NodeId, NodeHistory> nodes_;
   std::map<std::string, std::uint64_t> memory_requested_;  // balloon targets set and not yet reached
   std::map<std::string, TimePoint> vcpus_sent_;
+  std::set<std::string> shares_live_only_;  // cpu_shares set live only (DiffPass::Reports), definition not yet
 };
 
 }  // namespace llmorch::orch
