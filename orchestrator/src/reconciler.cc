@@ -253,6 +253,9 @@ void shared_vcpus(const VmSnapshot& vm, const policy::VmCpuPlan& c, const Snapsh
   out.vcpus_online.reset();  // left at its count
   if (now == k) return;      // nothing to change anyway
   if (!no_agent.empty()) {
+    // A guest that has never reported is flagged only once it has been silent for a while (hold_vcpus):
+    // a booting guest's agent has not started yet.
+    if (!vm.agent.last_report && hold == snapshot.vcpu_holds.end()) return;
     problems.push_back({d.name, "vcpus_held",
                         fmt::format("its part of the shared pool is {} vCPUs, but {}; left at {} vCPUs (check "
                                     "that the guest runs llmorch-agent)",
@@ -600,7 +603,16 @@ void record_applied(Snapshot& snapshot, const std::vector<Action>& applied) {
 std::map<std::string, std::string> Reconciler::hold_vcpus(const Snapshot& snapshot, TimePoint now) {
   std::map<std::string, std::string> holds;
   std::map<std::string, VcpuTrack> seen;
+  std::map<std::string, TimePoint> silent;
   for (const VmSnapshot& vm : snapshot.vms) {
+    if (vm.domain.active() && !vm.agent.last_report) {  // no agent has reported yet: booting, or none
+      auto since = silent_since_.find(vm.domain.name);
+      const TimePoint first = since == silent_since_.end() ? now : since->second;
+      silent[vm.domain.name] = first;
+      if (now - first >= config_.vcpus_confirm_timeout)
+        holds[vm.domain.name] = fmt::format("no agent has reported from it in {:.0f} s",
+                                            std::chrono::duration<double>(now - first).count());
+    }
     auto it = vcpu_tracks_.find(vm.domain.name);
     if (!vm.domain.active() || it == vcpu_tracks_.end()) continue;  // gone or stopped: forgotten
     VcpuTrack& t = seen[vm.domain.name] = it->second;
@@ -621,6 +633,7 @@ std::map<std::string, std::string> Reconciler::hold_vcpus(const Snapshot& snapsh
         *t.pending, std::chrono::duration<double>(now - t.first_asked).count(), reports, *t.pending);
   }
   vcpu_tracks_.swap(seen);
+  silent_since_.swap(silent);
   return holds;
 }
 

@@ -52,9 +52,10 @@
 // Elastic shared vCPUs are only planned for a VM whose agent is believed and fresh: its ncpu_online is
 // the count the host counts (never what libvirt has hot-added). Without one (no agent, a stale report,
 // a hostile agent) the VM is left at its count and, when the pool would give it another, gets the
-// problem "vcpus_held". A guest that has not reported the requested count vcpus_confirm_timeout after
-// the first request is left at its count with the problem "vcpus_unconfirmed" (Reconciler::hold_vcpus,
-// before make_plan) until it reports the count or the plan wants another one.
+// problem "vcpus_held" (a guest whose agent has never reported: once it has been silent for
+// vcpus_confirm_timeout, so that a booting guest is not flagged). A guest that has not reported the requested count
+// vcpus_confirm_timeout after the first request is left at its count with the problem "vcpus_unconfirmed"
+// (Reconciler::hold_vcpus, before make_plan) until it reports the count or the plan wants another one.
 //
 // Memory plan: policy::plan_balloon over the active VMs (balloon.h has the rule). Inputs per VM: its
 // balloon statistics (KiB -> MiB) and the previous tick's, whether they are fresh, QEMU's RSS and what
@@ -322,7 +323,8 @@ class Reconciler {
   void set_priority_dwell(std::chrono::milliseconds dwell) { config_.priority_dwell = dwell; }
   // Elastic shared vCPUs (see the top of this file): forgets requests the guest confirmed (its agent
   // reports the count) and VMs that are gone; returns, by VM, why a VM is held at its count: it has not
-  // confirmed the count asked for within vcpus_confirm_timeout. For Snapshot::vcpu_holds.
+  // confirmed the count asked for within vcpus_confirm_timeout, or no agent has reported from it for
+  // that long. For Snapshot::vcpu_holds.
   std::map<std::string, std::string> hold_vcpus(const Snapshot& snapshot, TimePoint now);
   const ReconcilerConfig& config() const { return config_; }
 
@@ -353,6 +355,7 @@ class Reconciler {
     TimePoint changed_at{};      // the last time a new count was asked for (the dwell)
   };
   std::map<std::string, VcpuTrack> vcpu_tracks_;
+  std::map<std::string, TimePoint> silent_since_;  // active VMs whose agent has never reported, since when
 };
 
 }  // namespace llmorch::orch
