@@ -83,6 +83,14 @@ void explain_cpus(std::ostream& out, const orch::ManagedDomain& d, const orch::S
   if (p.cpu_policy == policy::CpuPolicy::Shared) {
     out << "CPUs: shared; its " << d.vcpus_current << " vCPUs float over " << cpu_list(p.cpus) << " on node(s) "
         << cpu_list(p.nodes) << ", and cpu_shares decide its part when the pool is contended.\n";
+    // The online count follows its part of the pool (weight and load) within [vcpus_min, max_vcpus].
+    if (daemon_vm && daemon_vm->vcpus_online) {
+      out << "  Online vCPUs: llmorchd plans " << *daemon_vm->vcpus_online << " (its part of the pool, within ["
+          << d.facts.vcpus_min << ", " << d.facts.max_vcpus << "]); the reason is in the last decision below.\n";
+    } else if (computed && !computed->vcpus_reason.empty()) {
+      out << "  Online vCPUs: " << computed->vcpus_reason << " (within [" << d.facts.vcpus_min << ", "
+          << d.facts.max_vcpus << "], from template priorities; llmorchd also weighs the agents' load).\n";
+    }
     return;
   }
   std::string held;

@@ -39,11 +39,11 @@ std::string lever_name(const Action& a) {
 // Whole CPUs the policy would plan for a demand (-1: unknown).
 double demand_step(double demand) { return demand < 0 ? -1.0 : std::ceil(demand); }
 
-// Replaces the problems the plan reports (plan_error, repaired, flapping) with this tick's, keeping
+// Replaces the problems the plan reports (plan_error, repaired, flapping, vcpus_*) with this tick's, keeping
 // when each was first seen and every other kind; logs each problem when it appears and when it clears.
 void record_plan_problems(const std::vector<PlanProblem>& found, std::chrono::system_clock::time_point now,
                           std::map<std::string, std::vector<VmProblem>>& problems) {
-  static const std::set<std::string> kinds = {"plan_error", "repaired", "flapping"};
+  static const std::set<std::string> kinds = {"plan_error", "repaired", "flapping", "vcpus_held", "vcpus_unconfirmed"};
   std::map<std::string, std::vector<VmProblem>> next;
   for (const PlanProblem& p : found) {
     auto since = now;
@@ -178,8 +178,12 @@ bool Daemon::tick() {
   const auto stats = read_stats();
   check_responsive(domains, stats);
   channels_.sync(domains, now);
-  Snapshot snap{
-      .vms = {}, .alpha = options_.config.alpha, .memory = host_memory(), .cpu_host = cpu_host(), .priority_holds = {}};
+  Snapshot snap{.vms = {},
+                .alpha = options_.config.alpha,
+                .memory = host_memory(),
+                .cpu_host = cpu_host(),
+                .priority_holds = {},
+                .vcpu_holds = {}};
   std::map<std::string, BalloonHistory> seen;
   for (auto& d : domains) {
     AgentState agent = channels_.state(d.name, now);
@@ -197,6 +201,7 @@ bool Daemon::tick() {
   }
   balloons_.swap(seen);  // forget VMs that stopped or went away
   snap.priority_holds = reconciler_.hold_priorities(snap, now);
+  snap.vcpu_holds = reconciler_.hold_vcpus(snap, now);
 
   Plan plan;
   try {
@@ -233,6 +238,7 @@ void Daemon::apply_reports() {
   Snapshot& snap = *last_snapshot_;
   for (VmSnapshot& vm : snap.vms) vm.agent = channels_.state(vm.domain.name, now);
   snap.priority_holds = reconciler_.hold_priorities(snap, now);
+  snap.vcpu_holds = reconciler_.hold_vcpus(snap, now);
   Plan plan;
   try {
     plan = make_plan(snap);

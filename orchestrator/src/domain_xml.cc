@@ -144,6 +144,7 @@ void render_metadata_into(pugi::xml_node parent, const VmFacts& f, bool with_nam
   auto vc = el(vm, "vcpus");
   attr(vc, "current", std::to_string(f.vcpus));
   attr(vc, "max", std::to_string(f.max_vcpus));
+  if (f.vcpus_min != 1) attr(vc, "min", std::to_string(f.vcpus_min));  // absent: 1 (older metadata too)
   auto mem = el(vm, "memory");
   attr(mem, "current_mib", std::to_string(f.memory_mib));
   attr(mem, "max_mib", std::to_string(f.max_memory_mib));
@@ -368,6 +369,7 @@ VmFacts parse_facts(pugi::xml_node vm) {
   auto vc = child_local(vm, "vcpus");
   f.vcpus = get<int>(vc, "current");
   f.max_vcpus = get<int>(vc, "max");
+  f.vcpus_min = vc.attribute("min") ? get<int>(vc, "min") : 1;
   auto mem = child_local(vm, "memory");
   f.memory_mib = get<std::uint64_t>(mem, "current_mib");
   f.max_memory_mib = get<std::uint64_t>(mem, "max_mib");
@@ -412,6 +414,7 @@ VmFacts make_facts(const std::string& template_path, const VmTemplate& t, const 
   f.priority_max = t.priority_max;
   f.vcpus = t.vcpus;
   f.max_vcpus = t.max_vcpus;
+  f.vcpus_min = t.vcpus_min;
   f.memory_mib = t.memory_mib;
   f.max_memory_mib = t.max_memory_mib;
   f.memory_floor_mib = t.memory_floor_mib;

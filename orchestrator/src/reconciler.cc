@@ -80,7 +80,9 @@ double demand_cpus(const AgentState& agent) {
   if (agent.hostile || !agent.fresh || !agent.last_report) return -1.0;
   const protocol::Report& r = *agent.last_report;
   const double busy = r.cpu_pct / 100.0 * static_cast<double>(r.ncpu_online);
-  return std::max(static_cast<double>(r.runnable), busy) * kDemandHeadroom;
+  // runnable counts the agent itself (it reads /proc/stat while it runs): an idle guest reports 1.
+  const double others = r.runnable > 0 ? static_cast<double>(r.runnable - 1) : 0.0;
+  return std::max(others, busy) * kDemandHeadroom;
 }
 
 namespace {
@@ -219,6 +221,51 @@ MemoryPlan make_memory_plan(const Snapshot& snapshot, const std::vector<VmPlan>&
   return out;
 }
 
+// Why a shared VM's agent cannot be asked to change its online vCPUs, or empty (see the header).
+std::string no_believed_agent(const AgentState& agent) {
+  if (agent.hostile) return "its agent is flagged hostile, so its ncpu_online is not believed";
+  if (!agent.last_report) return "no agent has reported from it (only the agent can online vCPUs in the guest)";
+  if (!agent.fresh) return "its agent's last report is stale (only the agent can online vCPUs in the guest)";
+  return {};
+}
+
+// Elastic vCPUs of a shared VM whose pool was planned: what its part of the pool is, and whether the
+// count is managed now (a believed, fresh agent and no hold) or left as it is (and why).
+void shared_vcpus(const VmSnapshot& vm, const policy::VmCpuPlan& c, const Snapshot& snapshot, VmPlan& out,
+                  std::vector<PlanProblem>& problems) {
+  const ManagedDomain& d = vm.domain;
+  const int k = *c.vcpus_online;
+  out.vcpus_target = k;
+  const std::string no_agent = no_believed_agent(vm.agent);
+  const int now = no_agent.empty() ? static_cast<int>(vm.agent.last_report->ncpu_online) : d.vcpus_current;
+  const std::string demand = out.demand_cpus >= 0 ? fmt::format("demand {:.1f} CPUs", out.demand_cpus)
+                                                  : std::string("demand unknown (no fresh agent report)");
+  out.vcpus_reason = fmt::format("vCPUs {} -> {}: pool of {} CPUs, weight {:.3f}, {}", now, k, out.cpus.size(),
+                                 c.pool_weight.value_or(0.0), demand);
+  if (now == k)
+    out.vcpus_reason = fmt::format("vCPUs {}: pool of {} CPUs, weight {:.3f}, {}", k, out.cpus.size(),
+                                   c.pool_weight.value_or(0.0), demand);
+  out.reason += "; " + out.vcpus_reason;
+  const auto hold = snapshot.vcpu_holds.find(d.name);
+  if (no_agent.empty() && hold == snapshot.vcpu_holds.end()) {
+    out.vcpus_now = now;
+    return;
+  }
+  out.vcpus_online.reset();  // left at its count
+  if (now == k) return;      // nothing to change anyway
+  if (!no_agent.empty()) {
+    // A guest that has never reported is flagged only once it has been silent for a while (hold_vcpus):
+    // a booting guest's agent has not started yet.
+    if (!vm.agent.last_report && hold == snapshot.vcpu_holds.end()) return;
+    problems.push_back({d.name, "vcpus_held",
+                        fmt::format("its part of the shared pool is {} vCPUs, but {}; left at {} vCPUs (check "
+                                    "that the guest runs llmorch-agent)",
+                                    k, no_agent, now)});
+  } else {
+    problems.push_back({d.name, "vcpus_unconfirmed", hold->second});
+  }
+}
+
 }  // namespace
 
 policy::CpuHost cpu_host(const policy::HostTopology& topology, const std::set<policy::CpuId>& reserved,
@@ -264,13 +311,16 @@ Plan make_plan(const Snapshot& snapshot) {
                       .cpu_policy = d.facts.placement.cpu_policy,
                       .nodes = d.facts.placement.nodes,
                       .cpus = d.facts.placement.cpus,
-                      .min_vcpus = 1,
+                      .min_vcpus = std::clamp(d.facts.vcpus_min, 1, max_vcpus),
                       .max_vcpus = max_vcpus,
                       .priority = plan.vms.back().priority,
                       .demand_cpus = plan.vms.back().demand_cpus,
                       .live_pins = d.vcpu_pins});
   }
   const policy::CpuPlan cpu = policy::plan_cpus(inputs, snapshot.alpha, host);
+  std::vector<const VmSnapshot*> active;  // in plan order
+  for (const VmSnapshot& vm : snapshot.vms)
+    if (vm.domain.active()) active.push_back(&vm);
   std::size_t planned = 0;
   for (const policy::VmCpuPlan& c : cpu.vms) planned += c.error.empty() || c.weight > 0 ? 1 : 0;
   for (std::size_t i = 0; i < plan.vms.size(); ++i) {
@@ -291,6 +341,8 @@ Plan make_plan(const Snapshot& snapshot) {
       out.reason = "left as it is: " + out.error;
       plan.problems.push_back({out.name, "plan_error", out.error});
     }
+    if (out.shared_pool && c.vcpus_online && out.error.empty())
+      shared_vcpus(*active[i], c, snapshot, out, plan.problems);
     if (!out.repaired.empty()) plan.problems.push_back({out.name, "repaired", out.repaired});
     if (out.flapping) plan.problems.push_back({out.name, "flapping", out.held});
   }
@@ -489,6 +541,21 @@ std::vector<Action> Reconciler::diff(const Snapshot& snapshot, const Plan& plan,
                                 "metadata of an older llmorch: the CPU policy and hugepage size now live only in "
                                 "<placement>, rewritten once"));
     }
+    if (p->shared_pool && p->vcpus_online && p->vcpus_now && *p->vcpus_online != *p->vcpus_now) {
+      const int k = *p->vcpus_online;
+      const auto track = vcpu_tracks_.find(d.name);
+      const bool known = track != vcpu_tracks_.end();
+      const bool again = known && track->second.pending == k;  // the same request, not yet reported
+      const bool due = again ? now - track->second.asked_at >= config_.min_dwell
+                             : !known || now - track->second.changed_at >= config_.min_dwell;
+      if (due) {
+        if (k > d.vcpus_current) {
+          out.push_back(make_action(d.name, SetVcpus{.current = d.vcpus_current, .count = k}, p->vcpus_reason));
+        }
+        out.push_back(make_action(d.name, SendVcpusOnline{.online = k},
+                                  again ? "the guest has not reported it yet; " + p->vcpus_reason : p->vcpus_reason));
+      }
+    }
     if (!p->rebalanced_node || !p->vcpus_online) continue;
 
     const int k = *p->vcpus_online;
@@ -550,12 +617,54 @@ void record_applied(Snapshot& snapshot, const std::vector<Action>& applied) {
   }
 }
 
+std::map<std::string, std::string> Reconciler::hold_vcpus(const Snapshot& snapshot, TimePoint now) {
+  std::map<std::string, std::string> holds;
+  std::map<std::string, VcpuTrack> seen;
+  std::map<std::string, TimePoint> silent;
+  for (const VmSnapshot& vm : snapshot.vms) {
+    if (vm.domain.active() && !vm.agent.last_report) {  // no agent has reported yet: booting, or none
+      auto since = silent_since_.find(vm.domain.name);
+      const TimePoint first = since == silent_since_.end() ? now : since->second;
+      silent[vm.domain.name] = first;
+      if (now - first >= config_.vcpus_confirm_timeout)
+        holds[vm.domain.name] = fmt::format("no agent has reported from it in {:.0f} s",
+                                            std::chrono::duration<double>(now - first).count());
+    }
+    auto it = vcpu_tracks_.find(vm.domain.name);
+    if (!vm.domain.active() || it == vcpu_tracks_.end()) continue;  // gone or stopped: forgotten
+    VcpuTrack& t = seen[vm.domain.name] = it->second;
+    if (!t.pending) continue;
+    const AgentState& agent = vm.agent;
+    const bool believed = !agent.hostile && agent.fresh && agent.last_report;
+    if (believed && agent.last_report->ncpu_online == static_cast<std::uint64_t>(*t.pending)) {
+      t.pending.reset();  // confirmed
+      continue;
+    }
+    if (now - t.first_asked < config_.vcpus_confirm_timeout) continue;
+    const std::string reports = believed
+                                    ? fmt::format("its agent still reports {} online", agent.last_report->ncpu_online)
+                                    : std::string("its agent has sent no fresh report since");
+    holds[vm.domain.name] = fmt::format(
+        "asked its agent for {} online vCPUs {:.0f} s ago, but {}; left at its count until the guest reports {} "
+        "(check the agent's log in the guest, or that its vCPUs can be onlined)",
+        *t.pending, std::chrono::duration<double>(now - t.first_asked).count(), reports, *t.pending);
+  }
+  vcpu_tracks_.swap(seen);
+  silent_since_.swap(silent);
+  return holds;
+}
+
 void Reconciler::commit(const std::vector<Action>& applied, const Plan& plan, TimePoint now) {
   std::erase_if(memory_requested_, [&](const auto& kv) {
     const VmMemoryPlan* m = plan.memory.find(kv.first);
     return !m || m->actual_mib == kv.second;  // gone, or reached
   });
   std::erase_if(shares_live_only_, [&](const std::string& vm) { return !plan.find(vm); });
+  for (const VmPlan& p : plan.vms) {  // a request the plan no longer wants is forgotten (and its hold)
+    auto t = vcpu_tracks_.find(p.name);
+    if (t != vcpu_tracks_.end() && t->second.pending && p.vcpus_target && *p.vcpus_target != *t->second.pending)
+      t->second.pending.reset();
+  }
   for (const Action& a : applied) {
     if (const auto* m = a.as<SetMemory>()) memory_requested_[a.vm] = m->target_mib;
     if (const auto* s = a.as<SetCpuShares>()) {
@@ -563,6 +672,18 @@ void Reconciler::commit(const std::vector<Action>& applied, const Plan& plan, Ti
       else shares_live_only_.erase(a.vm);
     }
     if (a.is<SendVcpusOnline>()) vcpus_sent_[a.vm] = now;
+    if (const auto* v = a.as<SendVcpusOnline>(); v) {
+      const VmPlan* p = plan.find(a.vm);
+      if (p && p->shared_pool) {
+        VcpuTrack& t = vcpu_tracks_[a.vm];
+        if (t.pending != v->online) {
+          t.pending = v->online;
+          t.first_asked = now;
+          t.changed_at = now;
+        }
+        t.asked_at = now;
+      }
+    }
     if (!a.is<SetMetadata>()) continue;  // a node's re-pin is recorded by its metadata
     const VmPlan* p = plan.find(a.vm);
     if (!p || !p->rebalanced_node) continue;

@@ -28,6 +28,7 @@ const std::vector<Key>& keys() {
   static const std::vector<Key> table = {
       {"vcpus", "a whole number in [1, 4096]", [](const S& v, T& t) { t.vcpus = ini::whole(v, 1, kMaxVcpus); }},
       {"max_vcpus", "a whole number in [1, 4096]", [](const S& v, T& t) { t.max_vcpus = ini::whole(v, 1, kMaxVcpus); }},
+      {"vcpus_min", "a whole number in [1, 4096]", [](const S& v, T& t) { t.vcpus_min = ini::whole(v, 1, kMaxVcpus); }},
       {"memory_mib", "a whole number of MiB >= 64",
        [](const S& v, T& t) { t.memory_mib = ini::whole(v, kMinMemoryMib); }},
       {"max_memory_mib", "a whole number of MiB >= 64",
@@ -78,6 +79,10 @@ void validate(VmTemplate& t, const std::set<std::string>& set, const std::string
   if (t.max_vcpus < t.vcpus) {
     fail("max_vcpus (" + std::to_string(t.max_vcpus) + ") is less than vcpus (" + std::to_string(t.vcpus) +
          "); max_vcpus must be >= vcpus");
+  }
+  if (t.vcpus_min > t.max_vcpus) {
+    fail("vcpus_min (" + std::to_string(t.vcpus_min) + ") is above max_vcpus (" + std::to_string(t.max_vcpus) +
+         "); vcpus_min must be <= max_vcpus");
   }
   if (t.max_memory_mib < t.memory_mib) {
     fail("max_memory_mib (" + num(t.max_memory_mib) + ") is less than memory_mib (" + num(t.memory_mib) +

@@ -213,6 +213,47 @@ void plan_node(std::span<const VmCpuInput> vms, const Claims& claims, const std:
   }
 }
 
+// Elastic vCPU counts of the shared VMs `members` (indices into `vms`) floating over one pool of
+// `pool_size` CPUs (see the header's rules).
+void plan_pool(std::span<const VmCpuInput> vms, std::vector<std::size_t> members, int pool_size, double alpha,
+               CpuPlan& plan) {
+  std::sort(members.begin(), members.end(), [&](std::size_t a, std::size_t b) { return vms[a].name < vms[b].name; });
+  std::vector<VmDemand> demands;
+  demands.reserve(members.size());
+  for (std::size_t i : members) {
+    const VmCpuInput& vm = vms[i];
+    const int cap = std::max(1, std::min(vm.max_vcpus, pool_size));
+    const double demand = std::isnan(vm.demand_cpus) ? -1.0 : vm.demand_cpus;
+    demands.push_back({vm.name, vm.priority, 0, cap, demand});
+  }
+  const Division division = divide(demands, pool_size, alpha);
+  // Whole parts: the pool in proportion to the water-filled shares, each at most its share rounded up.
+  std::vector<std::size_t> wanting;
+  std::vector<double> shares;
+  std::vector<int> lo, hi;
+  for (std::size_t k = 0; k < members.size(); ++k) {
+    const double share = division.share_cpus[k];
+    if (!(share > 1e-9)) continue;
+    wanting.push_back(k);
+    shares.push_back(share);
+    lo.push_back(0);
+    hi.push_back(std::min(demands[k].max_cpus, static_cast<int>(std::ceil(share - 1e-9))));
+  }
+  std::vector<int> parts(members.size(), 0);
+  if (!wanting.empty()) {
+    const std::vector<int> whole = apportion(shares, pool_size, lo, hi);
+    for (std::size_t j = 0; j < wanting.size(); ++j) parts[wanting[j]] = whole[j];
+  }
+  for (std::size_t k = 0; k < members.size(); ++k) {
+    VmCpuPlan& out = plan.vms[members[k]];
+    const int cap = demands[k].max_cpus;
+    const int floor = std::clamp(vms[members[k]].min_vcpus, 1, cap);
+    out.vcpus_online = std::clamp(parts[k], floor, cap);
+    out.node_share = division.share_cpus[k];
+    out.pool_weight = division.weights[k];
+  }
+}
+
 }  // namespace
 
 std::vector<CpuId> shared_pool(const CpuHost& host, const std::vector<NodeId>& nodes,
@@ -302,6 +343,23 @@ CpuPlan plan_cpus(std::span<const VmCpuInput> vms, double alpha, const CpuHost& 
     }
     out.cpus = std::move(pool);
     out.pool_planned = true;
+  }
+
+  // Elastic vCPU counts: the VMs of each pool divide it among themselves.
+  std::map<std::vector<CpuId>, std::vector<std::size_t>> by_pool;
+  for (std::size_t i = 0; i < vms.size(); ++i)
+    if (plan.vms[i].pool_planned && plan.vms[i].error.empty()) by_pool[plan.vms[i].cpus].push_back(i);
+  for (const auto& [pool, members] : by_pool) {
+    try {
+      plan_pool(vms, members, static_cast<int>(pool.size()), alpha, plan);
+    } catch (const std::invalid_argument& e) {  // validated above; a pool's failure stays that pool's
+      for (std::size_t i : members) {
+        plan.vms[i].vcpus_online.reset();
+        plan.vms[i].cpus = vms[i].cpus;
+        plan.vms[i].pool_planned = false;
+        plan.vms[i].error = "cannot divide shared pool " + cpu_text(pool) + ": " + e.what();
+      }
+    }
   }
   return plan;
 }

@@ -792,7 +792,8 @@ TEST_F(BalloonDaemonTest, AGuestsFloorIsCappedAndExpiresWithItsReportAndIsIgnore
         .alpha = 0.8,
         .memory = {.free_mib = {{0, 8192}}, .reserve_mib = 512, .limit_mib = 50, .config = {}},
         .cpu_host = {},
-        .priority_holds = {}};
+        .priority_holds = {},
+        .vcpu_holds = {}};
     const Plan plan = make_plan(snap);
     const VmMemoryPlan* m = plan.memory.find("b");
     if (!m) throw std::runtime_error("b has no memory plan");

@@ -146,6 +146,7 @@ void expect_same_facts(const VmFacts& a, const VmFacts& b) {
   EXPECT_EQ(a.priority_max, b.priority_max);
   EXPECT_EQ(a.vcpus, b.vcpus);
   EXPECT_EQ(a.max_vcpus, b.max_vcpus);
+  EXPECT_EQ(a.vcpus_min, b.vcpus_min);
   EXPECT_EQ(a.memory_mib, b.memory_mib);
   EXPECT_EQ(a.max_memory_mib, b.max_memory_mib);
   EXPECT_EQ(a.memory_floor_mib, b.memory_floor_mib);
@@ -192,6 +193,27 @@ TEST_P(MetadataRoundTrip, FromFragment) {
 
 INSTANTIATE_TEST_SUITE_P(AllShapes, MetadataRoundTrip,
                          ::testing::Values(&dedicated_single_node, &shared_vm, &spanning_hugepages, &disk_boot));
+
+// vcpus_min (issue 13) is written only when it is not the default, so older metadata (and the golden
+// files) read back as vcpus_min 1.
+TEST(Metadata, VcpusMinRoundTripsAndDefaultsToOne) {
+  DomainSpec s = shared_vm();
+  s.tmpl.max_vcpus = 4;
+  s.tmpl.vcpus_min = 3;
+  const VmFacts f = make_facts(s.template_path, s.tmpl, s.placement);
+  const std::string xml = render_metadata(f);
+  const auto vcpus_element = [](const std::string& x) {
+    return x.substr(x.find("vcpus "), x.find("/>", x.find("vcpus ")) - x.find("vcpus "));
+  };
+  EXPECT_NE(vcpus_element(xml).find("min=\"3\""), std::string::npos) << xml;
+  auto back = parse_metadata(xml);
+  ASSERT_TRUE(back.has_value());
+  EXPECT_EQ(back->vcpus_min, 3);
+  s.tmpl.vcpus_min = 1;
+  const std::string plain = render_metadata(make_facts(s.template_path, s.tmpl, s.placement));
+  EXPECT_EQ(vcpus_element(plain).find("min="), std::string::npos) << plain;
+  EXPECT_EQ(parse_metadata(plain)->vcpus_min, 1);
+}
 
 TEST(Metadata, AcceptsDefaultNamespaceForm) {
   // Namespace-aware tools may write the element with a default namespace and unprefixed children.

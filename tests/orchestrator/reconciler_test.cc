@@ -130,7 +130,8 @@ TEST(Reconciler, HostileAgentIsNotBelievedEvenInItsValidReports) {
 TEST(Reconciler, DemandFormula) {
   EXPECT_EQ(demand_cpus(AgentState{}), -1.0);
   EXPECT_DOUBLE_EQ(demand_cpus(fresh(report(1, 50, 1, 4))), 2.0 * 1.25);  // busy 2 CPUs > 1 runnable
-  EXPECT_DOUBLE_EQ(demand_cpus(fresh(report(1, 10, 3, 2))), 3.0 * 1.25);  // 3 runnable > 0.2 busy
+  EXPECT_DOUBLE_EQ(demand_cpus(fresh(report(1, 10, 3, 2))), 2.0 * 1.25);  // 3 runnable (the agent too) > 0.2 busy
+  EXPECT_DOUBLE_EQ(demand_cpus(fresh(report(1, 2, 1, 2))), 0.04 * 1.25);  // idle: runnable 1 is the agent
 }
 
 TEST(Reconciler, SharesActionsOnlyWhenOutsideTolerance) {
@@ -424,6 +425,157 @@ TEST(Reconciler, SharedVmsArePinnedToThePoolLeftByDedicatedVms) {
   gone.cpu_host = snap.cpu_host;
   EXPECT_EQ(make_plan(gone).find("s")->cpus, (std::vector<policy::CpuId>{0, 1}));
   EXPECT_EQ(count<PinEmulator>(r.diff(gone, make_plan(gone), {})), 1u);
+}
+
+// Issue 13: elastic vCPU counts for shared VMs, with simulated time and the one fake hypervisor.
+class ElasticVcpus : public ::testing::Test {
+ protected:
+  void SetUp() override { hv.domains = {make_domain("a", 1, {0, 1}, CpuPolicy::Shared, 1, 2)}; }
+  // Busy on two threads (runnable 3: two loops and the agent), 100 % of its online vCPUs.
+  static AgentState busy(std::uint64_t online) { return fresh(report(1, 100, 3, online)); }
+  static AgentState idle(std::uint64_t online) { return fresh(report(1, 2, 1, online)); }
+  // One tick at t: holds, plan, diff, applied to the fake and committed.
+  std::vector<Action> tick(Clock::time_point t) {
+    Snapshot s = snapshot_of(hv.domains, agents);
+    s.cpu_host = node0({0, 1});
+    s.vcpu_holds = r.hold_vcpus(s, t);
+    plan = make_plan(s);
+    const auto actions = r.diff(s, plan, t);
+    apply_to(hv, actions);
+    r.commit(actions, plan, t);
+    return actions;
+  }
+  std::optional<int> sent(const std::vector<Action>& actions, const std::string& vm) {
+    for (const Action& a : actions)
+      if (a.vm == vm && a.is<SendVcpusOnline>()) return a.as<SendVcpusOnline>()->online;
+    return std::nullopt;
+  }
+  std::vector<std::string> problem_kinds(const std::string& vm) const {
+    std::vector<std::string> out;
+    for (const PlanProblem& p : plan.problems)
+      if (p.vm == vm) out.push_back(p.kind);
+    return out;
+  }
+  FakeHypervisor hv;
+  std::map<std::string, AgentState> agents;
+  Reconciler r;
+  Plan plan;
+  const Clock::time_point t0 = Clock::time_point{} + seconds(1000);
+};
+
+TEST_F(ElasticVcpus, ABusySharedVmAloneIsHotAddedToThePoolsCpusAndTheAgentOnlinesThem) {
+  agents["a"] = busy(1);
+  const auto actions = tick(t0);
+  ASSERT_EQ(count<SetVcpus>(actions, "a"), 1u);
+  EXPECT_EQ(hv.dom("a").vcpus_current, 2);
+  EXPECT_EQ(sent(actions, "a"), 2);
+  const VmPlan* a = plan.find("a");
+  EXPECT_EQ(a->vcpus_reason, "vCPUs 1 -> 2: pool of 2 CPUs, weight 1.000, demand 2.5 CPUs");
+  EXPECT_NE(a->reason.find("; vCPUs 1 -> 2: pool of 2 CPUs"), std::string::npos) << a->reason;
+  for (const Action& x : actions) {
+    if (x.is<SetVcpus>() || x.is<SendVcpusOnline>()) {
+      EXPECT_NE(describe(x).find("vCPUs 1 -> 2"), std::string::npos) << describe(x);
+    }
+  }
+  // Not yet reported by the guest: asked again only after min_dwell, without a second hot-add.
+  EXPECT_FALSE(sent(tick(t0 + seconds(1)), "a"));
+  const auto again = tick(t0 + seconds(5));
+  EXPECT_EQ(sent(again, "a"), 2);
+  EXPECT_EQ(count<SetVcpus>(again, "a"), 0u);
+  // The guest reports 2 online: nothing more to do, no problem.
+  agents["a"] = busy(2);
+  EXPECT_TRUE(tick(t0 + seconds(6)).empty());
+  EXPECT_TRUE(plan.problems.empty());
+  EXPECT_EQ(plan.find("a")->vcpus_online, 2);
+}
+
+TEST_F(ElasticVcpus, TwoBusyVmsOfEqualPrioritySettleAtOneEachAndAnIdleOneLeavesThePoolToTheOther) {
+  agents["a"] = busy(2);
+  hv.dom("a").vcpus_current = 2;
+  EXPECT_TRUE(tick(t0).empty());  // alone at 2: as planned
+  hv.domains.push_back(make_domain("b", 1, {0, 1}, CpuPolicy::Shared, 1, 2));
+  agents["b"] = busy(1);
+  auto actions = tick(t0 + seconds(10));
+  EXPECT_EQ(sent(actions, "a"), 1);  // the agent offlines one: no ACPI unplug, no SetVcpus
+  EXPECT_EQ(count<SetVcpus>(actions), 0u);
+  EXPECT_FALSE(sent(actions, "b"));
+  EXPECT_EQ(plan.find("b")->vcpus_online, 1);
+  agents["a"] = busy(1);
+  EXPECT_TRUE(tick(t0 + seconds(11)).empty());
+  // b goes idle: a gets the pool back, but not within min_dwell of its last change.
+  agents["b"] = idle(1);
+  EXPECT_FALSE(sent(tick(t0 + seconds(12)), "a"));
+  EXPECT_EQ(plan.find("a")->vcpus_online, 2);  // wanted, held by the dwell
+  actions = tick(t0 + seconds(15));
+  EXPECT_EQ(sent(actions, "a"), 2);
+  EXPECT_EQ(count<SetVcpus>(actions, "a"), 0u);  // vCPU 1 is still present (offlined, not unplugged)
+  EXPECT_FALSE(sent(actions, "b"));              // b keeps its floor of 1
+}
+
+TEST_F(ElasticVcpus, AGuestThatDoesNotConfirmIsLeftAtItsCountAndFlagged) {
+  agents["a"] = busy(1);
+  EXPECT_EQ(sent(tick(t0), "a"), 2);
+  EXPECT_EQ(sent(tick(t0 + seconds(19)), "a"), 2);  // repeated once per min_dwell meanwhile
+  EXPECT_TRUE(plan.problems.empty());
+  const auto actions = tick(t0 + seconds(20));  // vcpus_confirm_timeout after the first request
+  EXPECT_FALSE(sent(actions, "a"));
+  EXPECT_EQ(problem_kinds("a"), std::vector<std::string>{"vcpus_unconfirmed"});
+  EXPECT_NE(plan.problems[0].detail.find("asked its agent for 2 online vCPUs 20 s ago, but its agent still reports 1"),
+            std::string::npos)
+      << plan.problems[0].detail;
+  EXPECT_FALSE(plan.find("a")->vcpus_online);
+  EXPECT_FALSE(sent(tick(t0 + seconds(60)), "a"));  // still held
+  // It reports the count at last: the hold is lifted.
+  agents["a"] = busy(2);
+  EXPECT_TRUE(tick(t0 + seconds(61)).empty());
+  EXPECT_TRUE(plan.problems.empty());
+  EXPECT_EQ(plan.find("a")->vcpus_online, 2);
+}
+
+TEST_F(ElasticVcpus, AHeldRequestIsForgottenWhenThePlanWantsAnotherCount) {
+  agents["a"] = busy(1);
+  tick(t0);
+  tick(t0 + seconds(20));
+  EXPECT_EQ(problem_kinds("a"), std::vector<std::string>{"vcpus_unconfirmed"});
+  agents["a"] = idle(1);  // now it wants 1, which it has
+  EXPECT_TRUE(tick(t0 + seconds(21)).empty());
+  EXPECT_TRUE(plan.problems.empty());
+  agents["a"] = busy(1);  // and 2 again: asked afresh
+  EXPECT_EQ(sent(tick(t0 + seconds(30)), "a"), 2);
+  EXPECT_TRUE(plan.problems.empty());
+}
+
+TEST_F(ElasticVcpus, WithoutABelievedAgentTheCountIsLeftAloneAndFlagged) {
+  EXPECT_FALSE(sent(tick(t0), "a"));   // no agent: demand unknown (so max), nobody to online
+  EXPECT_TRUE(plan.problems.empty());  // booting: its agent may not have started yet
+  EXPECT_EQ(count<SetVcpus>(tick(t0 + seconds(19)), "a"), 0u);
+  EXPECT_TRUE(plan.problems.empty());
+  EXPECT_FALSE(sent(tick(t0 + seconds(20)), "a"));  // silent for vcpus_confirm_timeout: flagged
+  EXPECT_EQ(problem_kinds("a"), std::vector<std::string>{"vcpus_held"});
+  EXPECT_NE(plan.problems[0].detail.find("no agent has reported"), std::string::npos) << plan.problems[0].detail;
+  agents["a"] = busy(1);
+  agents["a"].hostile = true;
+  EXPECT_FALSE(sent(tick(t0 + seconds(10)), "a"));
+  EXPECT_NE(plan.problems[0].detail.find("flagged hostile"), std::string::npos) << plan.problems[0].detail;
+  agents["a"] = busy(1);
+  agents["a"].fresh = false;
+  EXPECT_FALSE(sent(tick(t0 + seconds(20)), "a"));
+  EXPECT_NE(plan.problems[0].detail.find("stale"), std::string::npos) << plan.problems[0].detail;
+  // A VM with one vCPU at most is never flagged: its count cannot change.
+  hv.dom("a").facts.max_vcpus = 1;
+  tick(t0 + seconds(30));
+  EXPECT_TRUE(plan.problems.empty());
+}
+
+TEST_F(ElasticVcpus, VcpusMinIsAFloorFromTheMetadata) {
+  hv.domains.push_back(make_domain("b", 1, {0, 1}, CpuPolicy::Shared, 2, 2));
+  hv.dom("b").facts.vcpus_min = 2;
+  agents["a"] = busy(1);
+  agents["b"] = idle(2);
+  const auto actions = tick(t0);
+  EXPECT_EQ(plan.find("b")->vcpus_online, 2);  // idle, but kept at its vcpus_min
+  EXPECT_EQ(sent(actions, "a"), 2);            // the pool's idle part still goes to a
+  EXPECT_FALSE(sent(actions, "b"));
 }
 
 // Issue 11 B, with simulated time.

@@ -128,6 +128,7 @@ TEST_F(TemplateTest, RejectsEveryBadValue) {
       {"vcpus = 4097", "vcpus", "4097", "a whole number in [1, 4096]"},
       {"vcpus = two", "vcpus", "two", "a whole number in [1, 4096]"},
       {"max_vcpus = -1", "max_vcpus", "-1", "a whole number in [1, 4096]"},
+      {"vcpus_min = 0", "vcpus_min", "0", "a whole number in [1, 4096]"},
       {"memory_mib = 63", "memory_mib", "63", "a whole number of MiB >= 64"},
       {"memory_mib = 1.5", "memory_mib", "1.5", "a whole number of MiB >= 64"},
       {"max_memory_mib = 8G", "max_memory_mib", "8G", "a whole number of MiB >= 64"},
@@ -167,6 +168,9 @@ TEST_F(TemplateTest, ImpossibleCombinations) {
   expect_error("memory_mib = 1024\ndisk = /d.img\nkernel_args = quiet\n", "kernel_args is set without kernel");
   expect_error(std::string(kMinimal) + "vcpus = 4\nmax_vcpus = 2\n",
                "max_vcpus (2) is less than vcpus (4); max_vcpus must be >= vcpus");
+  expect_error(std::string(kMinimal) + "vcpus = 2\nmax_vcpus = 2\nvcpus_min = 3\n",
+               "vcpus_min (3) is above max_vcpus (2); vcpus_min must be <= max_vcpus");
+  expect_error(std::string(kMinimal) + "vcpus_min = 2\n", "vcpus_min (2) is above max_vcpus (1)");
   expect_error(std::string(kMinimal) + "max_memory_mib = 512\n", "max_memory_mib (512) is less than memory_mib (1024)");
   expect_error(std::string(kMinimal) + "memory_floor_mib = 1025\n",
                "memory_floor_mib (1025) is above memory_mib (1024)");
@@ -216,6 +220,7 @@ TEST_F(TemplateTest, OverridesApplyAfterTheFile) {
                                      {"vcpus=3", "kernel_args=a=1 b=2", "priority = 7"});
   EXPECT_EQ(t.vcpus, 3);
   EXPECT_EQ(t.max_vcpus, 4);
+  EXPECT_EQ(t.vcpus_min, 1);            // the default
   EXPECT_EQ(t.kernel_args, "a=1 b=2");  // split at the first '='
   EXPECT_DOUBLE_EQ(t.priority, 7.0);
 }

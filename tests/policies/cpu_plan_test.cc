@@ -346,5 +346,125 @@ TEST(CpuPlan, RandomNodesConserveCpusAndNeverShareOne) {
   }
 }
 
+// Elastic shared vCPUs (issue 13): each shared VM's online count is its part of its pool.
+VmCpuInput elastic(std::string name, int min, int max, double prio, double demand) {
+  VmCpuInput vm = shared(std::move(name), {}, prio);
+  vm.min_vcpus = min;
+  vm.max_vcpus = max;
+  vm.demand_cpus = demand;
+  return vm;
+}
+
+std::vector<int> online_counts(const std::vector<VmCpuInput>& vms, const CpuHost& host) {
+  const CpuPlan plan = plan_cpus(vms, 0.8, host);
+  std::vector<int> out;
+  for (const VmCpuPlan& p : plan.vms) {
+    EXPECT_TRUE(p.error.empty()) << p.name << ": " << p.error;
+    EXPECT_TRUE(p.vcpus_online.has_value()) << p.name;
+    out.push_back(p.vcpus_online.value_or(-1));
+  }
+  return out;
+}
+
+TEST(CpuPlan, ABusySharedVmAloneGetsAsManyVcpusAsItsPoolHasCpus) {
+  const std::vector<VmCpuInput> vms = {elastic("a", 1, 2, 1, 2.7)};
+  const CpuPlan plan = plan_cpus(vms, 0.8, one_node({0, 1}));
+  ASSERT_EQ(plan.vms[0].vcpus_online, 2);
+  EXPECT_DOUBLE_EQ(plan.vms[0].pool_weight.value_or(0), 1.0);
+  EXPECT_DOUBLE_EQ(plan.vms[0].node_share.value_or(0), 2.0);
+  // Never more vCPUs than the pool has CPUs, whatever max_vcpus and the demand say.
+  EXPECT_EQ(online_counts({elastic("a", 1, 8, 1, 9)}, one_node({0, 1})), (std::vector<int>{2}));
+  // And never more than max_vcpus, whatever the pool.
+  EXPECT_EQ(online_counts({elastic("a", 1, 2, 1, 9)}, one_node({0, 1, 2, 3})), (std::vector<int>{2}));
+}
+
+TEST(CpuPlan, TwoBusySharedVmsOfEqualPrioritySplitThePoolAndAnIdleOneLeavesItToTheOther) {
+  const CpuHost host = one_node({0, 1});
+  EXPECT_EQ(online_counts({elastic("a", 1, 2, 1, 2.5), elastic("b", 1, 2, 1, 2.5)}, host), (std::vector<int>{1, 1}));
+  // b idle: its unused part goes to a; b keeps its floor of 1.
+  EXPECT_EQ(online_counts({elastic("a", 1, 2, 1, 2.5), elastic("b", 1, 2, 1, 0.05)}, host), (std::vector<int>{2, 1}));
+  EXPECT_EQ(online_counts({elastic("a", 1, 2, 1, 0), elastic("b", 1, 2, 1, 2.5)}, host), (std::vector<int>{1, 2}));
+}
+
+TEST(CpuPlan, SharedVcpusFollowTheWorkedExample) {
+  // 4 CPUs, priorities 2 and 1, both busy: 1.43 and 2.57 CPUs, so 1 and 3 vCPUs.
+  const std::vector<VmCpuInput> vms = {elastic("a", 1, 4, 2, 8), elastic("b", 1, 4, 1, 8)};
+  const CpuPlan plan = plan_cpus(vms, 0.8, one_node({0, 1, 2, 3}));
+  EXPECT_EQ(plan.vms[0].vcpus_online, 1);
+  EXPECT_EQ(plan.vms[1].vcpus_online, 3);
+  EXPECT_NEAR(plan.vms[0].node_share.value_or(0), 4 * 0.5 / 1.4, 1e-9);
+}
+
+TEST(CpuPlan, SharedVcpuTiesGoByNameAndMinsAreFloors) {
+  // Three equal busy VMs in a pool of 4: 1.33 each, the spare CPU to the first by name.
+  EXPECT_EQ(online_counts({elastic("c", 1, 4, 1, 8), elastic("a", 1, 4, 1, 8), elastic("b", 1, 4, 1, 8)},
+                          one_node({0, 1, 2, 3})),
+            (std::vector<int>{1, 2, 1}));
+  // vcpus_min 2 keeps an idle VM at 2; it is capped by the pool.
+  EXPECT_EQ(online_counts({elastic("a", 2, 4, 1, 0), elastic("b", 1, 4, 1, 8)}, one_node({0, 1, 2, 3})),
+            (std::vector<int>{2, 4}));
+  EXPECT_EQ(online_counts({elastic("a", 3, 4, 1, 0)}, one_node({0, 1})), (std::vector<int>{2}));
+  // Unknown demand (no agent) counts as max_vcpus.
+  EXPECT_EQ(online_counts({elastic("a", 1, 2, 1, -1), elastic("b", 1, 2, 1, 2.5)}, one_node({0, 1})),
+            (std::vector<int>{1, 1}));
+}
+
+TEST(CpuPlan, ADemandCapsASharedVmsVcpus) {
+  // a wants 1.2 CPUs of a pool of 4 (so 2 vCPUs, its share rounded up); b takes the rest.
+  EXPECT_EQ(online_counts({elastic("a", 1, 4, 1, 1.2), elastic("b", 1, 4, 1, 8)}, one_node({0, 1, 2, 3})),
+            (std::vector<int>{1, 3}));
+  EXPECT_EQ(online_counts({elastic("a", 1, 4, 1, 1.2), elastic("b", 1, 4, 1, 0.1)}, one_node({0, 1, 2, 3})),
+            (std::vector<int>{2, 1}));
+}
+
+TEST(CpuPlan, SharedVmsOnDifferentPoolsAreDividedSeparately) {
+  CpuHost host;
+  host.node_cpus[0] = {0, 1};
+  host.node_cpus[1] = {2, 3, 4};
+  VmCpuInput b = elastic("b", 1, 4, 1, 8);
+  b.nodes = {1};
+  const std::vector<VmCpuInput> vms = {elastic("a", 1, 4, 1, 8), b};
+  EXPECT_EQ(online_counts(vms, host), (std::vector<int>{2, 3}));
+}
+
+// Property: in every pool the parts (online counts above the floors) never sum to more than the pool,
+// no VM has more vCPUs than the pool or its max, none fewer than its floor.
+TEST(CpuPlan, RandomSharedPoolsNeverOvercommitAboveTheFloors) {
+  std::mt19937 rng(13);
+  for (int round = 0; round < 500; ++round) {
+    const int pool = 1 + int(rng() % 6);
+    std::vector<CpuId> cpus;
+    for (int c = 0; c < pool; ++c) cpus.push_back(c);
+    std::vector<VmCpuInput> vms;
+    const int n = 1 + int(rng() % 5);
+    for (int i = 0; i < n; ++i) {
+      const int max = 1 + int(rng() % 6);
+      const double demand = rng() % 4 == 0 ? -1.0 : double(rng() % 80) / 10.0;
+      vms.push_back(elastic("vm" + std::to_string(i), 1, max, 1 + double(rng() % 4), demand));
+    }
+    const CpuPlan plan = plan_cpus(vms, 0.8, one_node(cpus));
+    int sum = 0;
+    for (std::size_t i = 0; i < vms.size(); ++i) {
+      ASSERT_TRUE(plan.vms[i].vcpus_online) << round;
+      const int k = *plan.vms[i].vcpus_online;
+      EXPECT_GE(k, 1);
+      EXPECT_LE(k, std::min(pool, vms[i].max_vcpus)) << round;
+      sum += k;
+    }
+    // The floors (1 each) are the only overcommit: when every VM's water-filled share is at least one
+    // CPU, no floor is needed and the counts sum to at most the pool; the shares never exceed it.
+    double shares = 0;
+    bool floors_needed = false;
+    for (const VmCpuPlan& p : plan.vms) {
+      shares += p.node_share.value_or(0);
+      floors_needed = floors_needed || p.node_share.value_or(0) < 1.0;
+    }
+    EXPECT_LE(shares, pool + 1e-9) << round;
+    if (!floors_needed || n == 1) {
+      EXPECT_LE(sum, pool) << round;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace llmorch::policy

@@ -32,6 +32,7 @@ struct VmFacts {
   double priority_max = 100.0;
   int vcpus = 1;
   int max_vcpus = 1;
+  int vcpus_min = 1;  // fewest online vCPUs (template vcpus_min); metadata <vcpus min=...>, absent: 1
   std::uint64_t memory_mib = 0;
   std::uint64_t max_memory_mib = 0;
   std::uint64_t memory_floor_mib = 0;

@@ -12,7 +12,8 @@
 //   - the template's priority while the agent is flagged hostile (garbage, oversized frames or a
 //     flood within AgentSession's window), whatever its valid frames claim     -> source "hostile".
 // Demand (CPUs a VM can use now), from a fresh report of an agent that is not hostile only:
-//   demand_cpus = max(runnable, cpu_pct / 100 * ncpu_online) * 1.25   (25% headroom)
+//   demand_cpus = max(runnable - 1, cpu_pct / 100 * ncpu_online) * 1.25   (25% headroom; runnable
+//   counts the agent itself, so an idle guest's 1 is no demand)
 //   no fresh report -> -1 (unknown: the policy treats it as max_vcpus).
 // Priority dwell (Reconciler::hold_priorities, before make_plan; time is a parameter): the effective
 // priority above is what a VM *wants*; the one in force may lag. A VM's priority changes the plan at
@@ -43,6 +44,18 @@
 //   - shared VM whose pool was planned: every vCPU pinned to the whole pool and the emulator threads to
 //     the pool, where the live pins differ.
 //   - "vcpus online=k" again when a fresh report shows ncpu_online != k, at most once per min_dwell.
+//   - shared VM with a planned count k (elastic vCPUs, cpu_plan.h) whose agent reports m != k online:
+//     set_vcpus(k) when k > vcpus_current (hot-add), then "vcpus online=k" (the agent onlines or
+//     offlines; ACPI unplug is never used). A VM's count changes at most once per min_dwell (the re-pin
+//     dwell, per VM here since shared VMs hold no CPUs); the same request is repeated at most once per
+//     min_dwell until the guest reports it.
+// Elastic shared vCPUs are only planned for a VM whose agent is believed and fresh: its ncpu_online is
+// the count the host counts (never what libvirt has hot-added). Without one (no agent, a stale report,
+// a hostile agent) the VM is left at its count and, when the pool would give it another, gets the
+// problem "vcpus_held" (a guest whose agent has never reported: once it has been silent for
+// vcpus_confirm_timeout, so that a booting guest is not flagged). A guest that has not reported the requested count
+// vcpus_confirm_timeout after the first request is left at its count with the problem "vcpus_unconfirmed"
+// (Reconciler::hold_vcpus, before make_plan) until it reports the count or the plan wants another one.
 //
 // Memory plan: policy::plan_balloon over the active VMs (balloon.h has the rule). Inputs per VM: its
 // balloon statistics (KiB -> MiB) and the previous tick's, whether they are fresh, QEMU's RSS and what
@@ -135,6 +148,7 @@ struct Snapshot {
   // their CPUs). make_plan adds the CPUs of the inactive dedicated VMs in `vms` as held.
   policy::CpuHost cpu_host;
   std::map<std::string, PriorityHold> priority_holds;  // by VM; from Reconciler::hold_priorities
+  std::map<std::string, std::string> vcpu_holds;       // by VM, why; from Reconciler::hold_vcpus
 };
 
 inline constexpr double kDemandHeadroom = 1.25;
@@ -149,7 +163,10 @@ struct VmPlan {
   double weight = 0.0;
   int cpu_shares = 1024;
   std::vector<policy::CpuId> cpus;  // dedicated: vCPU i on cpus[i]; shared: its pool
-  std::optional<int> vcpus_online;  // rebalanced dedicated VMs only
+  std::optional<int> vcpus_online;  // rebalanced dedicated VMs, and shared VMs whose count is managed now
+  std::optional<int> vcpus_target;  // shared: the count its part of the pool gives, before any hold
+  std::optional<int> vcpus_now;     // shared, managed: online in the guest, per its agent's fresh report
+  std::string vcpus_reason;         // shared: "vCPUs 1 -> 2: pool of 2 CPUs, weight 1.000, demand 2.7 CPUs"
   std::optional<policy::NodeId> rebalanced_node;
   bool shared_pool = false;  // shared VM whose cpus are its node's pool as of this plan
   bool flapping = false;     // its priority keeps flipping: held (see PriorityHold)
@@ -162,7 +179,7 @@ struct VmPlan {
 // A problem of one VM the plan works around (status.json "problems").
 struct PlanProblem {
   std::string vm;
-  std::string kind;    // "plan_error", "repaired", "flapping"
+  std::string kind;    // "plan_error", "repaired", "flapping", "vcpus_held", "vcpus_unconfirmed"
   std::string detail;  // a sentence
 };
 
@@ -281,6 +298,8 @@ struct ReconcilerConfig {
   // and no flapping flag.
   std::chrono::milliseconds priority_dwell{kDefaultPriorityDwell};
   int flap_changes = 3;  // more changes than this within one priority_dwell: flapping
+  // How long a guest's agent has to report the online vCPU count it was asked for (shared VMs).
+  std::chrono::milliseconds vcpus_confirm_timeout{20000};
 };
 
 class Reconciler {
@@ -309,6 +328,11 @@ class Reconciler {
   // or unchanged. Unknown VMs: true (the next tick decides).
   bool observe_priority(const std::string& vm, double wanted, TimePoint now);
   void set_priority_dwell(std::chrono::milliseconds dwell) { config_.priority_dwell = dwell; }
+  // Elastic shared vCPUs (see the top of this file): forgets requests the guest confirmed (its agent
+  // reports the count) and VMs that are gone; returns, by VM, why a VM is held at its count: it has not
+  // confirmed the count asked for within vcpus_confirm_timeout, or no agent has reported from it for
+  // that long. For Snapshot::vcpu_holds.
+  std::map<std::string, std::string> hold_vcpus(const Snapshot& snapshot, TimePoint now);
   const ReconcilerConfig& config() const { return config_; }
 
  private:
@@ -332,6 +356,14 @@ class Reconciler {
   std::map<std::string, std::uint64_t> memory_requested_;  // balloon targets set and not yet reached
   std::map<std::string, TimePoint> vcpus_sent_;
   std::set<std::string> shares_live_only_;  // cpu_shares set live only (DiffPass::Reports), definition not yet
+  struct VcpuTrack {             // a shared VM's elastic vCPU count
+    std::optional<int> pending;  // asked for and not yet reported by the guest
+    TimePoint first_asked{};     // when `pending` was first asked for
+    TimePoint asked_at{};        // the last request
+    TimePoint changed_at{};      // the last time a new count was asked for (the dwell)
+  };
+  std::map<std::string, VcpuTrack> vcpu_tracks_;
+  std::map<std::string, TimePoint> silent_since_;  // active VMs whose agent has never reported, since when
 };
 
 }  // namespace llmorch::orch

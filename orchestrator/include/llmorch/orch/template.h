@@ -25,6 +25,7 @@ std::string priority_problem(double priority, double priority_min, double priori
 struct VmTemplate {
   int vcpus = 1;                           // vCPUs online at start
   int max_vcpus = 0;                       // vCPUs the domain can hot-add up to; unset in the file: = vcpus
+  int vcpus_min = 1;                       // fewest online vCPUs llmorchd may leave it (shared pools)
   std::uint64_t memory_mib = 0;            // memory at start (balloon current); required
   std::uint64_t max_memory_mib = 0;        // domain maximum; what placement reserves. unset: = memory_mib
   std::uint64_t memory_floor_mib = 0;      // never balloon below this

@@ -18,6 +18,15 @@
 // - Shared VMs float over their nodes' shared pool (shared_pool()): with the host known (CpuHost), the
 //   pool is recomputed every tick, so it is always disjoint from every dedicated VM's CPUs, also those
 //   placed after the shared VM. Without a host, shared VMs keep their CPUs.
+// - Elastic shared vCPUs: the shared VMs whose pools are the same divide that pool with divide()
+//   (weights over those VMs, demand from their load, min 0, max min(max_vcpus, pool size)). Its
+//   water-filled share_cpus (an idle VM's unused part goes to the busy ones) are made whole with
+//   apportion(): the pool's CPUs in proportion to the shares, each at most its share rounded up, so the
+//   parts never sum to more than the pool. vcpus_online = the part clamped to
+//   [min(min_vcpus, cap), cap], cap = min(max_vcpus, pool size) (and at least 1): a VM never has more
+//   online vCPUs than its pool has CPUs; only the vcpus_min floors can make the online counts of a
+//   pool sum to more than the pool (an idle VM keeps its floor while a busy one uses the whole pool).
+//   Ties (equal shares) go by name. cpu_shares still decide the fine division inside the pool.
 // - VMs that span nodes and dedicated VMs that hold no CPUs keep their CPUs and vCPU count
 //   (vcpus_online is empty).
 // - One VM's fault stays that VM's (nothing here throws for one VM's sake):
@@ -71,12 +80,13 @@ struct VmCpuPlan {
   std::string name;
   double weight = 0.0;  // among all running VMs, Σ = 1
   int cpu_shares = 1024;
-  std::vector<CpuId> cpus;           // dedicated: after rebalancing, vCPU i on cpus[i]; else unchanged
-  std::optional<int> vcpus_online;   // set for rebalanced dedicated VMs
-  std::optional<double> node_share;  // rebalanced: fractional CPUs from water-filling on its node
-  bool pool_planned = false;         // shared: cpus is the node's shared pool as of this plan
-  std::string error;                 // non-empty: left out of the plan (weight 0, CPUs as they are)
-  std::string repaired;              // non-empty: its claimed CPUs were repaired, and how
+  std::vector<CpuId> cpus;            // dedicated: after rebalancing, vCPU i on cpus[i]; else unchanged
+  std::optional<int> vcpus_online;    // set for rebalanced dedicated VMs and shared VMs with a planned pool
+  std::optional<double> node_share;   // rebalanced / shared: fractional CPUs from water-filling on its node / pool
+  std::optional<double> pool_weight;  // shared with vcpus_online: its weight among its pool's VMs
+  bool pool_planned = false;          // shared: cpus is the node's shared pool as of this plan
+  std::string error;                  // non-empty: left out of the plan (weight 0, CPUs as they are)
+  std::string repaired;               // non-empty: its claimed CPUs were repaired, and how
 };
 
 struct CpuPlan {
