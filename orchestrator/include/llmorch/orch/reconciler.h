@@ -356,11 +356,11 @@ class Reconciler {
   std::map<std::string, std::uint64_t> memory_requested_;  // balloon targets set and not yet reached
   std::map<std::string, TimePoint> vcpus_sent_;
   std::set<std::string> shares_live_only_;  // cpu_shares set live only (DiffPass::Reports), definition not yet
-  struct VcpuTrack {             // a shared VM's elastic vCPU count
-    std::optional<int> pending;  // asked for and not yet reported by the guest
-    TimePoint first_asked{};     // when `pending` was first asked for
-    TimePoint asked_at{};        // the last request
-    TimePoint changed_at{};      // the last time a new count was asked for (the dwell)
+  struct VcpuTrack {                        // a shared VM's elastic vCPU count
+    std::optional<int> pending;             // asked for and not yet reported by the guest
+    TimePoint first_asked{};                // when `pending` was first asked for
+    TimePoint asked_at{};                   // the last request
+    TimePoint changed_at{};                 // the last time a new count was asked for (the dwell)
   };
   std::map<std::string, VcpuTrack> vcpu_tracks_;
   std::map<std::string, TimePoint> silent_since_;  // active VMs whose agent has never reported, since when
