@@ -54,6 +54,8 @@ bool AgentChannel::connect(TimePoint now) {
   }
   connect_errno_ = 0;
   connected_at_ = now;
+  seen_accepted_ = false;
+  bytes_at_connect_ = bytes_read_;
   fd_ = fd;
   return true;
 }
@@ -113,7 +115,12 @@ std::optional<std::string> AgentChannel::held_by_another(TimePoint now) const {
            "client at a time); find the holder with `ss -xp | grep " +
            path_ + "` and stop it";
   }
-  if (bytes_read_ != 0 || now - connected_at_ < kHeldCheckAfter || peer_accepted(fd_) != false) return std::nullopt;
+  if (seen_accepted_ || bytes_read_ != bytes_at_connect_ || now - connected_at_ < kHeldCheckAfter) return std::nullopt;
+  const std::optional<bool> accepted = peer_accepted(fd_);  // one netlink round trip, until accepted
+  if (accepted != false) {
+    seen_accepted_ = accepted.has_value();
+    return std::nullopt;
+  }
   return "agent channel " + path_ +
          " is held by another process: QEMU has not accepted llmorchd's connection (it takes one client at a time), "
          "so no reports arrive; find the holder with `ss -xp | grep " +

@@ -313,6 +313,9 @@ TEST_F(DaemonIntegration, SpeaksSystemdsNotifyProtocol) {
   EXPECT_EQ(reloading + 2, reload.end()) << "READY=1 right after RELOADING=1";
   ASSERT_FALSE(stop.empty());
   EXPECT_EQ(stop.back(), "STOPPING=1");
+  // Real QEMU accepted llmorchd's connection to each agent channel: none is reported held.
+  const auto status = read_status_file((dir / "state").string());
+  for (const auto& p : status["problems"]) EXPECT_NE(p["kind"], "channel_held") << status.dump(2);
 }
 
 // One llmorchd per libvirt URI: a second one with the same state directory refuses to start, exit 1,

@@ -87,7 +87,9 @@ class AgentChannel {
   TimePoint budget_at_{};
   std::uint64_t bytes_read_ = 0;
   TimePoint connected_at_{};
-  int connect_errno_ = 0;  // of the last failed connect
+  int connect_errno_ = 0;               // of the last failed connect
+  std::uint64_t bytes_at_connect_ = 0;  // bytes_read_ when this connection was made
+  mutable bool seen_accepted_ = false;  // this connection was accepted: no need to ask the kernel again
 };
 
 // One channel per active managed VM, kept in step with the domain list.
