@@ -781,6 +781,33 @@ TEST_F(DaemonTest, AChannelHeldByAnotherProcessIsAProblemUntilItLetsGo) {
   EXPECT_FALSE(d.status().problems.count("b"));
 }
 
+// When QEMU's listen queue is full as well (the holder, and clients waiting behind it), connect fails
+// at once (EAGAIN): reported held at the first tick.
+TEST_F(DaemonTest, AChannelWhoseQueueIsFullIsReportedHeldAtOnce) {
+  const std::string path = (dir / "b.sock").string();
+  GuestEnd guest(path);
+  hv.dom("b").channel_path = path;
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path.c_str());
+  std::vector<int> others;
+  for (int i = 0; i < 3; ++i) {  // the holder, then as many as the queue (listen backlog 1) takes
+    others.push_back(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+    ASSERT_EQ(::connect(others.back(), reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0) << i;
+    if (i == 0) {
+      ASSERT_TRUE(guest.accept());
+    }
+  }
+  Daemon d(hv, clock, options);
+  ASSERT_TRUE(d.tick());
+  ASSERT_TRUE(d.status().problems.count("b"));
+  EXPECT_EQ(d.status().problems.at("b")[0].kind, "channel_held");
+  EXPECT_NE(d.status().problems.at("b")[0].detail.find("queue of clients waiting for the channel is full"),
+            std::string::npos)
+      << d.status().problems.at("b")[0].detail;
+  for (int fd : others) ::close(fd);
+}
+
 TEST_F(DaemonTest, CpuTimePerTickWithTwoVms) {
   options.state_dir = (dir / "state").string();
   Daemon d(hv, clock, options);
