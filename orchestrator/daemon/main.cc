@@ -12,8 +12,11 @@
 
 #include "llmorch/orch/config.h"
 #include "llmorch/orch/daemon.h"
+#include "llmorch/orch/journal_log.h"
 #include "llmorch/orch/libvirt_hypervisor.h"
+#include "llmorch/orch/notifier.h"
 #include "llmorch/orch/po_error.h"
+#include "llmorch/orch/service_lock.h"
 #include "llmorch/orch/status_file.h"
 
 namespace po = boost::program_options;
@@ -52,7 +55,8 @@ int main(int argc, char** argv) {
       "config", po::value(&config_path), "host config file (default /etc/llmorch/llmorch.conf)")(
       "interval-ms", po::value(&interval_ms), "tick interval in ms (overrides the config's interval_ms)")(
       "dry-run", "log the decisions, apply nothing")("once", "run one tick and exit (1: libvirt unreachable)")(
-      "state-dir", po::value(&state_dir)->default_value(kDefaultStateDir), "where status.json is written")(
+      "state-dir", po::value(&state_dir)->default_value(kDefaultStateDir),
+      "where status.json and the lock that keeps a second llmorchd off the same URI live")(
       "domain-prefix", po::value(&prefix), "manage only domains whose name starts with this")(
       "host-memory-limit-mib", po::value(&memory_limit),
       "most MiB all VMs may hold together, or none (overrides the config's host_memory_limit_mib)")(
@@ -80,6 +84,8 @@ int main(int argc, char** argv) {
               << "' is not a log level; use trace, debug, info, warn, error or off\n";
     return 2;
   }
+  // Under systemd with output to the journal: "<N>" priorities, no timestamps (journal_log.h).
+  log_to_journal_if_connected();
   spdlog::set_level(log_level);
 
   std::vector<std::string> overrides;
@@ -107,6 +113,16 @@ int main(int argc, char** argv) {
   options.reload = load;
 
   const std::string resolved = resolve_uri(uri);
+  // One llmorchd per libvirt connection (and state directory): see service_lock.h.
+  std::optional<ServiceLock> lock;
+  if (!state_dir.empty()) {
+    try {
+      lock.emplace(state_dir, resolved, static_cast<int>(::getpid()), std::chrono::system_clock::now());
+    } catch (const std::runtime_error& e) {
+      spdlog::error("{}", e.what());
+      return 1;
+    }
+  }
   std::unique_ptr<Hypervisor> hv;
   try {
     // A short reconnect budget: one tick must not block the agent channels for long.
@@ -123,6 +139,13 @@ int main(int argc, char** argv) {
       options.config.host_memory_limit_mib ? std::to_string(*options.config.host_memory_limit_mib) + " MiB" : "none",
       options.dry_run ? ", dry run" : "");
 
+  // systemd's notify protocol (Type=notify, WatchdogSec=); sends nothing without $NOTIFY_SOCKET. Not
+  // for --once: one tick is no service.
+  std::unique_ptr<Notifier> notifier;
+  if (!vm.count("once")) {
+    notifier = make_sd_notifier();
+    options.notifier = notifier.get();
+  }
   SystemClock clock;
   Daemon daemon(*hv, clock, std::move(options));
   int rc = 0;

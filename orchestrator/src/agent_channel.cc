@@ -1,7 +1,12 @@
 #include "llmorch/orch/agent_channel.h"
 
 #include <fcntl.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
+#include <linux/sock_diag.h>
+#include <linux/unix_diag.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -34,7 +39,7 @@ void AgentChannel::close_socket() {
   pending_.clear();
 }
 
-bool AgentChannel::connect() {
+bool AgentChannel::connect(TimePoint now) {
   if (fd_ >= 0) return true;
   sockaddr_un addr{};
   if (path_.empty() || path_.size() >= sizeof addr.sun_path) return false;
@@ -43,11 +48,83 @@ bool AgentChannel::connect() {
   int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return false;
   if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0 && errno != EINPROGRESS) {
+    connect_errno_ = errno;
     ::close(fd);
     return false;
   }
+  connect_errno_ = 0;
+  connected_at_ = now;
+  seen_accepted_ = false;
+  bytes_at_connect_ = bytes_read_;
   fd_ = fd;
   return true;
+}
+
+namespace {
+
+// Whether the listener at the other end has accept()ed our connected AF_UNIX stream socket, from
+// sock_diag (what `ss -x` shows): until it has, our peer is an embryo socket with no inode, so
+// UNIX_DIAG_PEER is 0. nullopt when the kernel does not say (no sock_diag).
+std::optional<bool> peer_accepted(int fd) {
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return std::nullopt;
+  const int nl = ::socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+  if (nl < 0) return std::nullopt;
+  struct {
+    nlmsghdr nlh;
+    unix_diag_req req;
+  } msg{};
+  msg.nlh.nlmsg_len = sizeof msg;
+  msg.nlh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+  msg.nlh.nlmsg_flags = NLM_F_REQUEST;
+  msg.req.sdiag_family = AF_UNIX;
+  msg.req.udiag_ino = static_cast<std::uint32_t>(st.st_ino);
+  msg.req.udiag_show = UDIAG_SHOW_PEER;
+  msg.req.udiag_cookie[0] = msg.req.udiag_cookie[1] = ~0u;  // INET_DIAG_NOCOOKIE
+  sockaddr_nl kernel{};
+  kernel.nl_family = AF_NETLINK;
+  std::optional<bool> result;
+  alignas(nlmsghdr) char buf[1024];
+  if (::sendto(nl, &msg, sizeof msg, 0, reinterpret_cast<sockaddr*>(&kernel), sizeof kernel) ==
+      static_cast<ssize_t>(sizeof msg)) {
+    const ssize_t n = ::recv(nl, buf, sizeof buf, 0);
+    const auto* h = reinterpret_cast<const nlmsghdr*>(buf);
+    if (n > 0 && NLMSG_OK(h, static_cast<std::size_t>(n)) && h->nlmsg_type == SOCK_DIAG_BY_FAMILY) {
+      const auto* diag = static_cast<const unix_diag_msg*>(NLMSG_DATA(h));
+      int len = static_cast<int>(h->nlmsg_len - NLMSG_LENGTH(sizeof *diag));
+      result = false;  // no UNIX_DIAG_PEER attribute: no peer at all
+      for (auto* a = reinterpret_cast<const rtattr*>(diag + 1); RTA_OK(a, len); a = RTA_NEXT(a, len)) {
+        if (a->rta_type != UNIX_DIAG_PEER) continue;
+        std::uint32_t peer = 0;
+        std::memcpy(&peer, RTA_DATA(a), sizeof peer);
+        result = peer != 0;
+      }
+    }
+  }
+  ::close(nl);
+  return result;
+}
+
+}  // namespace
+
+std::optional<std::string> AgentChannel::held_by_another(TimePoint now) const {
+  if (fd_ < 0) {
+    if (connect_errno_ != EAGAIN) return std::nullopt;
+    return "agent channel " + path_ +
+           " is held by another process: QEMU's queue of clients waiting for the channel is full (it takes one "
+           "client at a time); find the holder with `ss -xp | grep " +
+           path_ + "` and stop it";
+  }
+  if (seen_accepted_ || bytes_read_ != bytes_at_connect_ || now - connected_at_ < kHeldCheckAfter) return std::nullopt;
+  const std::optional<bool> accepted = peer_accepted(fd_);  // one netlink round trip, until accepted
+  if (accepted != false) {
+    seen_accepted_ = accepted.has_value();
+    return std::nullopt;
+  }
+  return "agent channel " + path_ +
+         " is held by another process: QEMU has not accepted llmorchd's connection (it takes one client at a time), "
+         "so no reports arrive; find the holder with `ss -xp | grep " +
+         path_ + "` and stop it";
 }
 
 double AgentChannel::budget(TimePoint now) const {
@@ -144,7 +221,14 @@ void AgentChannels::sync(const std::vector<ManagedDomain>& domains, TimePoint no
     }
   }
   std::erase_if(entries_, [&](const auto& e) { return !seen.count(e.first); });
-  for (auto& [name, e] : entries_) e.channel->connect();
+  for (auto& [name, e] : entries_) e.channel->connect(now);
+}
+
+std::map<std::string, std::string> AgentChannels::held_by_another(TimePoint now) const {
+  std::map<std::string, std::string> held;
+  for (const auto& [name, e] : entries_)
+    if (auto why = e.channel->held_by_another(now)) held[name] = std::move(*why);
+  return held;
 }
 
 void AgentChannels::restart(const std::string& vm, TimePoint now) {

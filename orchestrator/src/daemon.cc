@@ -85,6 +85,7 @@ Daemon::Daemon(Hypervisor& hv, const Clock& clock, DaemonOptions options)
   status_.started_at = clock_.wall();
   status_.dry_run = options_.dry_run;
   reconciler_.set_priority_dwell(std::chrono::milliseconds(options_.config.priority_dwell_ms));
+  if (options_.notifier) watchdog_period_ = options_.notifier->watchdog_interval() / 2;
   try {
     hv_.set_lifecycle_callback([this](const std::string& vm, LifecycleEvent e) {
       {
@@ -153,7 +154,48 @@ bool Daemon::refresh_connection() {
   return connected_;
 }
 
+void Daemon::notify(const std::string& state) {
+  if (options_.notifier) options_.notifier->notify(state);
+}
+
+std::string Daemon::status_line() const {
+  std::size_t hostile = 0;
+  for (const auto& [vm, agent] : status_.agents) hostile += agent.hostile ? 1 : 0;
+  std::string line = connected_ ? "" : "libvirt not answering; ";
+  line += fmt::format("{} VMs managed, {} unresponsive, {} hostile", status_.agents.size(), unresponsive_.size(),
+                      hostile);
+  const LastChange* last = nullptr;  // the first VM (by name) of those changed last
+  std::size_t also = 0;              // and how many more changed then
+  for (const auto& [vm, change] : status_.last_change) {
+    if (last && change.at == last->at) ++also;
+    if (!last || change.at > last->at) last = &change, also = 0;
+  }
+  if (last) line += fmt::format("; last change {}: {}", iso8601(last->at), last->what);
+  if (also) line += fmt::format(" (and {} more VM{})", also, also == 1 ? "" : "s");
+  constexpr std::size_t kMax = 240;  // systemctl status shows one line
+  if (line.size() > kMax) line = line.substr(0, kMax - 3) + "...";
+  std::replace(line.begin(), line.end(), '\n', ' ');
+  return line;
+}
+
+void Daemon::notify_watchdog(Clock::TimePoint now) {
+  if (watchdog_period_.count() <= 0 || reconciles_ == 0 || now - last_watchdog_ < watchdog_period_) return;
+  notify("WATCHDOG=1");
+  last_watchdog_ = now;
+}
+
 bool Daemon::tick() {
+  const bool ok = reconcile();
+  if (ok && !ready_sent_) {
+    ready_sent_ = true;
+    notify("READY=1\nSTATUS=" + status_line());
+  } else {
+    notify("STATUS=" + status_line());
+  }
+  return ok;
+}
+
+bool Daemon::reconcile() {
   const auto now = clock_.now();
   last_reconcile_ = now;
   reconcile_due_ = false;
@@ -178,6 +220,9 @@ bool Daemon::tick() {
   const auto stats = read_stats();
   check_responsive(domains, stats);
   channels_.sync(domains, now);
+  const ProblemChanges held = set_problems(status_, "channel_held", channels_.held_by_another(now), clock_.wall());
+  for (const auto& [vm, why] : held.raised) spdlog::warn("vm {}: {}", vm, why);
+  for (const std::string& vm : held.cleared) spdlog::info("vm {}: agent channel no longer held by another process", vm);
   Snapshot snap{.vms = {},
                 .alpha = options_.config.alpha,
                 .memory = host_memory(),
@@ -687,6 +732,9 @@ void Daemon::handle_events() {
     last_snapshot_.reset();
   }
   if (reload_.exchange(false) && options_.reload) {
+    const auto monotonic = std::chrono::duration_cast<std::chrono::microseconds>(
+        std::chrono::steady_clock::now().time_since_epoch());
+    notify(fmt::format("RELOADING=1\nMONOTONIC_USEC={}", monotonic.count()));
     try {
       options_.config = options_.reload();
       reconciler_.set_priority_dwell(std::chrono::milliseconds(options_.config.priority_dwell_ms));
@@ -694,8 +742,10 @@ void Daemon::handle_events() {
                    options_.config.interval_ms);
       reconcile_due_ = true;
       last_snapshot_.reset();
+      notify("READY=1");
     } catch (const std::exception& e) {
       spdlog::error("configuration not reloaded: {}", e.what());
+      notify(fmt::format("READY=1\nSTATUS=configuration not reloaded, the old one stays: {}", e.what()));
     }
   }
 }
@@ -740,11 +790,14 @@ int Daemon::run() {
       // From the tick's start: a tick slowed by a libvirt call that timed out does not push the schedule.
       next_tick = started + milliseconds(options_.config.interval_ms);
     }
+    notify_watchdog(now);
     auto wake_at = next_tick;
     if (reconcile_due_) wake_at = std::min(wake_at, last_reconcile_ + options_.report_coalesce);
+    if (watchdog_period_.count() > 0) wake_at = std::min(wake_at, last_watchdog_ + watchdog_period_);
     poll_once(std::chrono::ceil<milliseconds>(std::max(wake_at - now, Clock::TimePoint::duration::zero())));
   }
   spdlog::info("llmorchd stopping");
+  notify("STOPPING=1");
   return 0;
 }
 

@@ -1,11 +1,16 @@
 // llmorchd (the real binary) against a real libvirtd on qemu:///system: two small TCG domains of type
 // 'qemu' sharing host CPU 0, template priorities 1 and 3. Needs libvirtd (tools/libvirtd-up; tools/test
 // starts it). Domains are named llmorch-it-daemon-<what>-<pid> and removed by a guard even on failure.
+#include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -13,6 +18,8 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
+#include <stdexcept>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -78,6 +85,79 @@ int run_daemon(const std::vector<std::string>& args, double* cpu_s = nullptr, st
   if (cpu_s) *cpu_s = ru.ru_utime.tv_sec + ru.ru_stime.tv_sec + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
+
+// Starts llmorchd with args and extra environment (a value "$PID" becomes the child's pid, as systemd
+// sets WATCHDOG_PID); its stdout and stderr go to the file `output`.
+pid_t spawn_daemon(const std::vector<std::string>& args, const std::vector<std::pair<std::string, std::string>>& env,
+                   const std::string& output) {
+  pid_t pid = fork();
+  if (pid == 0) {
+    for (const auto& [k, v] : env) setenv(k.c_str(), v == "$PID" ? std::to_string(getpid()).c_str() : v.c_str(), 1);
+    const int fd = open(output.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd >= 0) {
+      dup2(fd, 1);
+      dup2(fd, 2);
+    }
+    std::vector<char*> argv{const_cast<char*>(LLMORCHD_PATH)};
+    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    execv(LLMORCHD_PATH, argv.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+int wait_exit(pid_t pid) {
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+// What systemd listens on for a Type=notify service: an AF_UNIX datagram socket named by $NOTIFY_SOCKET.
+class NotifySocket {
+ public:
+  explicit NotifySocket(std::string path) : path_(std::move(path)) {
+    fd_ = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path_.c_str());
+    if (fd_ < 0 || bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0)
+      throw std::runtime_error("cannot bind " + path_);
+  }
+  ~NotifySocket() {
+    close(fd_);
+    unlink(path_.c_str());
+  }
+  const std::string& path() const { return path_; }
+  // Messages received within `within`, stopping early after one that starts with `until` (if given).
+  std::vector<std::string> receive(std::chrono::milliseconds within, const std::string& until = "") {
+    std::vector<std::string> got;
+    const auto end = std::chrono::steady_clock::now() + within;
+    for (;;) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - std::chrono::steady_clock::now());
+      if (left.count() <= 0) break;
+      pollfd p{fd_, POLLIN, 0};
+      if (poll(&p, 1, static_cast<int>(left.count())) <= 0) continue;
+      char buf[4096];
+      const ssize_t n = recv(fd_, buf, sizeof buf, 0);
+      if (n <= 0) continue;
+      got.emplace_back(buf, static_cast<std::size_t>(n));
+      if (!until.empty() && got.back().rfind(until, 0) == 0) break;
+    }
+    return got;
+  }
+
+ private:
+  std::string path_;
+  int fd_ = -1;
+};
 
 class DaemonIntegration : public ::testing::Test {
  protected:
@@ -184,6 +264,81 @@ TEST_F(DaemonIntegration, LoopExitsCleanlyOnSigtermAndCostsLittleCpu) {
   const double ticks = 3000.0 / 100.0;
   std::printf("llmorchd with 2 VMs, 100 ms ticks for 3 s: %.1f ms CPU in all, about %.2f ms per tick\n", cpu_s * 1e3,
               cpu_s * 1e3 / ticks);
+  EXPECT_GT(shares(a), shares(b));
+}
+
+// systemd's notify protocol without systemd: a NOTIFY_SOCKET of our own, WATCHDOG_USEC 400 ms (pings
+// every 200 ms), the real llmorchd against the real libvirtd: READY=1 with the first STATUS= after the
+// first tick, then STATUS= per tick and WATCHDOG=1 repeatedly; SIGHUP gives RELOADING=1 then READY=1;
+// SIGTERM gives STOPPING=1 and exit 0. About 3 s.
+TEST_F(DaemonIntegration, SpeaksSystemdsNotifyProtocol) {
+  NotifySocket sock((dir / "notify").string());
+  const auto spawned = std::chrono::steady_clock::now();
+  const pid_t pid = spawn_daemon(
+      args({"--interval-ms", "200"}),
+      {{"NOTIFY_SOCKET", sock.path()}, {"WATCHDOG_USEC", "400000"}, {"WATCHDOG_PID", "$PID"}},
+      (dir / "llmorchd.log").string());
+  const std::vector<std::string> m = sock.receive(std::chrono::milliseconds(10'000), "READY=1");
+  ASSERT_FALSE(m.empty()) << "nothing within 10 s; llmorchd said:\n" << slurp(dir / "llmorchd.log");
+  const double ready_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - spawned).count();
+  // Watchdog pings and per-tick STATUS= for 1.5 s.
+  const std::vector<std::string> running = sock.receive(std::chrono::milliseconds(1500));
+  kill(pid, SIGHUP);
+  const std::vector<std::string> reload = sock.receive(std::chrono::milliseconds(3000), "READY=1");
+  kill(pid, SIGTERM);
+  const std::vector<std::string> stop = sock.receive(std::chrono::milliseconds(5000), "STOPPING=1");
+  ASSERT_EQ(wait_exit(pid), 0) << slurp(dir / "llmorchd.log");
+  std::printf("llmorchd start to READY=1 (connect, first tick, 2 VMs): %.0f ms\n", ready_ms);
+
+  // The first message is READY=1, after the first tick, with its summary.
+  ASSERT_EQ(m.size(), 1u) << m.back();
+  // (Not "0 unresponsive": on a loaded host a TCG guest's QEMU can miss libvirt_timeout_ms once.)
+  EXPECT_EQ(m[0].rfind("READY=1\nSTATUS=2 VMs managed, ", 0), 0u) << m[0];
+  EXPECT_NE(m[0].find(" unresponsive, 0 hostile"), std::string::npos) << m[0];
+  int watchdogs = 0, statuses = 0;
+  for (const std::string& s : running) {
+    watchdogs += s == "WATCHDOG=1";
+    statuses += s.rfind("STATUS=2 VMs managed", 0) == 0;
+  }
+  // About 7 pings and 7 ticks in 1.5 s on an idle host; a loaded one (ticks of real libvirt calls take
+  // longer) gets fewer of each, never more pings than one per 200 ms.
+  EXPECT_GE(watchdogs, 3) << "about 7 expected in 1.5 s at one per 200 ms";
+  EXPECT_LE(watchdogs, 9);
+  EXPECT_GE(statuses, 2) << "one per 200 ms tick";
+  // SIGHUP: RELOADING=1 (with MONOTONIC_USEC), then READY=1; nothing but pings and STATUS= between.
+  ASSERT_FALSE(reload.empty());
+  EXPECT_EQ(reload.back(), "READY=1");
+  const auto reloading = std::find_if(reload.begin(), reload.end(), [](const std::string& s) {
+    return s.rfind("RELOADING=1\nMONOTONIC_USEC=", 0) == 0;
+  });
+  ASSERT_NE(reloading, reload.end());
+  EXPECT_EQ(reloading + 2, reload.end()) << "READY=1 right after RELOADING=1";
+  ASSERT_FALSE(stop.empty());
+  EXPECT_EQ(stop.back(), "STOPPING=1");
+  // Real QEMU accepted llmorchd's connection to each agent channel: none is reported held.
+  const auto status = read_status_file((dir / "state").string());
+  for (const auto& p : status["problems"]) EXPECT_NE(p["kind"], "channel_held") << status.dump(2);
+}
+
+// One llmorchd per libvirt URI: a second one with the same state directory refuses to start, exit 1,
+// naming the first (pid, start time) and the lock. About 2 s.
+TEST_F(DaemonIntegration, ASecondDaemonOnTheSameUriRefusesAndNamesTheFirst) {
+  const pid_t first = spawn_daemon(args({"--interval-ms", "200"}), {}, (dir / "first.log").string());
+  for (int i = 0; i < 200 && !fs::exists(dir / "state" / "status.json"); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  ASSERT_TRUE(fs::exists(dir / "state" / "status.json")) << slurp(dir / "first.log");
+  const pid_t second = spawn_daemon(args({"--interval-ms", "200"}), {}, (dir / "second.log").string());
+  const int second_rc = wait_exit(second);
+  kill(first, SIGTERM);
+  EXPECT_EQ(wait_exit(first), 0) << slurp(dir / "first.log");
+  EXPECT_EQ(second_rc, 1);
+  const std::string said = slurp(dir / "second.log");
+  EXPECT_NE(
+      said.find("another llmorchd already manages qemu:///system (pid " + std::to_string(first) + ", started_at "),
+      std::string::npos)
+      << said;
+  EXPECT_NE(said.find("stop it first"), std::string::npos) << said;
+  // The first kept working throughout.
   EXPECT_GT(shares(a), shares(b));
 }
 

@@ -10,7 +10,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <condition_variable>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <thread>
 
@@ -23,6 +25,7 @@
 #include "fake_hypervisor.h"
 #include "llmorch/orch/status_file.h"
 #include "llmorch/protocol/codec.h"
+#include "recording_notifier.h"
 
 namespace llmorch::orch {
 namespace {
@@ -635,6 +638,174 @@ TEST_F(DaemonTest, LifecycleEventsFromAnotherThreadWakeTheLoop) {
   d.request_stop();
   loop.join();
   EXPECT_GE(d.reconciles(), 2u);
+}
+
+// systemd's notify protocol, as the daemon decides it (the Notifier only sends): no READY=1 while libvirt
+// cannot be reached, READY=1 with the first STATUS= after the first tick that reached it, then STATUS=
+// alone after every tick.
+TEST_F(DaemonTest, NotifiesReadyAfterTheFirstGoodTickAndStatusAfterEach) {
+  testing::RecordingNotifier notifier;
+  options.notifier = &notifier;
+  hv.down = true;
+  Daemon d(hv, clock, options);
+  EXPECT_FALSE(d.tick());
+  ASSERT_EQ(notifier.messages().size(), 1u);
+  EXPECT_EQ(notifier.messages()[0].rfind("STATUS=libvirt not answering; ", 0), 0u) << notifier.messages()[0];
+  hv.down = false;
+  clock.t += 1s;
+  ASSERT_TRUE(d.tick());
+  clock.t += 1s;
+  ASSERT_TRUE(d.tick());
+  const auto m = notifier.messages();
+  ASSERT_EQ(m.size(), 3u);
+  EXPECT_EQ(m[1].rfind("READY=1\nSTATUS=2 VMs managed, 0 unresponsive, 0 hostile; last change ", 0), 0u) << m[1];
+  // Both changed in that tick: the first by name, and how many more.
+  EXPECT_NE(
+      m[1].find("Z: vm a: cpu_shares 1024 -> 1455 (priority 1 from template, weight 0.711 of 2 VMs) (and 1 more VM)"),
+      std::string::npos)
+      << m[1];
+  EXPECT_EQ(m[2].rfind("STATUS=2 VMs managed, 0 unresponsive, 0 hostile; last change ", 0), 0u) << m[2];
+  EXPECT_EQ(notifier.count("WATCHDOG=1"), 0);  // tick() alone never pings: only run()'s loop does
+}
+
+// SIGHUP: RELOADING=1 (with the monotonic time systemd asks for) before the reload, READY=1 after it;
+// STOPPING=1 when the loop ends.
+TEST_F(DaemonTest, ReloadIsBracketedByReloadingAndReadyAndStopSaysStopping) {
+  testing::RecordingNotifier notifier;
+  options.notifier = &notifier;
+  SystemClock real;
+  options.config.interval_ms = 60'000;
+  std::atomic<int> reloads{0};
+  options.reload = [&] {
+    ++reloads;
+    HostConfig c;
+    c.interval_ms = 60'000;
+    return c;
+  };
+  Daemon d(hv, real, options);
+  std::thread loop([&] { d.run(); });
+  for (int i = 0; i < 400 && d.reconciles() < 1; ++i) std::this_thread::sleep_for(5ms);
+  d.request_reload();
+  for (int i = 0; i < 400 && notifier.count("READY=1") < 1; ++i) std::this_thread::sleep_for(5ms);
+  d.request_stop();
+  loop.join();
+  EXPECT_EQ(reloads, 1);
+  const auto m = notifier.messages();
+  ASSERT_GE(m.size(), 4u);
+  EXPECT_EQ(m[0].rfind("READY=1\nSTATUS=", 0), 0u);
+  const auto reloading = std::find_if(m.begin(), m.end(), [](const std::string& s) {
+    return s.rfind("RELOADING=1\nMONOTONIC_USEC=", 0) == 0 && s.size() > std::strlen("RELOADING=1\nMONOTONIC_USEC=");
+  });
+  ASSERT_NE(reloading, m.end());
+  ASSERT_NE(reloading + 1, m.end());
+  EXPECT_EQ(*(reloading + 1), "READY=1");
+  EXPECT_EQ(m.back(), "STOPPING=1");
+}
+
+// WATCHDOG=1 comes from the loop at half the watchdog interval, and stops while the loop is stalled:
+// here on a reload that does not return (a config file on a hung file system; every libvirt call is
+// bounded, so a stall is in llmorchd's own code). Once it returns, the pings resume.
+TEST_F(DaemonTest, WatchdogPingsStopWhileTheLoopIsStalled) {
+  testing::RecordingNotifier notifier(std::chrono::microseconds(100'000));  // pings every 50 ms
+  options.notifier = &notifier;
+  SystemClock real;
+  options.config.interval_ms = 60'000;  // the pings do not wait for ticks
+  std::mutex mu;
+  std::condition_variable cv;
+  bool stalled = false, release = false;
+  options.reload = [&] {
+    std::unique_lock lock(mu);
+    stalled = true;
+    cv.notify_all();
+    cv.wait(lock, [&] { return release; });
+    HostConfig c;
+    c.interval_ms = 60'000;
+    return c;
+  };
+  Daemon d(hv, real, options);
+  std::thread loop([&] { d.run(); });
+  const auto started = std::chrono::steady_clock::now();
+  std::this_thread::sleep_for(500ms);
+  const int before_stall = notifier.count("WATCHDOG=1", started);
+  d.request_reload();
+  {
+    std::unique_lock lock(mu);
+    ASSERT_TRUE(cv.wait_for(lock, 2s, [&] { return stalled; }));
+  }
+  const auto stall_began = std::chrono::steady_clock::now();
+  std::this_thread::sleep_for(500ms);
+  const int during_stall = notifier.count("WATCHDOG=1", stall_began);
+  {
+    std::lock_guard lock(mu);
+    release = true;
+  }
+  cv.notify_all();
+  const auto released = std::chrono::steady_clock::now();
+  std::this_thread::sleep_for(300ms);
+  const int after_stall = notifier.count("WATCHDOG=1", released);
+  d.request_stop();
+  loop.join();
+  EXPECT_GE(before_stall, 6) << "about 10 expected in 500 ms at one per 50 ms";
+  EXPECT_LE(before_stall, 11);
+  EXPECT_EQ(during_stall, 0);
+  EXPECT_GE(after_stall, 3);
+}
+
+// A guest's channel held by another process (QEMU takes one client; the next connections wait in its
+// listen queue): the daemon's own connection is never accepted, which the kernel tells (sock_diag), and
+// the VM gets the problem "channel_held", until the holder lets go and the daemon's connection is taken.
+TEST_F(DaemonTest, AChannelHeldByAnotherProcessIsAProblemUntilItLetsGo) {
+  const std::string path = (dir / "b.sock").string();
+  GuestEnd guest(path);
+  hv.dom("b").channel_path = path;
+  const int other = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);  // the forgotten second llmorchd
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path.c_str());
+  ASSERT_EQ(::connect(other, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  ASSERT_TRUE(guest.accept());  // QEMU took the other one
+  Daemon d(hv, clock, options);
+  ASSERT_TRUE(d.tick());                         // connects, and waits in the queue
+  EXPECT_FALSE(d.status().problems.count("b"));  // too early to tell: QEMU may not have accepted yet
+  clock.t += kHeldCheckAfter;
+  ASSERT_TRUE(d.tick());
+  ASSERT_TRUE(d.status().problems.count("b"));
+  ASSERT_EQ(d.status().problems.at("b").size(), 1u);
+  EXPECT_EQ(d.status().problems.at("b")[0].kind, "channel_held");
+  EXPECT_NE(d.status().problems.at("b")[0].detail.find("is held by another process"), std::string::npos);
+  EXPECT_FALSE(d.status().problems.count("a"));
+  ::close(other);
+  ASSERT_TRUE(guest.accept());  // QEMU takes the next client in its queue: the daemon's
+  clock.t += 1s;
+  ASSERT_TRUE(d.tick());
+  EXPECT_FALSE(d.status().problems.count("b"));
+}
+
+// When QEMU's listen queue is full as well (the holder, and clients waiting behind it), connect fails
+// at once (EAGAIN): reported held at the first tick.
+TEST_F(DaemonTest, AChannelWhoseQueueIsFullIsReportedHeldAtOnce) {
+  const std::string path = (dir / "b.sock").string();
+  GuestEnd guest(path);
+  hv.dom("b").channel_path = path;
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path.c_str());
+  std::vector<int> others;
+  for (int i = 0; i < 3; ++i) {  // the holder, then as many as the queue (listen backlog 1) takes
+    others.push_back(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+    ASSERT_EQ(::connect(others.back(), reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0) << i;
+    if (i == 0) {
+      ASSERT_TRUE(guest.accept());
+    }
+  }
+  Daemon d(hv, clock, options);
+  ASSERT_TRUE(d.tick());
+  ASSERT_TRUE(d.status().problems.count("b"));
+  EXPECT_EQ(d.status().problems.at("b")[0].kind, "channel_held");
+  EXPECT_NE(d.status().problems.at("b")[0].detail.find("queue of clients waiting for the channel is full"),
+            std::string::npos)
+      << d.status().problems.at("b")[0].detail;
+  for (int fd : others) ::close(fd);
 }
 
 TEST_F(DaemonTest, CpuTimePerTickWithTwoVms) {

@@ -29,6 +29,8 @@ inline constexpr std::size_t kMaxPendingWrite = 4 * 1024;
 inline constexpr std::size_t kReadBytesPerSecond = 16 * 1024;
 inline constexpr std::size_t kReadBurstBytes = kMaxReadPerWakeup;
 inline constexpr std::size_t kMinReadBytes = 4 * 1024;
+// QEMU accepts a channel's client from its main loop: give it this long before asking whether it did.
+inline constexpr std::chrono::milliseconds kHeldCheckAfter{1000};
 
 AgentSessionLimits limits_for(const VmFacts& facts);
 
@@ -41,7 +43,7 @@ class AgentChannel {
   AgentChannel& operator=(const AgentChannel&) = delete;
 
   // Connects when not connected (one non-blocking attempt). True when connected afterwards.
-  bool connect();
+  bool connect(TimePoint now);
   int fd() const { return fd_; }
   bool connected() const { return fd_ >= 0; }
   const std::string& path() const { return path_; }
@@ -62,6 +64,12 @@ class AgentChannel {
   void reset(AgentSessionLimits limits, TimePoint now);
   AgentState state(TimePoint now) const;
   std::uint64_t dropped_writes() const { return dropped_writes_; }
+  // Another process holds the channel (QEMU takes one client; the others wait in its listen queue,
+  // unaccepted, and get nothing): a sentence saying so, else nullopt. Seen when the last connect failed
+  // because that queue is full, or when llmorchd's connection, made kHeldCheckAfter ago or more, has
+  // read nothing and the kernel says (sock_diag) that QEMU has not accepted it. Once the other client
+  // lets go, QEMU accepts the waiting connection and reports flow.
+  std::optional<std::string> held_by_another(TimePoint now) const;
 
  private:
   void close_socket();
@@ -78,6 +86,10 @@ class AgentChannel {
   double read_budget_ = kReadBurstBytes;  // bytes, as of budget_at_
   TimePoint budget_at_{};
   std::uint64_t bytes_read_ = 0;
+  TimePoint connected_at_{};
+  int connect_errno_ = 0;               // of the last failed connect
+  std::uint64_t bytes_at_connect_ = 0;  // bytes_read_ when this connection was made
+  mutable bool seen_accepted_ = false;  // this connection was accepted: no need to ask the kernel again
 };
 
 // One channel per active managed VM, kept in step with the domain list.
@@ -95,6 +107,8 @@ class AgentChannels {
   AgentChannel* find(const std::string& vm);
   AgentState state(const std::string& vm, TimePoint now) const;
   std::map<std::string, AgentChannel*> all();
+  // VM -> AgentChannel::held_by_another, for the channels another process holds.
+  std::map<std::string, std::string> held_by_another(TimePoint now) const;
 
  private:
   struct Entry {

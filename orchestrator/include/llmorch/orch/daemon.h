@@ -30,6 +30,14 @@
 // Latency: for each report that changes the plan, the time from reading its bytes to the return of the
 // last libvirt call that applies it (kLatencySamples kept; status.json
 // daemon.report_to_apply_ms). A tick that applies nothing (dry run, dwell, failure) drops the sample.
+// Service manager (DaemonOptions::notifier, systemd's notify protocol): "READY=1" after the first tick
+// that reached libvirt; "STATUS=" after every tick, one line (VMs managed, the last change, how many
+// unresponsive and hostile); "WATCHDOG=1" from run()'s loop, at half the watchdog interval, once a tick
+// has completed: a loop stalled anywhere (every libvirt call is bounded, so a stall is llmorchd's own)
+// stops the pings and the service manager restarts it; "RELOADING=1" (with MONOTONIC_USEC) and then
+// "READY=1" around a SIGHUP reload; "STOPPING=1" when run() returns.
+// Channels held by another process (AgentChannel::held_by_another) are the problem "channel_held",
+// logged once when seen and once when gone.
 #pragma once
 
 #include <algorithm>
@@ -50,6 +58,7 @@
 #include "llmorch/orch/failure_log.h"
 #include "llmorch/orch/hypervisor.h"
 #include "llmorch/orch/latency_window.h"
+#include "llmorch/orch/notifier.h"
 #include "llmorch/orch/reconciler.h"
 #include "llmorch/orch/status_file.h"
 
@@ -67,6 +76,9 @@ struct DaemonOptions {
   std::chrono::milliseconds report_coalesce{100};
   // SIGHUP: returns the new config (throws ConfigError to keep the old one). Empty: no reload.
   std::function<HostConfig()> reload;
+  // Told about readiness, status, reloads and stops, and pinged for its watchdog (see daemon.h's top).
+  // Not owned; null: tell nobody.
+  Notifier* notifier = nullptr;
 };
 
 inline constexpr int kStaleStatsPeriods = 3;
@@ -102,6 +114,8 @@ class Daemon {
 
   const Plan& plan() const { return plan_; }
   const DaemonStatus& status() const { return status_; }
+  // The one-line summary sent as STATUS= after each tick.
+  std::string status_line() const;
   bool reconcile_due() const { return reconcile_due_; }
   std::uint64_t reconciles() const { return reconciles_; }
   AgentChannels& channels() { return channels_; }
@@ -110,6 +124,9 @@ class Daemon {
   std::size_t drain_calls(std::chrono::milliseconds grace) { return calls_.drain(grace); }
 
  private:
+  bool reconcile();  // tick() without telling the service manager
+  void notify(const std::string& state);
+  void notify_watchdog(Clock::TimePoint now);
   bool refresh_connection();
   std::optional<std::vector<ManagedDomain>> list_domains();
   BoundedCalls::Result bounded(const std::string& key, std::chrono::milliseconds deadline, std::function<void()> fn);
@@ -191,6 +208,10 @@ class Daemon {
   };
   std::map<std::string, Unresponsive> unresponsive_;  // VMs skipped until libvirt answers for them
   std::string host_call_stuck_;  // the host-level call that did not return, while it has not (logged once)
+
+  bool ready_sent_ = false;
+  std::chrono::microseconds watchdog_period_{0};  // half the notifier's watchdog interval; 0: none
+  Clock::TimePoint last_watchdog_{};
 
   int wake_fd_ = -1;
   std::atomic<bool> stop_{false};
