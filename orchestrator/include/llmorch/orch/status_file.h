@@ -197,6 +197,8 @@ StatusFile status_file_of(const DaemonStatus& status);
 nlohmann::json to_json(const StatusFile& status);
 nlohmann::json to_json(const StatusFileVm::Balloon& balloon);  // "balloon" of a "vms" entry
 nlohmann::json status_to_json(const DaemonStatus& status);     // to_json(status_file_of(status))
+// The bytes of status.json: to_json(f).dump(2) plus a newline, written without building the DOM.
+std::string status_text(const StatusFile& f);
 // Reads what status_to_json wrote. Throws StatusFileError naming the first field that is missing or of
 // the wrong type, or a version other than kStatusVersion. Keys it does not know are ignored.
 StatusFile status_from_json(const nlohmann::json& j);
