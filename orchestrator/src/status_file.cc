@@ -693,7 +693,10 @@ int open_state_dir(const std::string& dir) {
 }
 
 void write_status_file(const std::string& dir, const DaemonStatus& status) {
-  const std::string text = status_text(status_file_of(status));
+  write_status_text(dir, status_text(status_file_of(status)));
+}
+
+void write_status_text(const std::string& dir, const std::string& text) {
   Fd dir_fd(open_state_dir(dir));
   const std::string path = dir + "/status.json";
   std::string tmp = dir + "/.status.json.XXXXXX";
@@ -713,6 +716,25 @@ void write_status_file(const std::string& dir, const DaemonStatus& status) {
   if (::fsync(fd.get()) != 0) fail("cannot flush " + tmp + " to disk (status.json is left as it was)", errno);
   if (fd.close() != 0) fail("cannot close " + tmp + " (status.json is left as it was)", errno);
   if (::rename(tmp.c_str(), path.c_str()) != 0) fail("cannot replace " + path, errno);
+}
+
+bool StatusWriter::write(const std::string& dir, const DaemonStatus& status) {
+  StatusFile f = status_file_of(status);
+  const std::string tick = std::move(f.last_tick_at);
+  f.last_tick_at.clear();
+  std::string text = status_text(f);
+  const bool fresh = last_at_ && status.last_tick_at - *last_at_ < kStatusRefresh;
+  if (fresh && text == last_) return false;
+  // The only top-level "last_tick_at" (strings hold no raw newline): put this tick's time in it.
+  constexpr std::string_view kKey = "\n  \"last_tick_at\": \"";
+  const std::size_t at = text.find(kKey);
+  if (at == std::string::npos) throw std::logic_error("status_text wrote no last_tick_at");
+  std::string out = text;
+  out.insert(at + kKey.size(), tick);
+  write_status_text(dir, out);
+  last_ = std::move(text);
+  last_at_ = status.last_tick_at;
+  return true;
 }
 
 nlohmann::json read_status_file(const std::string& dir) {

@@ -396,6 +396,56 @@ DaemonStatus small_status(int pid) {
   return s;
 }
 
+// StatusWriter: a tick that changes nothing but the time is not written until last_tick_at is
+// kStatusRefresh old; any other change is written at once; what is written is whole (rename).
+TEST_F(StatusFileTest, WriterSkipsATickThatChangedNothingButTheTimeAndWritesAnyChange) {
+  DaemonStatus s = full_status();
+  const auto t0 = s.last_tick_at;
+  const fs::path file = dir / "status.json";
+  StatusWriter writer;
+  ASSERT_TRUE(writer.write(dir.string(), s));  // the first write always happens
+  const std::string first = slurp(file);
+  EXPECT_EQ(first, status_text(status_file_of(s)));  // the real last_tick_at, spliced in right
+  EXPECT_EQ(status_from_json(nlohmann::json::parse(first)).last_tick_at, iso8601(t0));
+
+  s.last_tick_at = t0 + std::chrono::milliseconds(400);  // nothing else changed, 0.4 s later
+  EXPECT_FALSE(writer.write(dir.string(), s));
+  EXPECT_EQ(slurp(file), first);
+
+  s.plan.vms[0].cpu_shares = 700;  // a change: written at once
+  s.last_tick_at = t0 + std::chrono::milliseconds(500);
+  ASSERT_TRUE(writer.write(dir.string(), s));
+  const StatusFile second = status_from_json(nlohmann::json::parse(slurp(file)));
+  EXPECT_EQ(second.last_tick_at, iso8601(s.last_tick_at));
+  EXPECT_EQ(second.vm(s.plan.vms[0].name)->cpu_shares, 700);
+
+  s.last_tick_at = t0 + std::chrono::milliseconds(1499);  // 0.999 s after the last write: skipped
+  EXPECT_FALSE(writer.write(dir.string(), s));
+  s.last_tick_at = t0 + std::chrono::milliseconds(1500);  // kStatusRefresh after it: the time is refreshed
+  ASSERT_TRUE(writer.write(dir.string(), s));
+  EXPECT_EQ(slurp(file), status_text(status_file_of(s)));
+
+  s.agents["vm1"].counters.frames_ok += 1;  // a counter moving is a change too
+  s.last_tick_at += std::chrono::milliseconds(10);
+  EXPECT_TRUE(writer.write(dir.string(), s));
+  EXPECT_EQ(slurp(file), status_text(status_file_of(s)));
+  // Only status.json is left: every temporary file was renamed over it.
+  EXPECT_EQ(std::distance(fs::directory_iterator(dir), fs::directory_iterator{}), 1);
+}
+
+// A write that fails is not remembered: the next call writes even though nothing changed.
+TEST_F(StatusFileTest, WriterRetriesAWriteThatFailed) {
+  DaemonStatus s = full_status();
+  StatusWriter writer;
+  fs::create_directories(dir);
+  fs::permissions(dir, fs::perms::owner_all | fs::perms::group_write);  // refused: group-writable
+  EXPECT_THROW(writer.write(dir.string(), s), std::runtime_error);
+  fs::permissions(dir, fs::perms::owner_all);
+  s.last_tick_at += std::chrono::milliseconds(100);
+  EXPECT_TRUE(writer.write(dir.string(), s));
+  EXPECT_EQ(slurp(dir / "status.json"), status_text(status_file_of(s)));
+}
+
 TEST_F(StatusFileTest, CreatesTheStateDirectory0755WhateverTheUmask) {
   const mode_t old = ::umask(077);
   write_status_file((dir / "a" / "state").string(), small_status(1));
