@@ -4,9 +4,9 @@
 //
 // When status.json is written (StatusWriter): after a tick (or a failed one) whose status differs from
 // the file in anything but last_tick_at, and otherwise once last_tick_at is kStatusRefresh (1 s) old.
-// So a reader can rely on: the content is that of the newest tick (a tick that changed nothing but the
-// time is not written), and while llmorchd ticks, last_tick_at is at most max(interval, 1 s) plus one
-// tick's duration old (`llmorch status` calls the daemon stuck past 3 intervals + 5 s). In practice the
+// So a reader can rely on: all but last_tick_at is what the newest tick found (a tick that changed
+// nothing else is not written), and while llmorchd ticks, last_tick_at is at most 1 s + one interval +
+// one tick's duration old (`llmorch status` calls the daemon stuck past 3 intervals + 5 s). In practice the
 // file changes almost every tick while agents report (report ages and counters move); skipping saves
 // the write on quiet hosts and in ticks that follow one another quickly. The text is written without a
 // JSON DOM (status_text), which for 1,000 VMs costs about 5 ms instead of 40-60.
