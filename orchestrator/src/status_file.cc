@@ -524,7 +524,13 @@ void write_vm(JsonText& j, const StatusFileVm& v) {
 
 std::string status_text(const StatusFile& f) {
   std::string out;
-  out.reserve(1024 + 1600 * f.vms.size());  // a VM's entry is about 1.5 KB
+  status_text(f, out);
+  return out;
+}
+
+void status_text(const StatusFile& f, std::string& out) {
+  out.clear();
+  out.reserve(1024 + 1700 * f.vms.size());  // a VM's entry is about 1.6 KB
   JsonText j(out);
   j.open_object();
   j.key("alpha").number(f.alpha);
@@ -560,7 +566,6 @@ std::string status_text(const StatusFile& f) {
   j.close_array();
   j.close_object();
   out += '\n';
-  return out;
 }
 
 StatusFile status_from_json(const nlohmann::json& j) {
@@ -722,17 +727,19 @@ bool StatusWriter::write(const std::string& dir, const DaemonStatus& status) {
   StatusFile f = status_file_of(status);
   const std::string tick = std::move(f.last_tick_at);
   f.last_tick_at.clear();
-  std::string text = status_text(f);
+  status_text(f, next_);  // buffers kept from tick to tick: no fresh megabytes to allocate and fault in
   const bool fresh = last_at_ && status.last_tick_at - *last_at_ < kStatusRefresh;
-  if (fresh && text == last_) return false;
+  if (fresh && next_ == last_) return false;
   // The only top-level "last_tick_at" (strings hold no raw newline): put this tick's time in it.
   constexpr std::string_view kKey = "\n  \"last_tick_at\": \"";
-  const std::size_t at = text.find(kKey);
+  const std::size_t at = next_.find(kKey);
   if (at == std::string::npos) throw std::logic_error("status_text wrote no last_tick_at");
-  std::string out = text;
-  out.insert(at + kKey.size(), tick);
-  write_status_text(dir, out);
-  last_ = std::move(text);
+  const std::size_t split = at + kKey.size();
+  out_.clear();
+  out_.reserve(next_.size() + tick.size());
+  out_.append(next_, 0, split).append(tick).append(next_, split);
+  write_status_text(dir, out_);
+  last_.swap(next_);
   last_at_ = status.last_tick_at;
   return true;
 }

@@ -208,6 +208,7 @@ nlohmann::json to_json(const StatusFileVm::Balloon& balloon);  // "balloon" of a
 nlohmann::json status_to_json(const DaemonStatus& status);     // to_json(status_file_of(status))
 // The bytes of status.json: to_json(f).dump(2) plus a newline, written without building the DOM.
 std::string status_text(const StatusFile& f);
+void status_text(const StatusFile& f, std::string& out);  // the same into `out` (cleared first)
 // Reads what status_to_json wrote. Throws StatusFileError naming the first field that is missing or of
 // the wrong type, or a version other than kStatusVersion. Keys it does not know are ignored.
 StatusFile status_from_json(const nlohmann::json& j);
@@ -241,6 +242,8 @@ class StatusWriter {
 
  private:
   std::string last_;  // the text last written, with an empty last_tick_at
+  std::string next_;  // this call's text, with an empty last_tick_at
+  std::string out_;   // this call's text as written
   std::optional<std::chrono::system_clock::time_point> last_at_;
 };
 
