@@ -695,7 +695,7 @@ void Daemon::write_status() {
   std::erase_if(status_.problems, [](const auto& kv) { return kv.second.empty(); });
   if (options_.state_dir.empty()) return;
   try {
-    write_status_file(options_.state_dir, status_);
+    status_writer_.write(options_.state_dir, status_);
   } catch (const std::exception& e) {
     spdlog::warn("{}", e.what());
   }

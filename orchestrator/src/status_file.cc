@@ -5,13 +5,16 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <stdexcept>
+#include <string_view>
 #include <type_traits>
 #include <utility>
 
@@ -339,6 +342,232 @@ nlohmann::json to_json(const StatusFile& f) {
 
 nlohmann::json status_to_json(const DaemonStatus& s) { return to_json(status_file_of(s)); }
 
+namespace {
+
+// Writes JSON text straight into a buffer, formatted byte for byte as nlohmann::json::dump(2) formats
+// the DOM that to_json builds (keys in sorted order, two-space indent, numbers as nlohmann prints them):
+// building that DOM for a 1,000-VM host cost more than the tick's planning. A round-trip unit test keeps
+// the two equal. Containers nest by open()/close(); inside an object, key() precedes every value.
+class JsonText {
+ public:
+  explicit JsonText(std::string& out) : out_(out) {}
+
+  void open_object() { open('{'); }
+  void close_object() { close('}'); }
+  void open_array() { open('['); }
+  void close_array() { close(']'); }
+  // An object member's key; its value follows.
+  JsonText& key(std::string_view k) {
+    next();
+    string_body(k);
+    out_ += ": ";
+    in_key_ = true;
+    return *this;
+  }
+
+  void null() {
+    element();
+    out_ += "null";
+  }
+  void boolean(bool b) {
+    element();
+    out_ += b ? "true" : "false";
+  }
+  template <typename Int>
+  requires std::is_integral_v<Int>
+  void integer(Int v) {
+    element();
+    fmt::format_to(std::back_inserter(out_), "{}", v);
+  }
+  void number(double v) {
+    element();
+    if (!std::isfinite(v)) {  // as nlohmann does
+      out_ += "null";
+      return;
+    }
+    std::array<char, 64> buf{};
+    char* end = nlohmann::detail::to_chars(buf.data(), buf.data() + buf.size(), v);
+    out_.append(buf.data(), static_cast<std::size_t>(end - buf.data()));
+  }
+  void string(std::string_view s) {
+    element();
+    string_body(s);
+  }
+  template <typename T>
+  void maybe(const std::optional<T>& v) {
+    if (!v) null();
+    else if constexpr (std::is_same_v<T, double>) number(*v);
+    else if constexpr (std::is_same_v<T, std::string>) string(*v);
+    else integer(*v);
+  }
+
+ private:
+  void open(char c) {
+    element();
+    out_ += c;
+    ++depth_;
+    empty_ = true;
+  }
+  void close(char c) {
+    --depth_;
+    if (!empty_) newline();
+    out_ += c;
+    empty_ = false;
+  }
+  // Before a value: after a key it follows on the same line; in an array it starts a new element.
+  void element() {
+    if (in_key_) {
+      in_key_ = false;
+      return;
+    }
+    if (depth_ > 0) next();
+  }
+  void next() {
+    if (!empty_) out_ += ',';
+    newline();
+    empty_ = false;
+  }
+  void newline() {
+    out_ += '\n';
+    out_.append(static_cast<std::size_t>(2 * depth_), ' ');
+  }
+  // Printable ASCII without quote or backslash is copied as is (names, tokens, times, most reasons);
+  // anything else is escaped by nlohmann itself (invalid UTF-8 becomes U+FFFD), so both agree.
+  void string_body(std::string_view s) {
+    const bool plain = std::all_of(s.begin(), s.end(), [](char ch) {
+      const auto u = static_cast<unsigned char>(ch);
+      return u >= 0x20 && u < 0x80 && ch != '"' && ch != '\\';
+    });
+    if (plain) {
+      out_ += '"';
+      out_ += s;
+      out_ += '"';
+    } else {
+      out_ += nlohmann::json(std::string(s)).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    }
+  }
+
+  std::string& out_;
+  int depth_ = 0;
+  bool empty_ = true;  // the innermost open container has no member yet
+  bool in_key_ = false;
+};
+
+void write_report(JsonText& j, const protocol::Report& r) {
+  j.open_object();
+  j.key("cpu_pct").number(r.cpu_pct);
+  j.key("floor_mib").integer(r.floor_mib);
+  j.key("interval_ms").integer(r.interval_ms);
+  j.key("llm_running").maybe(r.llm_running);
+  j.key("llm_waiting").maybe(r.llm_waiting);
+  j.key("mem_avail_kib").integer(r.mem_avail_kib);
+  j.key("mem_total_kib").integer(r.mem_total_kib);
+  j.key("ncpu_online").integer(r.ncpu_online);
+  j.key("prio").maybe(r.priority);
+  j.key("psi_cpu_some10").maybe(r.psi_cpu_some10);
+  j.key("psi_mem_some10").maybe(r.psi_mem_some10);
+  j.key("runnable").integer(r.runnable);
+  j.key("seq").integer(r.seq);
+  j.close_object();
+}
+
+void write_vm(JsonText& j, const StatusFileVm& v) {
+  j.open_object();
+  const StatusFileVm::Agent& a = v.agent;
+  j.key("agent").open_object();
+  j.key("clamped").integer(a.clamped);
+  j.key("connected").boolean(a.connected);
+  j.key("hostile").boolean(a.hostile);
+  j.key("last_error").string(a.last_error);
+  j.key("malformed").integer(a.malformed);
+  j.key("ok").integer(a.ok);
+  j.key("oversized").integer(a.oversized);
+  j.key("rate_limited").integer(a.rate_limited);
+  j.key("unknown_keys").integer(a.unknown_keys);
+  j.close_object();
+  const StatusFileVm::Balloon& b = v.balloon;
+  j.key("balloon").open_object();
+  j.key("actual_mib").maybe(b.actual_mib);
+  j.key("floor_mib").integer(b.floor_mib);
+  j.key("last_change_at").maybe(b.last_change_at);
+  j.key("last_change_reason").maybe(b.last_change_reason);
+  j.key("left_alone").boolean(b.left_alone);
+  j.key("max_mib").integer(b.max_mib);
+  j.key("reason").string(b.reason);
+  j.key("target_mib").maybe(b.target_mib);
+  j.close_object();
+  j.key("cpu_shares").integer(v.cpu_shares);
+  j.key("cpus").open_array();
+  for (const policy::CpuId c : v.cpus) j.integer(c);
+  j.close_array();
+  j.key("demand_cpus").number(v.demand_cpus);
+  j.key("effective_priority").number(v.effective_priority);
+  j.key("flapping").boolean(v.flapping);
+  j.key("hostile").boolean(v.hostile);
+  j.key("last_change").maybe(v.last_change);
+  j.key("last_change_at").maybe(v.last_change_at);
+  j.key("name").string(v.name);
+  j.key("priority_source").string(v.priority_source);
+  j.key("reason").string(v.reason);
+  if (v.report) write_report(j.key("report"), *v.report);
+  else j.key("report").null();
+  j.key("report_age_s").maybe(v.report_age_s);
+  j.key("report_fresh").boolean(v.report_fresh);
+  j.key("reported_priority").maybe(v.reported_priority);
+  j.key("template_priority").number(v.template_priority);
+  j.key("vcpus_online").maybe(v.vcpus_online);
+  j.key("weight").number(v.weight);
+  j.close_object();
+}
+
+}  // namespace
+
+std::string status_text(const StatusFile& f) {
+  std::string out;
+  status_text(f, out);
+  return out;
+}
+
+void status_text(const StatusFile& f, std::string& out) {
+  out.clear();
+  out.reserve(1024 + 1700 * f.vms.size());  // a VM's entry is about 1.6 KB
+  JsonText j(out);
+  j.open_object();
+  j.key("alpha").number(f.alpha);
+  j.key("connected").boolean(f.connected);
+  j.key("daemon").open_object();
+  const LatencySummary& l = f.report_to_apply_ms;
+  j.key("report_to_apply_ms").open_object();
+  j.key("max").maybe(l.max);
+  j.key("n").integer(l.n);
+  j.key("p50").maybe(l.p50);
+  j.key("p99").maybe(l.p99);
+  j.close_object();
+  j.close_object();
+  j.key("dry_run").boolean(f.dry_run);
+  j.key("health").string(f.health);
+  j.key("interval_ms").integer(f.interval_ms);
+  j.key("last_tick_at").string(f.last_tick_at);
+  j.key("pid").integer(f.pid);
+  j.key("problems").open_array();
+  for (const StatusFileProblem& p : f.problems) {
+    j.open_object();
+    j.key("detail").string(p.detail);
+    j.key("kind").string(p.kind);
+    j.key("since").string(p.since);
+    j.key("vm").string(p.vm);
+    j.close_object();
+  }
+  j.close_array();
+  j.key("started_at").string(f.started_at);
+  j.key("version").integer(f.version);
+  j.key("vms").open_array();
+  for (const StatusFileVm& v : f.vms) write_vm(j, v);
+  j.close_array();
+  j.close_object();
+  out += '\n';
+}
+
 StatusFile status_from_json(const nlohmann::json& j) {
   const Reader r(j, "");
   StatusFile f;
@@ -469,7 +698,10 @@ int open_state_dir(const std::string& dir) {
 }
 
 void write_status_file(const std::string& dir, const DaemonStatus& status) {
-  const std::string text = status_to_json(status).dump(2) + "\n";
+  write_status_text(dir, status_text(status_file_of(status)));
+}
+
+void write_status_text(const std::string& dir, const std::string& text) {
   Fd dir_fd(open_state_dir(dir));
   const std::string path = dir + "/status.json";
   std::string tmp = dir + "/.status.json.XXXXXX";
@@ -489,6 +721,27 @@ void write_status_file(const std::string& dir, const DaemonStatus& status) {
   if (::fsync(fd.get()) != 0) fail("cannot flush " + tmp + " to disk (status.json is left as it was)", errno);
   if (fd.close() != 0) fail("cannot close " + tmp + " (status.json is left as it was)", errno);
   if (::rename(tmp.c_str(), path.c_str()) != 0) fail("cannot replace " + path, errno);
+}
+
+bool StatusWriter::write(const std::string& dir, const DaemonStatus& status) {
+  StatusFile f = status_file_of(status);
+  const std::string tick = std::move(f.last_tick_at);
+  f.last_tick_at.clear();
+  status_text(f, next_);  // buffers kept from tick to tick: no fresh megabytes to allocate and fault in
+  const bool fresh = last_at_ && status.last_tick_at - *last_at_ < kStatusRefresh;
+  if (fresh && next_ == last_) return false;
+  // The only top-level "last_tick_at" (strings hold no raw newline): put this tick's time in it.
+  constexpr std::string_view kKey = "\n  \"last_tick_at\": \"";
+  const std::size_t at = next_.find(kKey);
+  if (at == std::string::npos) throw std::logic_error("status_text wrote no last_tick_at");
+  const std::size_t split = at + kKey.size();
+  out_.clear();
+  out_.reserve(next_.size() + tick.size());
+  out_.append(next_, 0, split).append(tick).append(next_, split);
+  write_status_text(dir, out_);
+  last_.swap(next_);
+  last_at_ = status.last_tick_at;
+  return true;
 }
 
 nlohmann::json read_status_file(const std::string& dir) {

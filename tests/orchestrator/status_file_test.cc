@@ -4,10 +4,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <limits>
+#include <optional>
+#include <random>
 
 #include <gtest/gtest.h>
 
@@ -189,6 +193,129 @@ TEST(StatusFromJson, ReadsBackEverythingTheDaemonWrites) {
   EXPECT_EQ(f.vm("vm3"), nullptr);
 }
 
+// status_text writes status.json without building the DOM; it must be exactly what the DOM dumps.
+std::string dom_text(const StatusFile& f) {
+  return to_json(f).dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+}
+
+TEST(StatusText, IsByteForByteWhatTheDomDumps) {
+  const StatusFile full = status_file_of(full_status());
+  EXPECT_EQ(status_text(full), dom_text(full));
+  EXPECT_EQ(status_text(full), status_to_json(full_status()).dump(2) + "\n");
+  const StatusFile empty = status_file_of(DaemonStatus{});  // no VM, no problem: "[]"
+  EXPECT_EQ(status_text(empty), dom_text(empty));
+}
+
+// Random values in every field, including the awkward ones: strings to escape (quotes, control
+// characters, UTF-8, invalid UTF-8), doubles of every magnitude, -0, NaN and infinities (null), empty
+// and missing things.
+TEST(StatusText, IsByteForByteWhatTheDomDumpsForRandomContent) {
+  std::mt19937_64 rng(20261202);
+  auto pick = [&](int n) { return static_cast<int>(rng() % static_cast<std::uint64_t>(n)); };
+  auto text = [&] {
+    static const std::vector<std::string> parts{"vm-1",
+                                                "a \"quoted\" word",
+                                                "back\\slash",
+                                                "tab\there",
+                                                "line\nbreak",
+                                                std::string("nul\0byte", 8),
+                                                "\x01\x1f\x7f",
+                                                "caf\xc3\xa9 \xe2\x82\xac",
+                                                "bad \xff\xfe utf-8",
+                                                "\xc3",
+                                                ""};
+    std::string s;
+    for (int k = pick(3); k >= 0; --k) s += parts[static_cast<std::size_t>(pick(static_cast<int>(parts.size())))];
+    return s;
+  };
+  auto real = [&]() -> double {
+    switch (pick(8)) {
+      case 0: return 0.0;
+      case 1: return -0.0;
+      case 2: return std::numeric_limits<double>::quiet_NaN();
+      case 3: return pick(2) ? std::numeric_limits<double>::infinity() : -std::numeric_limits<double>::infinity();
+      case 4: return static_cast<double>(pick(2000) - 1000);
+      case 5: return std::ldexp(std::uniform_real_distribution<double>(-1, 1)(rng), pick(2000) - 1000);
+      default: return std::uniform_real_distribution<double>(-1e6, 1e6)(rng);
+    }
+  };
+  auto whole = [&] { return pick(2) ? rng() : rng() % 100; };
+  auto maybe_real = [&]() -> std::optional<double> { return pick(3) ? std::optional(real()) : std::nullopt; };
+  auto maybe_text = [&]() -> std::optional<std::string> { return pick(3) ? std::optional(text()) : std::nullopt; };
+  auto maybe_whole = [&]() -> std::optional<std::uint64_t> { return pick(3) ? std::optional(whole()) : std::nullopt; };
+  for (int round = 0; round < 200; ++round) {
+    StatusFile f;
+    f.pid = static_cast<int>(rng());
+    f.started_at = text();
+    f.last_tick_at = text();
+    f.alpha = real();
+    f.interval_ms = static_cast<int>(rng());
+    f.dry_run = pick(2);
+    f.connected = pick(2);
+    f.health = text();
+    for (int k = pick(3); k > 0; --k) f.problems.push_back({text(), text(), text(), text()});
+    f.report_to_apply_ms = {.n = whole(), .p50 = maybe_real(), .p99 = maybe_real(), .max = maybe_real()};
+    for (int k = pick(4); k > 0; --k) {
+      StatusFileVm v;
+      v.name = text();
+      v.effective_priority = real();
+      v.priority_source = text();
+      v.template_priority = real();
+      v.reported_priority = maybe_real();
+      if (pick(2)) {
+        protocol::Report r;
+        r.seq = whole();
+        r.priority = maybe_real();
+        r.cpu_pct = real();
+        r.psi_cpu_some10 = maybe_real();
+        r.runnable = whole();
+        r.ncpu_online = whole();
+        r.mem_total_kib = whole();
+        r.mem_avail_kib = whole();
+        r.psi_mem_some10 = maybe_real();
+        r.floor_mib = whole();
+        r.llm_running = maybe_whole();
+        r.llm_waiting = maybe_whole();
+        r.interval_ms = whole();
+        v.report = r;
+      }
+      v.report_age_s = maybe_real();
+      v.report_fresh = pick(2);
+      v.agent = {.connected = pick(2) == 1,
+                 .ok = whole(),
+                 .malformed = whole(),
+                 .oversized = whole(),
+                 .rate_limited = whole(),
+                 .unknown_keys = whole(),
+                 .clamped = whole(),
+                 .hostile = pick(2) == 1,
+                 .last_error = text()};
+      v.hostile = pick(2);
+      v.flapping = pick(2);
+      v.demand_cpus = real();
+      v.weight = real();
+      v.cpu_shares = static_cast<int>(rng());
+      for (int c = pick(4); c > 0; --c) v.cpus.push_back(static_cast<policy::CpuId>(rng()));
+      if (pick(2)) v.vcpus_online = static_cast<int>(rng());
+      v.reason = text();
+      v.last_change_at = maybe_text();
+      v.last_change = maybe_text();
+      v.balloon = {.actual_mib = maybe_whole(),
+                   .target_mib = maybe_whole(),
+                   .floor_mib = whole(),
+                   .max_mib = whole(),
+                   .left_alone = pick(2) == 1,
+                   .reason = text(),
+                   .last_change_at = maybe_text(),
+                   .last_change_reason = maybe_text()};
+      f.vms.push_back(v);
+    }
+    const std::string fast = status_text(f);
+    ASSERT_EQ(fast, dom_text(f)) << "round " << round;
+    EXPECT_TRUE(nlohmann::json::accept(fast));
+  }
+}
+
 TEST(StatusFromJson, NamesTheFieldItCannotRead) {
   const nlohmann::json good = status_to_json(full_status());
   auto message = [](const nlohmann::json& j) -> std::string {
@@ -267,6 +394,56 @@ DaemonStatus small_status(int pid) {
   s.pid = pid;
   s.connected = true;
   return s;
+}
+
+// StatusWriter: a tick that changes nothing but the time is not written until last_tick_at is
+// kStatusRefresh old; any other change is written at once; what is written is whole (rename).
+TEST_F(StatusFileTest, WriterSkipsATickThatChangedNothingButTheTimeAndWritesAnyChange) {
+  DaemonStatus s = full_status();
+  const auto t0 = s.last_tick_at;
+  const fs::path file = dir / "status.json";
+  StatusWriter writer;
+  ASSERT_TRUE(writer.write(dir.string(), s));  // the first write always happens
+  const std::string first = slurp(file);
+  EXPECT_EQ(first, status_text(status_file_of(s)));  // the real last_tick_at, spliced in right
+  EXPECT_EQ(status_from_json(nlohmann::json::parse(first)).last_tick_at, iso8601(t0));
+
+  s.last_tick_at = t0 + std::chrono::milliseconds(400);  // nothing else changed, 0.4 s later
+  EXPECT_FALSE(writer.write(dir.string(), s));
+  EXPECT_EQ(slurp(file), first);
+
+  s.plan.vms[0].cpu_shares = 700;  // a change: written at once
+  s.last_tick_at = t0 + std::chrono::milliseconds(500);
+  ASSERT_TRUE(writer.write(dir.string(), s));
+  const StatusFile second = status_from_json(nlohmann::json::parse(slurp(file)));
+  EXPECT_EQ(second.last_tick_at, iso8601(s.last_tick_at));
+  EXPECT_EQ(second.vm(s.plan.vms[0].name)->cpu_shares, 700);
+
+  s.last_tick_at = t0 + std::chrono::milliseconds(1499);  // 0.999 s after the last write: skipped
+  EXPECT_FALSE(writer.write(dir.string(), s));
+  s.last_tick_at = t0 + std::chrono::milliseconds(1500);  // kStatusRefresh after it: the time is refreshed
+  ASSERT_TRUE(writer.write(dir.string(), s));
+  EXPECT_EQ(slurp(file), status_text(status_file_of(s)));
+
+  s.agents["vm1"].counters.frames_ok += 1;  // a counter moving is a change too
+  s.last_tick_at += std::chrono::milliseconds(10);
+  EXPECT_TRUE(writer.write(dir.string(), s));
+  EXPECT_EQ(slurp(file), status_text(status_file_of(s)));
+  // Only status.json is left: every temporary file was renamed over it.
+  EXPECT_EQ(std::distance(fs::directory_iterator(dir), fs::directory_iterator{}), 1);
+}
+
+// A write that fails is not remembered: the next call writes even though nothing changed.
+TEST_F(StatusFileTest, WriterRetriesAWriteThatFailed) {
+  DaemonStatus s = full_status();
+  StatusWriter writer;
+  fs::create_directories(dir);
+  fs::permissions(dir, fs::perms::owner_all | fs::perms::group_write);  // refused: group-writable
+  EXPECT_THROW(writer.write(dir.string(), s), std::runtime_error);
+  fs::permissions(dir, fs::perms::owner_all);
+  s.last_tick_at += std::chrono::milliseconds(100);
+  EXPECT_TRUE(writer.write(dir.string(), s));
+  EXPECT_EQ(slurp(dir / "status.json"), status_text(status_file_of(s)));
 }
 
 TEST_F(StatusFileTest, CreatesTheStateDirectory0755WhateverTheUmask) {

@@ -163,6 +163,7 @@ class Daemon {
   AgentChannels channels_;
   Plan plan_;
   DaemonStatus status_;
+  StatusWriter status_writer_;  // writes status.json when it changed (status_file.h)
   bool connected_ = true;
   bool connection_lost_ = false;
   bool reconcile_due_ = false;
