@@ -59,7 +59,7 @@
 //       "weight": 0.7105,
 //       "cpu_shares": 1455,            planned
 //       "cpus": [0, 1],                dedicated: vCPU i on cpus[i]; shared: the pool
-//       "vcpus_online": 2 | null,      rebalanced dedicated VMs only
+//       "vcpus_online": 2 | null,      rebalanced dedicated VMs, and shared VMs whose count is managed
 //       "reason": "priority 1 reported by agent, weight 0.711 of 2 VMs",
 //       "last_change_at": "..." | null, when the daemon last changed this VM
 //       "last_change": "..." | null,   that change, as logged
