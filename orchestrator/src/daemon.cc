@@ -319,12 +319,25 @@ BalloonSample Daemon::sample_balloon(const ManagedDomain& d, const AgentState& a
     // guest's memory: count it at its last known size (libvirt's current one when the read had it) and
     // leave it alone, instead of at its maximum, which would squeeze its neighbours for memory it does
     // not hold.
+    // A balloon still on its way to a target we set (a hot-add holding the domain's job is enough to
+    // make libvirt skip its statistics) counts at that target, as while settling: its neighbours are
+    // not asked for memory it is about to give.
     if (first || !h.last.actual_kib) return sample;
     sample.stats = h.last;
     if (stats && stats->memory.actual_kib) sample.stats->actual_kib = stats->memory.actual_kib;
+    const std::uint64_t actual = *sample.stats->actual_kib / 1024;
+    const std::uint64_t band = options_.config.balloon.dead_band_mib;
+    const bool on_its_way = h.changed_at && clock_.wall() - *h.changed_at < kBalloonSettleMax &&
+                            (actual > h.requested_mib + band || actual + band < h.requested_mib);
+    if (on_its_way) {
+      sample.settling = true;
+      sample.requested_mib = h.requested_mib;
+    }
     if (sample.hold.empty())
-      sample.hold = fmt::format("no balloon statistics this tick; counted at its last known size {} MiB",
-                                *sample.stats->actual_kib / 1024);
+      sample.hold = on_its_way
+                        ? fmt::format("no balloon statistics this tick; on its way from {} to {} MiB", actual,
+                                      h.requested_mib)
+                        : fmt::format("no balloon statistics this tick; counted at its last known size {} MiB", actual);
     return sample;
   }
   sample.stats = stats->memory;

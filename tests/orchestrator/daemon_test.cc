@@ -948,6 +948,26 @@ TEST_F(BalloonDaemonTest, AFailedStatisticsReadCountsEachVmAtItsLastSizeAndSquee
   EXPECT_FALSE(d.plan().memory.find("b")->left_alone);
 }
 
+// The same while a balloon is still on its way to the target llmorchd set (CI rehearsal, session 5: a
+// vCPU hot-add held the domain's job, libvirt skipped its statistics, and its last known size, 7 MiB
+// above its target, made llmorchd squeeze the neighbour): it counts at its target.
+TEST_F(BalloonDaemonTest, AFailedStatisticsReadCountsABalloonOnItsWayAtItsTarget) {
+  Daemon d(hv, clock, options);
+  pass_first_report_grace(d);
+  ASSERT_TRUE(d.tick());  // b: 256 -> 144
+  ASSERT_EQ(std::count(hv.calls.begin(), hv.calls.end(), "set_memory_mib b 144"), 1);
+  hv.calls.clear();
+  hv.fail_if = [](const std::string& call) { return call == "domain_stats"; };  // b last seen at 256
+  clock.t += 1s;
+  ASSERT_TRUE(d.tick());
+  for (const auto& c : hv.calls) EXPECT_EQ(c.find("set_memory_mib"), std::string::npos) << c;
+  const VmMemoryPlan* b = d.plan().memory.find("b");
+  ASSERT_NE(b, nullptr);
+  EXPECT_TRUE(b->left_alone);
+  EXPECT_NE(b->reason.find("on its way from 256 to 144 MiB"), std::string::npos) << b->reason;
+  EXPECT_NE(b->reason.find("counted at its target 144 MiB"), std::string::npos) << b->reason;
+}
+
 // Issue 11, finding 3: a guest's floor is what the operator lets it claim, and only while its agent is
 // fresh and believed. One huge claim and then silence (or a hostile agent) must not pin the VM at its
 // maximum. b: template floor 96, may claim up to 150; the host limit (50 MiB) squeezes it to its floor.
