@@ -97,10 +97,13 @@ TEST(BalloonE2e, ReclaimsLowPriorityFirstNeverBelowFloorsAndGrowsBack) {
   // lo: floor 96 from both its template and its agent. (The agent's floor alone is not enough: the
   // host clamps a reported floor to the guest's MemTotal, which is ~38 MiB below the balloon size, so
   // each squeeze would lower the next floor.) hi: template floor 160, holds 100 MiB.
-  auto r = guests.place(
-      lo, {"priority=10", "memory_floor_mib=96", kernel_args("llmorch.workload=idle llmorch.floor_mib=96")});
+  // max_vcpus=1: elastic vCPU counts (issue 13) would hot-add vCPUs meanwhile; a hot-add holds the
+  // domain's job (libvirt then skips its balloon statistics) and a second TCG vCPU takes CPU from the
+  // other guest. Under ASan on 2 cores that changed this test's memory dynamics (CI rehearsal).
+  auto r = guests.place(lo, {"priority=10", "max_vcpus=1", "memory_floor_mib=96",
+                             kernel_args("llmorch.workload=idle llmorch.floor_mib=96")});
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  r = guests.place(hi, {"priority=1", "memory_floor_mib=160", kernel_args("llmorch.workload=mem:100")});
+  r = guests.place(hi, {"priority=1", "max_vcpus=1", "memory_floor_mib=160", kernel_args("llmorch.workload=mem:100")});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   ASSERT_TRUE(wait_for_console(lo, "llmorch-guest: ready", 120s)) << serial_log(lo);
   ASSERT_TRUE(wait_for_console(hi, "workload mem:100 started", 120s)) << serial_log(hi);
