@@ -304,6 +304,13 @@ void Daemon::apply_reports() {
   plan_ = std::move(plan);
 }
 
+namespace {
+// A balloon of `actual` MiB has reached `target` when it is within the dead band of it.
+bool at_target(std::uint64_t actual, std::uint64_t target, std::uint64_t band) {
+  return actual + band >= target && actual <= target + band;
+}
+}  // namespace
+
 BalloonSample Daemon::sample_balloon(const ManagedDomain& d, const AgentState& agent, const DomainStats* stats,
                                      Clock::TimePoint now) {
   BalloonSample sample;
@@ -326,9 +333,8 @@ BalloonSample Daemon::sample_balloon(const ManagedDomain& d, const AgentState& a
     sample.stats = h.last;
     if (stats && stats->memory.actual_kib) sample.stats->actual_kib = stats->memory.actual_kib;
     const std::uint64_t actual = *sample.stats->actual_kib / 1024;
-    const std::uint64_t band = options_.config.balloon.dead_band_mib;
     const bool on_its_way = h.changed_at && clock_.wall() - *h.changed_at < kBalloonSettleMax &&
-                            (actual > h.requested_mib + band || actual + band < h.requested_mib);
+                            !at_target(actual, h.requested_mib, options_.config.balloon.dead_band_mib);
     if (on_its_way) {
       sample.settling = true;
       sample.requested_mib = h.requested_mib;
@@ -365,8 +371,7 @@ BalloonSample Daemon::sample_balloon(const ManagedDomain& d, const AgentState& a
     // last_update has whole seconds: only a later second is surely after the change.
     const auto changed_s = std::chrono::duration_cast<std::chrono::seconds>(h.changed_at->time_since_epoch()).count();
     const std::uint64_t actual = sample.stats->actual_kib.value_or(0) / 1024;
-    const std::uint64_t band = options_.config.balloon.dead_band_mib;
-    const bool reached = actual + band >= h.requested_mib && actual <= h.requested_mib + band;
+    const bool reached = at_target(actual, h.requested_mib, options_.config.balloon.dead_band_mib);
     // A guest inflates or deflates over seconds (slower under load): while its balloon still moves
     // towards the target, figures taken mid-way are not a basis either (bounded by kBalloonSettleMax).
     const bool moving = !reached && sample.previous && sample.previous->actual_kib &&
