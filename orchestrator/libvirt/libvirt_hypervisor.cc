@@ -208,7 +208,7 @@ class LibvirtHypervisor final : public Hypervisor {
     return out;
   }
 
-  std::vector<ManagedDomain> list_managed() override {
+  std::vector<ManagedDomain> list_managed(std::string_view name_prefix = {}) override {
     const auto c = conn();
     virDomainPtr* doms = nullptr;
     int n = virConnectListAllDomains(c->ptr, &doms, 0);
@@ -216,8 +216,13 @@ class LibvirtHypervisor final : public Hypervisor {
     std::vector<Domain> owned(doms, doms + n);
     std::free(doms);
     std::vector<ManagedDomain> out;
-    for (auto& d : owned)
-      if (auto m = describe_listed(c->ptr, d.get())) out.push_back(std::move(*m));
+    std::optional<HostConstants> host;  // read once per listing, not once per domain (a round trip each)
+    for (auto& d : owned) {
+      // The name came with the listing: checking it costs no round trip.
+      if (!std::string_view(virDomainGetName(d.get())).starts_with(name_prefix)) continue;
+      if (!host) host = HostConstants{.cpus = host_cpu_count(c->ptr)};
+      if (auto m = describe_listed(c->ptr, d.get(), *host)) out.push_back(std::move(*m));
+    }
     return out;
   }
 
@@ -228,7 +233,8 @@ class LibvirtHypervisor final : public Hypervisor {
       if (virGetLastErrorCode() == VIR_ERR_NO_DOMAIN) return std::nullopt;
       throw last_error("cannot look up domain '" + name + "'");
     }
-    return describe(c->ptr, d.get());
+    HostConstants host{.cpus = host_cpu_count(c->ptr)};
+    return describe(d.get(), host);
   }
 
   bool domain_exists(const std::string& name) override {
@@ -534,15 +540,21 @@ class LibvirtHypervisor final : public Hypervisor {
   // errors: VIR_ERR_NO_DOMAIN, "domain is not running", or no error at all ("no error" messages from
   // calls that lost their object). So on any failure, look the domain up again: gone means it is not
   // listed; still there means its state changed under us, and one more try describes the new state.
-  static std::optional<ManagedDomain> describe_listed(virConnectPtr conn, virDomainPtr d) {
+  // What describe() needs of the host, the same for every domain: read once for a whole listing.
+  struct HostConstants {
+    int cpus = 0;              // host_cpu_count()
+    int scheduler_params = 0;  // virDomainGetSchedulerType's count, once one domain has answered (0: not yet)
+  };
+
+  static std::optional<ManagedDomain> describe_listed(virConnectPtr conn, virDomainPtr d, HostConstants& host) {
     try {
-      return describe(conn, d);
+      return describe(d, host);
     } catch (const HypervisorError& e) {
       if (e.kind() == Kind::Connection) throw;
       if (!still_defined(conn, d)) return std::nullopt;
     }
     try {
-      return describe(conn, d);
+      return describe(d, host);
     } catch (const HypervisorError& e) {
       if (e.kind() == Kind::Connection || still_defined(conn, d)) throw;
       return std::nullopt;
@@ -559,7 +571,7 @@ class LibvirtHypervisor final : public Hypervisor {
     throw last_error("cannot look up a listed domain again");
   }
 
-  static std::optional<ManagedDomain> describe(virConnectPtr conn, virDomainPtr d) {
+  static std::optional<ManagedDomain> describe(virDomainPtr d, HostConstants& host) {
     CString xml(virDomainGetXMLDesc(d, 0));
     if (!xml) throw last_error(std::string("cannot read the XML of domain '") + virDomainGetName(d) + "'");
     auto metadata = read_metadata(xml.get());
@@ -582,14 +594,13 @@ class LibvirtHypervisor final : public Hypervisor {
     m.vcpus_current = live.vcpus_current;
     m.vcpus_max = live.vcpus_max;
     m.channel_path = m.active() ? live.channel_path : "";
-    m.vcpu_pins = vcpu_pins(conn, d, m.vcpus_max);
+    m.vcpu_pins = vcpu_pins(d, m.vcpus_max, host.cpus);
     m.emulator_pins = live.emulator_pins;
-    m.cpu_shares = cpu_shares(d, m.cpu_shares_unreadable);
+    m.cpu_shares = cpu_shares(d, m.cpu_shares_unreadable, host.scheduler_params);
     return m;
   }
 
-  static std::vector<std::vector<policy::CpuId>> vcpu_pins(virConnectPtr conn, virDomainPtr d, int max_vcpus) {
-    const int ncpus = host_cpu_count(conn);
+  static std::vector<std::vector<policy::CpuId>> vcpu_pins(virDomainPtr d, int max_vcpus, int ncpus) {
     const int maplen = VIR_CPU_MAPLEN(ncpus);
     std::vector<unsigned char> maps(static_cast<std::size_t>(maplen) * max_vcpus, 0);
     int n = virDomainGetVcpuPinInfo(d, max_vcpus, maps.data(), maplen, 0);
@@ -601,18 +612,25 @@ class LibvirtHypervisor final : public Hypervisor {
     return out;
   }
 
-  // Absent when the driver has no cpu_shares (e.g. the test driver's "weight").
   // Absent when the driver has no cpu_shares (e.g. the test driver's "weight"); `unreadable` when the
   // driver has a scheduler but the read failed (a domain libvirtd is still reconnecting to).
-  static std::optional<std::uint64_t> cpu_shares(virDomainPtr d, bool& unreadable) {
-    int n = 0;
-    CString type(virDomainGetSchedulerType(d, &n));
-    std::optional<std::uint64_t> out;
+  // known_params: the driver's parameter count when another domain has given it (0: ask this one, and
+  // remember its answer), which saves the scheduler-type round trip for every other domain.
+  static std::optional<std::uint64_t> cpu_shares(virDomainPtr d, bool& unreadable, int& known_params) {
     unreadable = false;
-    if (!type) {
-      const int code = virGetLastErrorCode();
-      unreadable = code != VIR_ERR_NO_SUPPORT && code != VIR_ERR_OPERATION_UNSUPPORTED;
-    } else if (n > 0) {
+    int n = known_params;
+    if (n == 0) {
+      CString type(virDomainGetSchedulerType(d, &n));
+      if (!type) {
+        const int code = virGetLastErrorCode();
+        unreadable = code != VIR_ERR_NO_SUPPORT && code != VIR_ERR_OPERATION_UNSUPPORTED;
+        virResetLastError();
+        return std::nullopt;
+      }
+      known_params = n;
+    }
+    std::optional<std::uint64_t> out;
+    if (n > 0) {
       std::vector<virTypedParameter> params(n);
       unsigned long long v = 0;
       if (virDomainGetSchedulerParametersFlags(d, params.data(), &n, 0) != 0) unreadable = true;

@@ -508,7 +508,7 @@ std::optional<std::vector<ManagedDomain>> Daemon::list_domains() {
   try {
     BoundedCalls::Result r;
     auto listed = calls_.get<std::vector<ManagedDomain>>(
-        "list", host_call_timeout(), [this] { return hv_.list_managed(); }, r);
+        "list", host_call_timeout(), [this] { return hv_.list_managed(options_.domain_prefix); }, r);
     if (r.status == BoundedCalls::Status::Error) std::rethrow_exception(r.error);
     if (!listed) {
       if (host_call_stuck_.empty())
@@ -520,9 +520,7 @@ std::optional<std::vector<ManagedDomain>> Daemon::list_domains() {
     }
     if (!host_call_stuck_.empty()) spdlog::info("libvirt lists the domains again");
     host_call_stuck_.clear();
-    auto domains = std::move(*listed);
-    std::erase_if(domains, [&](const ManagedDomain& d) { return !d.name.starts_with(options_.domain_prefix); });
-    return domains;
+    return std::move(*listed);
   } catch (const HypervisorError& e) {
     if (connected_) spdlog::warn("cannot list the domains; retrying at the next tick ({})", e.what());
     connected_ = false;

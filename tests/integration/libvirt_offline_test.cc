@@ -1,5 +1,6 @@
 // The libvirt backend without a daemon: URI resolution, connection errors, and libvirt's built-in
 // test driver (test:///default: 2 NUMA cells, no cpu_shares). Labelled `unit`: it needs no libvirtd.
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <thread>
@@ -102,6 +103,25 @@ DomainSpec offline_spec(const std::string& name) {
                  .hugepage_kib = 0,
                  .vcpus = 1};
   return s;
+}
+
+// A name prefix rules domains out before anything is read of them: only the matching ones are listed,
+// managed or not by the prefix's own standards (the test driver is in-process, so the saved calls are not
+// observable here; the libvirt backend reads nothing of a domain whose name does not match).
+TEST(LibvirtTestDriver, ListingWithANamePrefixListsOnlyTheDomainsWhoseNamesStartWithIt) {
+  auto hv = connect_libvirt("test:///default");
+  for (const char* name : {"llmorch-mine-1", "llmorch-mine-2", "llmorch-theirs-1"})
+    hv->define_and_start(render_domain_xml(offline_spec(name)));
+  std::vector<std::string> mine, all;
+  for (const auto& d : hv->list_managed("llmorch-mine-")) mine.push_back(d.name);
+  for (const auto& d : hv->list_managed()) all.push_back(d.name);
+  std::sort(mine.begin(), mine.end());
+  std::sort(all.begin(), all.end());
+  EXPECT_EQ(mine, (std::vector<std::string>{"llmorch-mine-1", "llmorch-mine-2"}));
+  EXPECT_EQ(all, (std::vector<std::string>{"llmorch-mine-1", "llmorch-mine-2", "llmorch-theirs-1"}));
+  EXPECT_TRUE(hv->list_managed("nobody-").empty());
+  for (const char* name : {"llmorch-mine-1", "llmorch-mine-2", "llmorch-theirs-1"})
+    EXPECT_TRUE(remove_domain_named(*hv, name));
 }
 
 // Domains that come and go (through a second connection to the same in-process driver) while the

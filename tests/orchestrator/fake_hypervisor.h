@@ -19,6 +19,7 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "llmorch/orch/hypervisor.h"
@@ -59,10 +60,13 @@ class FakeHypervisor : public Hypervisor {
     return caps;
   }
   std::map<policy::NodeId, std::uint64_t> free_memory_mib() override { return free_mib; }
-  std::vector<ManagedDomain> list_managed() override {
+  std::vector<ManagedDomain> list_managed(std::string_view name_prefix = {}) override {
     check();
     ++list_calls;
-    return domains;
+    std::vector<ManagedDomain> out;
+    for (const auto& d : domains)
+      if (d.name.starts_with(name_prefix)) out.push_back(d);
+    return out;
   }
   std::optional<ManagedDomain> find_managed(const std::string& name) override {
     check();

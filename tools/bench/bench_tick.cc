@@ -27,6 +27,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "commands.h"
 #include "fake_hypervisor.h"
 #include "hostgen.h"
 #include "llmorch/orch/daemon.h"
@@ -67,17 +68,23 @@ Backends:
         balloon statistics come from the generator, cpu_shares/pins/vCPUs/balloon/metadata levers are
         recorded by the shim (not sent to libvirt) and laid over what libvirt lists. What it measures
         is llmorch's code plus the libvirt client, RPC-free (the test driver runs in process).
+  remote  the same test driver and shim, but hosted by the running libvirtd (test+unix:///DIR/node.xml):
+        every libvirt call is a round trip to another process, as on a real host, and the driver's own
+        work (formatting each domain's XML) is libvirtd's CPU, not the tick's. Needs libvirtd running
+        (tools/libvirtd-up) and able to read /tmp.
 
 Modes: dry (--dry-run: plan and log, apply nothing) and apply (levers called; measured after warm-up
 ticks, so steady state: a converged host needs no lever calls).
 
 Options:
-  --backend B     fake, test or both (default both)
+  --backend B     fake, test, remote, both (fake and test) or all (default both)
   --vms LIST      VM counts (default 10,100,1000,5000)
   --mode M        dry, apply or both (default both)
   --ticks K       measured ticks per run (default 20; at most 5 above 1000 VMs)
-  --cli           also time `llmorch status` and `list` against each test-driver run (`host` needs NUMA
-                  cells, which the test driver does not report)
+  --cli           also time `llmorch status`, `list` and `host` after each test/remote run: the CLI's
+                  own code (llmorch::cli::run, in this process) over the same shim, since `status` and
+                  `host` need the NUMA cells the test driver does not report; and, for scale, the
+                  start of the real binary (`llmorch --version`)
   --log-level L   llmorchd's log level in the runs (default warn)
 Each run is a child process of its own, so RSS is that run's.
 )";
@@ -227,8 +234,8 @@ class TestDriverShim : public orch::Hypervisor {
     for (int n = 0; n < kNodes; ++n) out[n] = std::uint64_t{512} << 10;
     return out;
   }
-  std::vector<ManagedDomain> list_managed() override {
-    std::vector<ManagedDomain> out = real_->list_managed();
+  std::vector<ManagedDomain> list_managed(std::string_view name_prefix = {}) override {
+    std::vector<ManagedDomain> out = real_->list_managed(name_prefix);
     std::lock_guard lock(mu_);
     for (ManagedDomain& d : out) lay_over(d);
     return out;
@@ -442,6 +449,38 @@ std::pair<double, double> time_command(const std::vector<std::string>& args) {
   return {wall, cpu};
 }
 
+// The CLI's status, list and host at this run's size: llmorch::cli::run in this process, reaching
+// libvirt through a fresh connection and shim per command (as the binary connects per command), with
+// --json so that the figures include building the output a script reads. Plus the binary's start.
+void time_cli(const std::string& uri, const std::string& state_dir, const Generated& g) {
+  std::ostringstream out, err;
+  const cli::Io io{
+      .out = out, .err = err, .hypervisors = [&g](const std::string& u) -> std::shared_ptr<orch::Hypervisor> {
+        return std::make_shared<TestDriverShim>(orch::connect_libvirt(u), g);
+      }};
+  for (const std::string cmd : {"status", "list", "host"}) {
+    std::vector<std::string> argv{"llmorch", cmd, "-c", uri};
+    if (cmd != "list") argv.emplace_back("--json");  // list has no --json (it prints a table)
+    if (cmd == "status") argv.insert(argv.end(), {"--state-dir", state_dir});
+    out.str("");
+    err.str("");
+    const double c0 = process_cpu_ms();
+    const auto w0 = std::chrono::steady_clock::now();
+    const int rc = cli::run(argv, io);
+    const double wall = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - w0).count();
+    const double cpu = process_cpu_ms() - c0;
+    if (rc != 0)
+      std::printf("      llmorch %-6s at %zu VMs: failed (exit %d): %s\n", cmd.c_str(), g.domains.size(), rc,
+                  err.str().c_str());
+    else
+      std::printf("      llmorch %-6s at %zu VMs: %.0f ms wall, %.0f ms CPU (in process, %zu KB out)\n", cmd.c_str(),
+                  g.domains.size(), wall, cpu, out.str().size() / 1024);
+  }
+  const auto [w, c] = time_command({LLMORCH_CLI_PATH, "--version"});
+  std::printf("      llmorch binary start (--version): %.0f ms wall, %.0f ms CPU\n", w, c);
+  std::fflush(stdout);
+}
+
 int run_one(const std::string& backend, std::size_t n, bool dry, const Options& opt) {
   spdlog::set_level(spdlog::level::from_str(opt.log_level));
   const std::string dir = temp_dir();
@@ -467,7 +506,7 @@ int run_one(const std::string& backend, std::size_t n, bool dry, const Options& 
       std::ofstream out(dir + "/node.xml");
       out << node_xml(g);
     }
-    uri = "test://" + dir + "/node.xml";
+    uri = (backend == "remote" ? "test+unix://" : "test://") + dir + "/node.xml";
     shim = std::make_unique<TestDriverShim>(orch::connect_libvirt(uri), g);
     hv = shim.get();
   }
@@ -530,23 +569,7 @@ int run_one(const std::string& backend, std::size_t n, bool dry, const Options& 
   std::fflush(stdout);
   spdlog::debug("warm-up {:.1f} s", warmup_s);
 
-  if (opt.cli && !uri.empty()) {
-    const std::string cli = LLMORCH_CLI_PATH;
-    for (const char* cmd : {"status", "list", "host"}) {
-      std::vector<std::string> args{cli, cmd, "-c", uri};
-      if (std::string(cmd) == "status") args.insert(args.end(), {"--state-dir", dir + "/state"});
-      if (std::string(cmd) == "host") {  // it needs the NUMA cells the test driver does not report
-        std::printf("      llmorch host   at %zu VMs: not measurable on the test driver (no NUMA cells)\n", n);
-        continue;
-      }
-      const auto [w, c] = time_command(args);
-      if (w < 0)
-        std::printf("      llmorch %-6s at %zu VMs: failed (run it by hand: %s %s -c %s)\n", cmd, n, cli.c_str(), cmd,
-                    uri.c_str());
-      else std::printf("      llmorch %-6s at %zu VMs: %.0f ms wall, %.0f ms CPU\n", cmd, n, w, c);
-    }
-    std::fflush(stdout);
-  }
+  if (opt.cli && !uri.empty()) time_cli(uri, dir + "/state", g);
   std::error_code ec;
   std::filesystem::remove_all(dir, ec);
   return 0;
@@ -576,8 +599,11 @@ int main(int argc, char** argv) {
         return 0;
       } else if (a == "--backend") {
         const std::string b = value();
-        opt.backends = b == "both" ? std::vector<std::string>{"fake", "test"} : std::vector<std::string>{b};
-        if (b != "both" && b != "fake" && b != "test") throw std::invalid_argument("--backend is fake, test or both");
+        opt.backends = b == "both"  ? std::vector<std::string>{"fake", "test"}
+                       : b == "all" ? std::vector<std::string>{"fake", "test", "remote"}
+                                    : std::vector<std::string>{b};
+        if (b != "both" && b != "all" && b != "fake" && b != "test" && b != "remote")
+          throw std::invalid_argument("--backend is fake, test, remote, both or all");
       } else if (a == "--vms") {
         opt.vms.clear();
         for (const std::string& v : split(value())) opt.vms.push_back(std::stoul(v));

@@ -142,8 +142,11 @@ class Hypervisor {
   virtual std::string capabilities_xml() = 0;  // parse with parse_capabilities() (topology.h)
   virtual std::map<policy::NodeId, std::uint64_t> free_memory_mib() = 0;
 
-  // Domains llmorch manages (those with llmorch metadata). Others are ignored.
-  virtual std::vector<ManagedDomain> list_managed() = 0;
+  // Domains llmorch manages (those with llmorch metadata) whose names start with `name_prefix`. Others
+  // are ignored, and the libvirt backend makes no call for a domain the prefix rules out: on a shared host
+  // another tool's domain that is slow to answer (one that is starting, say) cannot hold up the listing.
+  // Overriders repeat the default.
+  virtual std::vector<ManagedDomain> list_managed(std::string_view name_prefix = {}) = 0;
   virtual std::optional<ManagedDomain> find_managed(const std::string& name) = 0;
   // Whether any domain, managed or not, has this name. The default knows only managed domains (enough
   // for fakes); the libvirt backend asks libvirt.
