@@ -30,11 +30,19 @@ host=$(printf '%s\n' "${debs[@]}" | grep '/llmorch_') || fail "tools/package mad
 agent=$(printf '%s\n' "${debs[@]}" | grep '/llmorch-agent_') || fail "tools/package made no llmorch-agent_*.deb"
 echo "package_e2e: tools/package: $((SECONDS - t)) s: $host $agent"
 
+# Every install() rule names its package's component: a rule without one (CMake's "Unspecified") would
+# install with `cmake --install` yet be in no package.
+unspecified=$(mktemp -d)
+DESTDIR=$unspecified cmake --install "$build" --component Unspecified >/dev/null
+strays=$(find "$unspecified" -type f)
+rm -rf "$unspecified"
+[[ -z $strays ]] || fail "install() rules without COMPONENT host or agent (so in no package): $strays"
+
 # --- lintian: no errors (warnings are printed) ---
 t=$SECONDS
 for deb in "$host" "$agent"; do
   rc=0
-  out=$(lintian --no-tag-display-limit --fail-on error "$deb" 2>&1) || rc=$?
+  out=$(lintian --tag-display-limit 0 --fail-on error "$deb" 2>&1) || rc=$?
   [[ -z $out ]] || echo "$out" | sed "s|^|lintian $(basename "$deb"): |"
   # 1: errors found; anything else but 0: lintian itself failed. Both fail.
   [[ $rc -eq 0 ]] || fail "lintian exited $rc on $deb (errors above)"
