@@ -84,10 +84,16 @@ unit=$(dpkg-deb --fsys-tarfile "$agent" | tar -xO ./lib/systemd/system/llmorch-a
 grep -qx 'ExecStart=/usr/sbin/llmorch-agent' <<<"$unit" || fail "llmorch-agent.service does not start /usr/sbin/llmorch-agent"
 grep -q 'ATTR{name}=="org.llmorch.agent.0"' <(dpkg-deb --fsys-tarfile "$agent" | tar -xO ./lib/udev/rules.d/60-llmorch-agent.rules) ||
   fail "the udev rule does not match the org.llmorch.agent.0 port"
-agent_bin=$(mktemp)
-dpkg-deb --fsys-tarfile "$agent" | tar -xO ./usr/sbin/llmorch-agent >"$agent_bin"
-readelf -d "$agent_bin" | grep -q 'There is no dynamic section' || fail "the packaged llmorch-agent is not static"
-rm -f "$agent_bin"
+tree=$(mktemp -d)
+dpkg-deb -x "$agent" "$tree/root"
+readelf -d "$tree/root/usr/sbin/llmorch-agent" | grep -q 'There is no dynamic section' ||
+  fail "the packaged llmorch-agent is not static"
+# The guest's unit verifies (pointed at the unpacked agent: verify wants ExecStart's binary to exist).
+sed "s|^ExecStart=/usr/sbin/|ExecStart=$tree/root/usr/sbin/|" "$tree/root/lib/systemd/system/llmorch-agent.service" \
+  >"$tree/llmorch-agent.service"
+out=$(systemd-analyze verify --man=no "$tree/llmorch-agent.service" 2>&1) && [[ -z $out ]] ||
+  fail "llmorch-agent.service does not verify: $out"
+rm -rf "$tree"
 echo "package_e2e: dpkg-deb -c and control fields: as expected"
 
 # --- install, run, purge ---
