@@ -100,6 +100,18 @@ int main(int argc, char** argv) {
     return 2;
   }
   options.dry_run = vm.count("dry-run") > 0;
+  const std::string resolved = resolve_uri(uri);
+  // A dry run applies nothing, so it takes no lock and runs beside a running llmorchd (e.g. the service,
+  // to see what a config change would do); it leaves that one's status.json alone.
+  if (options.dry_run && !state_dir.empty()) {
+    if (const auto holder = service_lock_holder(state_dir, resolved)) {
+      spdlog::info(
+          "another llmorchd manages {} ({}); this dry run goes on beside it and writes no status.json to {} "
+          "(that one's); give it another --state-dir for a status.json of its own",
+          resolved, *holder, state_dir);
+      state_dir.clear();
+    }
+  }
   if (!state_dir.empty()) {  // an unsafe state directory stops the daemon now, not a warning every tick
     try {
       ::close(open_state_dir(state_dir));
@@ -112,10 +124,9 @@ int main(int argc, char** argv) {
   options.domain_prefix = prefix;
   options.reload = load;
 
-  const std::string resolved = resolve_uri(uri);
   // One llmorchd per libvirt connection (and state directory): see service_lock.h.
   std::optional<ServiceLock> lock;
-  if (!state_dir.empty()) {
+  if (!state_dir.empty() && !options.dry_run) {
     try {
       lock.emplace(state_dir, resolved, static_cast<int>(::getpid()), std::chrono::system_clock::now());
     } catch (const std::runtime_error& e) {

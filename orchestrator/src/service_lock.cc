@@ -41,6 +41,21 @@ std::string read_holder(int fd) {
 
 }  // namespace
 
+std::optional<std::string> service_lock_holder(const std::string& state_dir, const std::string& uri) {
+  const std::string path = state_dir + "/" + service_lock_name(uri);
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (fd < 0) return std::nullopt;  // no lock file: no llmorchd ever ran on this URI with this state dir
+  std::optional<std::string> holder;
+  // Shared and non-blocking: fails only while a holder has it exclusively; released at once.
+  if (::flock(fd, LOCK_SH | LOCK_NB) != 0) {
+    if (errno == EWOULDBLOCK) holder = read_holder(fd);
+  } else {
+    ::flock(fd, LOCK_UN);
+  }
+  ::close(fd);
+  return holder;
+}
+
 ServiceLock::ServiceLock(const std::string& state_dir, const std::string& uri, int pid,
                          std::chrono::system_clock::time_point started_at) {
   const int dir = open_state_dir(state_dir);

@@ -342,6 +342,30 @@ TEST_F(DaemonIntegration, ASecondDaemonOnTheSameUriRefusesAndNamesTheFirst) {
   EXPECT_GT(shares(a), shares(b));
 }
 
+// A dry run applies nothing: it takes no lock, runs beside the running llmorchd on the same URI and
+// state directory (exit 0, saying so), and leaves that one's status.json alone. About 2 s.
+TEST_F(DaemonIntegration, ADryRunRunsBesideTheRunningDaemonAndLeavesItsStatusAlone) {
+  const pid_t first = spawn_daemon(args({"--interval-ms", "200"}), {}, (dir / "first.log").string());
+  for (int i = 0; i < 200 && !fs::exists(dir / "state" / "status.json"); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  ASSERT_TRUE(fs::exists(dir / "state" / "status.json")) << slurp(dir / "first.log");
+  const pid_t dry = spawn_daemon(args({"--once", "--dry-run"}), {}, (dir / "dry.log").string());
+  const int dry_rc = wait_exit(dry);
+  // The first's status.json, not the dry run's (which would say dry_run true), a tick later still.
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const bool status_dry = read_status_file((dir / "state").string())["dry_run"].get<bool>();
+  kill(first, SIGTERM);
+  EXPECT_EQ(wait_exit(first), 0) << slurp(dir / "first.log");
+  EXPECT_EQ(dry_rc, 0) << slurp(dir / "dry.log");
+  const std::string said = slurp(dir / "dry.log");
+  EXPECT_NE(said.find("another llmorchd manages qemu:///system (pid " + std::to_string(first) + ", started_at "),
+            std::string::npos)
+      << said;
+  EXPECT_NE(said.find("this dry run goes on beside it and writes no status.json"), std::string::npos) << said;
+  EXPECT_FALSE(status_dry);
+  EXPECT_EQ(slurp(dir / "first.log").find("dry run"), std::string::npos);  // the first never was one
+}
+
 TEST(DaemonIntegrationNoLibvirt, OnceFailsWithOneWhenLibvirtIsUnreachable) {
   EXPECT_EQ(run_daemon({"-c", "qemu+unix:///system?socket=/nonexistent/llmorch-sock", "--once", "--state-dir",
                         (fs::temp_directory_path() / "llmorchd-it-none").string()}),

@@ -41,6 +41,24 @@ TEST(ServiceLockName, IsAFileNameThatKeepsTheUriReadableAndTellsSimilarUrisApart
   EXPECT_LE(odd.size(), 200u);
 }
 
+// llmorchd --dry-run asks who holds the lock instead of taking it.
+TEST_F(ServiceLockTest, TheHolderIsNamedWhileHeldAndNobodyBeforeOrAfterAndTheProbeCreatesNothing) {
+  EXPECT_EQ(service_lock_holder(dir.string(), "qemu:///system"), std::nullopt);
+  EXPECT_FALSE(fs::exists(dir)) << "the probe created the state directory";
+  {
+    ServiceLock held(dir.string(), "qemu:///system", 4242, t0);
+    const std::optional<std::string> holder = service_lock_holder(dir.string(), "qemu:///system");
+    ASSERT_TRUE(holder.has_value());
+    EXPECT_EQ(holder->rfind("pid 4242, started_at ", 0), 0u) << *holder;
+    EXPECT_EQ(service_lock_holder(dir.string(), "qemu:///session"), std::nullopt);  // another URI
+    // The probe left the lock with its holder: a second holder is still refused.
+    EXPECT_THROW(ServiceLock(dir.string(), "qemu:///system", 4343, t0), ServiceLockHeld);
+  }
+  EXPECT_EQ(service_lock_holder(dir.string(), "qemu:///system"), std::nullopt);  // file left, lock free
+  // The probe does not hold it either: a new holder gets it.
+  EXPECT_NO_THROW(ServiceLock(dir.string(), "qemu:///system", 4444, t0));
+}
+
 TEST_F(ServiceLockTest, ASecondHolderIsRefusedWithTheFirstsPidAndStartTime) {
   ServiceLock first(dir.string(), "qemu:///system", 4242, t0);
   std::ifstream in(first.path());

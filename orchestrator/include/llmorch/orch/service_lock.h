@@ -7,6 +7,7 @@
 #pragma once
 
 #include <chrono>
+#include <optional>
 #include <stdexcept>
 #include <string>
 
@@ -23,6 +24,12 @@ class ServiceLockHeld : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
 };
+
+// Who holds the lock for uri in state_dir, if anyone: "pid P, started_at T, uri U" (as the refusal
+// names it), or nullopt when no process holds it. Creates nothing (a missing directory or lock file is
+// "nobody") and takes no lock that a starting llmorchd could trip over beyond the instant of the check.
+// For llmorchd --dry-run, which applies nothing and so runs beside the service instead of excluding it.
+std::optional<std::string> service_lock_holder(const std::string& state_dir, const std::string& uri);
 
 class ServiceLock {
  public:
