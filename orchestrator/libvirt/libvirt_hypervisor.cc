@@ -594,7 +594,8 @@ class LibvirtHypervisor final : public Hypervisor {
     m.vcpus_current = live.vcpus_current;
     m.vcpus_max = live.vcpus_max;
     m.channel_path = m.active() ? live.channel_path : "";
-    m.vcpu_pins = vcpu_pins(d, m.vcpus_max, host.cpus);
+    auto pins = effective_vcpu_pins(live, host.cpus);  // from the XML: no round trip, but for placement 'auto'
+    m.vcpu_pins = pins ? std::move(*pins) : vcpu_pins(d, m.vcpus_max, host.cpus);
     m.emulator_pins = live.emulator_pins;
     m.cpu_shares = cpu_shares(d, m.cpu_shares_unreadable, host.scheduler_params);
     return m;

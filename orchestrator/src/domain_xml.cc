@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <numeric>
 #include <set>
 #include <sstream>
 #include <stdexcept>
@@ -528,6 +529,8 @@ LiveDomainXml parse_live_domain_xml(std::string_view xml) {
   auto vcpu = dom.child("vcpu");
   out.vcpus_max = vcpu.text().as_int();
   out.vcpus_current = vcpu.attribute("current") ? vcpu.attribute("current").as_int() : out.vcpus_max;
+  if (auto cpuset = vcpu.attribute("cpuset")) out.vcpu_cpuset = parse_cpuset(cpuset.value());
+  out.vcpu_placement_auto = std::string_view(vcpu.attribute("placement").value()) == "auto";
   auto tune = dom.child("cputune");
   for (auto pin : tune.children("vcpupin"))
     out.vcpu_pins[pin.attribute("vcpu").as_int()] = parse_cpuset(pin.attribute("cpuset").value());
@@ -537,6 +540,19 @@ LiveDomainXml parse_live_domain_xml(std::string_view xml) {
     if (std::string_view(chan.child("target").attribute("name").value()) == kAgentChannelName)
       out.channel_path = chan.child("source").attribute("path").value();
   return out;
+}
+
+std::optional<std::vector<std::vector<policy::CpuId>>> effective_vcpu_pins(const LiveDomainXml& live, int host_cpus) {
+  if (live.vcpu_placement_auto) return std::nullopt;
+  std::vector<policy::CpuId> every(static_cast<std::size_t>(std::max(host_cpus, 0)));
+  std::iota(every.begin(), every.end(), 0);
+  const std::vector<policy::CpuId>& fallback = live.vcpu_cpuset.empty() ? every : live.vcpu_cpuset;
+  std::vector<std::vector<policy::CpuId>> pins(static_cast<std::size_t>(std::max(live.vcpus_max, 0)));
+  for (int v = 0; v < live.vcpus_max; ++v) {
+    const auto it = live.vcpu_pins.find(v);
+    pins[static_cast<std::size_t>(v)] = it != live.vcpu_pins.end() ? it->second : fallback;
+  }
+  return pins;
 }
 
 }  // namespace llmorch::orch

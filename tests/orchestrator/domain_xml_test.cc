@@ -456,6 +456,33 @@ TEST(LiveDomainXml, GeneratedXmlPinsEveryVcpuUpToMax) {
   EXPECT_EQ(live.emulator_pins, std::vector<int>({0, 1}));
 }
 
+// What virDomainGetVcpuPinInfo answers, from the XML: a vCPU's own <vcpupin>, else <vcpu cpuset>,
+// else every host CPU; nothing for placement 'auto' (numad's choice is not in the XML).
+TEST(LiveDomainXml, EffectivePinsFollowVcpupinThenTheVcpuCpusetThenEveryHostCpu) {
+  LiveDomainXml live = parse_live_domain_xml(R"(<domain type='kvm'><name>x</name>
+  <vcpu placement='static' cpuset='4-5' current='2'>3</vcpu>
+  <cputune><vcpupin vcpu='1' cpuset='7'/></cputune></domain>)");
+  EXPECT_EQ(live.vcpu_cpuset, std::vector<int>({4, 5}));
+  auto pins = effective_vcpu_pins(live, 8);
+  ASSERT_TRUE(pins);
+  EXPECT_EQ(*pins, (std::vector<std::vector<int>>{{4, 5}, {7}, {4, 5}}));  // offline vCPU 2 too
+
+  live = parse_live_domain_xml("<domain><name>y</name><vcpu>2</vcpu></domain>");
+  pins = effective_vcpu_pins(live, 4);
+  ASSERT_TRUE(pins);
+  EXPECT_EQ(*pins, (std::vector<std::vector<int>>{{0, 1, 2, 3}, {0, 1, 2, 3}}));
+
+  live = parse_live_domain_xml("<domain><name>z</name><vcpu placement='auto'>2</vcpu></domain>");
+  EXPECT_TRUE(live.vcpu_placement_auto);
+  EXPECT_FALSE(effective_vcpu_pins(live, 4));
+
+  // llmorch's own XML pins every vCPU up to the maximum.
+  live = parse_live_domain_xml(render_domain_xml(dedicated_single_node()));
+  pins = effective_vcpu_pins(live, 16);
+  ASSERT_TRUE(pins);
+  EXPECT_EQ(*pins, (std::vector<std::vector<int>>{{9}, {8}, {8, 9}, {8, 9}}));
+}
+
 TEST(DomainXml, DedicatedVmHoldingMoreThanItsStartCount) {
   // After llmorchd gave it a third CPU: vCPU 2 gets its own, vCPU 3 floats over all three.
   DomainSpec s = dedicated_single_node();

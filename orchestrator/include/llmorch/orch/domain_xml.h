@@ -116,9 +116,17 @@ struct LiveDomainXml {
   std::string channel_path;  // socket of the llmorch agent channel; empty if none or not yet started
   int vcpus_current = 0;
   int vcpus_max = 0;
+  std::vector<policy::CpuId> vcpu_cpuset;  // <vcpu cpuset=...>: where vCPUs without a vcpupin run; empty: none
+  bool vcpu_placement_auto = false;        // <vcpu placement='auto'>: numad picks the CPUs, not the XML
 };
 
 // Throws std::invalid_argument when the text is not a domain XML.
 LiveDomainXml parse_live_domain_xml(std::string_view domain_xml);
+
+// Each vCPU's host CPUs (0 .. vcpus_max - 1), as virDomainGetVcpuPinInfo answers them, from the XML
+// alone: its <vcpupin>, else <vcpu cpuset>, else every host CPU (0 .. host_cpus - 1). Nothing when the
+// placement is 'auto' (the CPUs numad chose are not in the XML: ask libvirt). Saves a libvirt round trip
+// per domain in every listing.
+std::optional<std::vector<std::vector<policy::CpuId>>> effective_vcpu_pins(const LiveDomainXml& live, int host_cpus);
 
 }  // namespace llmorch::orch
