@@ -2,7 +2,8 @@
 // priorities 1 and 4, a real llmorchd, and `llmorch top` running in a detached tmux session (its own
 // server socket, so other tmux users are untouched). `tmux capture-pane` must show both VMs' rows,
 // heavier first, with the weights llmorchd wrote to status.json and a measured CPU %; then `q` must end
-// top with status 0 and leave the terminal as it found it (stty settings, cursor shown, normal screen).
+// top with status 0 and leave the terminal as it found it (stty settings, cursor shown, normal screen);
+// so must Ctrl-C in a second session.
 #include <gtest/gtest.h>
 
 #include <unistd.h>
@@ -72,7 +73,7 @@ std::string weight_text(const json& status, const std::string& vm) {
   return buf;
 }
 
-TEST(TopE2e, ShowsTheVmsByWeightUnderTmuxAndRestoresTheTerminalOnQ) {
+TEST(TopE2e, ShowsTheVmsByWeightUnderTmuxAndRestoresTheTerminalOnQAndCtrlC) {
   const auto test_start = SteadyClock::now();
   TempDir dir;
   const auto state = dir.path() / "state";
@@ -149,6 +150,24 @@ TEST(TopE2e, ShowsTheVmsByWeightUnderTmuxAndRestoresTheTerminalOnQ) {
   EXPECT_EQ(screen.find("FLAGS"), std::string::npos) << "top's frame is still on the screen:\n" << screen;
   EXPECT_EQ(tmux.run({"display-message", "-p", "-t", "top", "#{cursor_flag}"}).out, "1\n") << "cursor hidden";
   EXPECT_EQ(tmux.run({"display-message", "-p", "-t", "top", "#{alternate_on}"}).out, "0\n") << "alternate screen";
+
+  // Ctrl-C (SIGINT from the terminal) ends it the same way.
+  r = tmux.run({"new-session", "-d", "-s", "top2", "-x", "100", "-y", "20", shell});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::string screen2;
+  for (auto deadline = SteadyClock::now() + 10s; SteadyClock::now() < deadline; std::this_thread::sleep_for(200ms)) {
+    screen2 = tmux.run({"capture-pane", "-p", "-t", "top2"}).out;
+    if (screen2.find(heavy) != std::string::npos) break;
+  }
+  ASSERT_NE(screen2.find(heavy), std::string::npos) << screen2;
+  ASSERT_EQ(tmux.run({"send-keys", "-t", "top2", "C-c"}).exit_code, 0);
+  for (auto deadline = SteadyClock::now() + 5s; SteadyClock::now() < deadline; std::this_thread::sleep_for(100ms)) {
+    screen2 = tmux.run({"capture-pane", "-p", "-t", "top2"}).out;
+    if (screen2.find("TOP-EXIT=") != std::string::npos) break;
+  }
+  EXPECT_NE(screen2.find("TOP-EXIT=0"), std::string::npos) << screen2;
+  EXPECT_NE(screen2.find("TTY-RESTORED"), std::string::npos) << screen2;
+  EXPECT_EQ(tmux.run({"display-message", "-p", "-t", "top2", "#{cursor_flag}"}).out, "1\n") << "cursor hidden";
 
   EXPECT_EQ(daemon.stop(), 0) << daemon.log();
   figure("top_quit_s", quit_s);
