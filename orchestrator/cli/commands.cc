@@ -14,6 +14,7 @@ const std::vector<Command>& commands() {
       {"host", "NUMA nodes, CPUs and memory: what is free and who uses the rest", cmd_host},
       {"explain", "how a VM's weight, shares and CPUs come about, and llmorchd's last decision", cmd_explain},
       {"remove", "stop and undefine a VM llmorch manages", cmd_remove},
+      {"top", "a live per-VM view of what llmorchd does (q quits)", cmd_top},
   };
   return table;
 }

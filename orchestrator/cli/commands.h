@@ -55,5 +55,6 @@ int cmd_status(const std::vector<std::string>& args, Io io);
 int cmd_host(const std::vector<std::string>& args, Io io);
 int cmd_explain(const std::vector<std::string>& args, Io io);
 int cmd_remove(const std::vector<std::string>& args, Io io);
+int cmd_top(const std::vector<std::string>& args, Io io);
 
 }  // namespace llmorch::cli

@@ -218,6 +218,9 @@ bool Daemon::reconcile() {
     spdlog::error("vm {}: {}; left alone until its metadata is fixed (or 'llmorch remove {}')", vm, why, vm);
   for (const std::string& vm : bad.cleared) spdlog::info("vm {}: metadata usable again (or the VM is gone)", vm);
   const auto stats = read_stats();
+  status_.cpu_time_s.clear();  // status.json's cpu_time_s (llmorch top's CPU %)
+  if (stats)
+    for (const auto& [vm, st] : *stats) status_.cpu_time_s[vm] = static_cast<double>(st.cpu.total_ns) / 1e9;
   check_responsive(domains, stats);
   channels_.sync(domains, now);
   const ProblemChanges held = set_problems(status_, "channel_held", channels_.held_by_another(now), clock_.wall());

@@ -131,6 +131,7 @@ nlohmann::json vm_to_json(const StatusFileVm& v) {
   j["demand_cpus"] = v.demand_cpus;
   j["weight"] = v.weight;
   j["cpu_shares"] = v.cpu_shares;
+  j["cpu_time_s"] = opt(v.cpu_time_s);
   j["cpus"] = v.cpus;
   j["vcpus_online"] = opt(v.vcpus_online);
   j["reason"] = v.reason;
@@ -162,6 +163,7 @@ class Reader {
   }
   Reader object(const char* key) const { return Reader(field(key), where(key)); }
   bool is_null(const char* key) const { return field(key).is_null(); }
+  bool has(const char* key) const { return j_.contains(key); }
   const nlohmann::json& array(const char* key) const {
     const nlohmann::json& v = field(key);
     if (!v.is_array()) fail(key, "is not an array");
@@ -250,6 +252,7 @@ StatusFileVm vm_from(const Reader& r) {
   v.demand_cpus = r.get<double>("demand_cpus");
   v.weight = r.get<double>("weight");
   v.cpu_shares = r.get<int>("cpu_shares");
+  if (r.has("cpu_time_s")) v.cpu_time_s = r.maybe<double>("cpu_time_s");  // added later in version 1
   v.cpus = r.get<std::vector<policy::CpuId>>("cpus");
   v.vcpus_online = r.maybe<int>("vcpus_online");
   v.reason = r.get<std::string>("reason");
@@ -313,6 +316,7 @@ StatusFile status_file_of(const DaemonStatus& s) {
     auto c = s.last_change.find(p->name);
     f.vms.push_back(
         vm_of(*p, a == s.agents.end() ? AgentState{} : a->second, c == s.last_change.end() ? nullptr : &c->second));
+    if (auto t = s.cpu_time_s.find(p->name); t != s.cpu_time_s.end()) f.vms.back().cpu_time_s = t->second;
     auto b = s.balloon_change.find(p->name);
     f.vms.back().balloon = balloon_of(s.plan.memory.find(p->name), b == s.balloon_change.end() ? nullptr : &b->second);
   }
@@ -497,6 +501,7 @@ void write_vm(JsonText& j, const StatusFileVm& v) {
   j.key("target_mib").maybe(b.target_mib);
   j.close_object();
   j.key("cpu_shares").integer(v.cpu_shares);
+  j.key("cpu_time_s").maybe(v.cpu_time_s);
   j.key("cpus").open_array();
   for (const policy::CpuId c : v.cpus) j.integer(c);
   j.close_array();

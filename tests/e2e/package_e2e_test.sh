@@ -62,9 +62,13 @@ $list"
 }
 has "$host" /usr/bin/llmorch /usr/sbin/llmorchd /lib/systemd/system/llmorchd.service /etc/llmorch/llmorch.conf \
   /usr/share/llmorch/templates/llm-7b-q4.conf /usr/share/llmorch/templates/llm-70b-2node.conf \
-  /usr/share/doc/llmorch/copyright /usr/share/doc/llmorch/changelog.Debian.gz
+  /usr/share/doc/llmorch/copyright /usr/share/doc/llmorch/changelog.Debian.gz \
+  /usr/share/man/man8/llmorch.8.gz /usr/share/man/man8/llmorchd.8.gz /usr/share/man/man5/llmorch.conf.5.gz \
+  /usr/share/man/man5/llmorch-template.5.gz /usr/share/bash-completion/completions/llmorch \
+  /usr/share/bash-completion/completions/llmorchd
 has "$agent" /usr/sbin/llmorch-agent /lib/systemd/system/llmorch-agent.service /lib/udev/rules.d/60-llmorch-agent.rules \
-  /usr/share/doc/llmorch-agent/copyright /usr/share/doc/llmorch-agent/changelog.Debian.gz
+  /usr/share/doc/llmorch-agent/copyright /usr/share/doc/llmorch-agent/changelog.Debian.gz \
+  /usr/share/man/man8/llmorch-agent.8.gz
 # Nothing under the build's own prefix or the build tree.
 if dpkg-deb -c "$host" "$agent" 2>/dev/null | awk '{print $6}' | grep -E '^\./usr/local/|/work/'; then
   fail "a package holds a file under /usr/local or the build tree"

@@ -153,6 +153,7 @@ DaemonStatus full_status() {
   s.balloon_change["vm1"] = {s.last_tick_at, "balloon 256 -> 200 MiB"};
   s.report_to_apply_ms = {.n = 3, .p50 = 4.5, .p99 = 9.25, .max = 9.25};
   s.problems["vm2"].push_back({"flapping", "priority changed 9 times in 5 s", s.started_at});
+  s.cpu_time_s["vm1"] = 12.5;  // vm2's statistics were not read
   return s;
 }
 
@@ -180,6 +181,7 @@ TEST(StatusFromJson, ReadsBackEverythingTheDaemonWrites) {
   EXPECT_EQ(v->agent.last_error, "oversized frame");
   EXPECT_EQ(v->cpus, std::vector<policy::CpuId>({4, 5}));
   EXPECT_EQ(v->vcpus_online, 2);
+  EXPECT_EQ(v->cpu_time_s, 12.5);
   EXPECT_EQ(v->last_change, "vm vm1: cpu_shares 1024 -> 512 (why)");
   EXPECT_EQ(v->balloon.target_mib, 180u);
   EXPECT_EQ(v->balloon.last_change_reason, "balloon 256 -> 200 MiB");
@@ -188,6 +190,7 @@ TEST(StatusFromJson, ReadsBackEverythingTheDaemonWrites) {
   ASSERT_NE(v2, nullptr);
   EXPECT_FALSE(v2->report.has_value());
   EXPECT_FALSE(v2->report_age_s.has_value());
+  EXPECT_FALSE(v2->cpu_time_s.has_value());  // its statistics were not read
   EXPECT_FALSE(v2->balloon.actual_mib.has_value());
   EXPECT_TRUE(v2->balloon.left_alone);
   EXPECT_EQ(f.vm("vm3"), nullptr);
@@ -297,6 +300,7 @@ TEST(StatusText, IsByteForByteWhatTheDomDumpsForRandomContent) {
       v.cpu_shares = static_cast<int>(rng());
       for (int c = pick(4); c > 0; --c) v.cpus.push_back(static_cast<policy::CpuId>(rng()));
       if (pick(2)) v.vcpus_online = static_cast<int>(rng());
+      if (pick(2)) v.cpu_time_s = real();
       v.reason = text();
       v.last_change_at = maybe_text();
       v.last_change = maybe_text();
@@ -348,6 +352,12 @@ TEST(StatusFromJson, NamesTheFieldItCannotRead) {
   j = good;
   j["future_field"] = 1;  // unknown keys: a newer writer's additions are ignored
   EXPECT_EQ(message(j), "(no error)");
+  j = good;
+  j["vms"][0].erase("cpu_time_s");  // written by an llmorchd from before cpu_time_s: read as unknown
+  EXPECT_EQ(message(j), "(no error)");
+  EXPECT_FALSE(status_from_json(j).vms[0].cpu_time_s.has_value());
+  j["vms"][0]["cpu_time_s"] = "12";
+  EXPECT_NE(message(j).find("vms[0].cpu_time_s is neither null nor a number"), std::string::npos) << message(j);
 }
 
 TEST(StatusHealth, ProblemsDegradeAndDisconnectedWins) {

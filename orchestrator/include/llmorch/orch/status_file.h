@@ -58,6 +58,10 @@
 //       "demand_cpus": 1.25,           -1: unknown (no fresh report)
 //       "weight": 0.7105,
 //       "cpu_shares": 1455,            planned
+//       "cpu_time_s": 12.5 | null,     the domain's cumulative CPU time (all its threads, libvirt's
+//                                      cpu.time) at this tick; null when the statistics were not read.
+//                                      CPU % = its difference between two files / their last_tick_at
+//                                      difference (llmorch top). Older files lack it: read as null.
 //       "cpus": [0, 1],                dedicated: vCPU i on cpus[i]; shared: the pool
 //       "vcpus_online": 2 | null,      rebalanced dedicated VMs, and shared VMs whose count is managed
 //       "reason": "priority 1 reported by agent, weight 0.711 of 2 VMs",
@@ -120,6 +124,7 @@ struct DaemonStatus {
   std::map<std::string, LastChange> balloon_change;        // by VM name: the last balloon change and why
   LatencySummary report_to_apply_ms;                       // see "daemon.report_to_apply_ms" above
   std::map<std::string, std::vector<VmProblem>> problems;  // by VM name; see "problems" above
+  std::map<std::string, double> cpu_time_s;                // by VM name: "cpu_time_s" above (this tick's)
 };
 
 // "ok", "degraded" or "disconnected", as documented above.
@@ -167,6 +172,7 @@ struct StatusFileVm {
   double demand_cpus = -1.0;
   double weight = 0.0;
   int cpu_shares = 1024;
+  std::optional<double> cpu_time_s;
   std::vector<policy::CpuId> cpus;
   std::optional<int> vcpus_online;
   std::string reason;
