@@ -597,7 +597,9 @@ class LibvirtHypervisor final : public Hypervisor {
     auto pins = effective_vcpu_pins(live, host.cpus);  // from the XML: no round trip, but for placement 'auto'
     m.vcpu_pins = pins ? std::move(*pins) : vcpu_pins(d, m.vcpus_max, host.cpus);
     m.emulator_pins = live.emulator_pins;
-    m.cpu_shares = cpu_shares(d, m.cpu_shares_unreadable, host.scheduler_params);
+    // The live XML's <shares> is libvirt's own record of the cgroup value (read back when the domain
+    // starts, updated by every change through libvirt): no round trip. Absent (never set) means ask.
+    m.cpu_shares = live.cpu_shares ? live.cpu_shares : cpu_shares(d, m.cpu_shares_unreadable, host.scheduler_params);
     return m;
   }
 

@@ -1,5 +1,5 @@
 // The libvirt backend without a daemon: URI resolution, connection errors, and libvirt's built-in
-// test driver (test:///default: 2 NUMA cells, no cpu_shares). Labelled `unit`: it needs no libvirtd.
+// test driver (test:///default: 2 NUMA cells, no cpu_shares lever). Labelled `unit`: it needs no libvirtd.
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
@@ -80,7 +80,9 @@ TEST(LibvirtTestDriver, HostQueriesAndManagedDomains) {
   EXPECT_EQ(managed[0].name, s.name);
   EXPECT_EQ(managed[0].state, DomainState::Running);
   EXPECT_EQ(managed[0].vcpu_pins, std::vector<std::vector<int>>({{2}, {3}}));
-  EXPECT_FALSE(managed[0].cpu_shares.has_value());  // the test driver calls it "weight"
+  // The definition's <shares>, read from the XML (the test driver's own scheduler calls it "weight").
+  EXPECT_EQ(managed[0].cpu_shares, parse_live_domain_xml(render_domain_xml(s)).cpu_shares);
+  EXPECT_TRUE(managed[0].cpu_shares.has_value());
   EXPECT_TRUE(remove_domain_named(*hv, s.name));
   EXPECT_TRUE(hv->list_managed().empty());
 }
