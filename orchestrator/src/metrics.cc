@@ -153,8 +153,8 @@ std::string render_metrics(const MetricsSnapshot& s, std::string_view version) {
   e.family("llmorch_vm_priority", "gauge",
            "Effective priority of the VM (what its weight uses); source: agent, template, stale or hostile.");
   for (std::size_t i = 0; i < s.vms.size(); ++i)
-    e.sample("llmorch_vm_priority",
-             vm_label[i] + ",source=\"" + escape_label_value(s.vms[i].priority_source) + "\"", s.vms[i].priority);
+    e.sample("llmorch_vm_priority", vm_label[i] + ",source=\"" + escape_label_value(s.vms[i].priority_source) + "\"",
+             s.vms[i].priority);
   per_vm("llmorch_vm_weight", "gauge", "The VM's planned share of its node's CPU time, 0 to 1.",
          [](const VmMetrics& v) { return Opt(v.weight); });
   per_vm("llmorch_vm_cpu_shares", "gauge", "The VM's planned cgroup cpu.shares.",
@@ -163,11 +163,13 @@ std::string render_metrics(const MetricsSnapshot& s, std::string_view version) {
          [](const VmMetrics& v) { return v.vcpus_online ? Opt(*v.vcpus_online) : std::nullopt; });
   per_vm("llmorch_vm_cpu_seconds_total", "counter", "CPU time used by all of the VM's threads, as libvirt measures it.",
          [](const VmMetrics& v) { return v.cpu_seconds; });
-  per_vm("llmorch_vm_balloon_actual_bytes", "gauge", "The VM's memory balloon now.",
-         [](const VmMetrics& v) { return v.balloon_actual_bytes ? Opt(double(*v.balloon_actual_bytes)) : std::nullopt; });
+  per_vm("llmorch_vm_balloon_actual_bytes", "gauge", "The VM's memory balloon now.", [](const VmMetrics& v) {
+    return v.balloon_actual_bytes ? Opt(double(*v.balloon_actual_bytes)) : std::nullopt;
+  });
   per_vm("llmorch_vm_balloon_target_bytes", "gauge",
-         "This tick's balloon target; no sample while the balloon is left where it is.",
-         [](const VmMetrics& v) { return v.balloon_target_bytes ? Opt(double(*v.balloon_target_bytes)) : std::nullopt; });
+         "This tick's balloon target; no sample while the balloon is left where it is.", [](const VmMetrics& v) {
+           return v.balloon_target_bytes ? Opt(double(*v.balloon_target_bytes)) : std::nullopt;
+         });
   per_vm("llmorch_vm_balloon_floor_bytes", "gauge", "The least llmorchd shrinks the VM's balloon to.",
          [](const VmMetrics& v) { return Opt(double(v.balloon_floor_bytes)); });
   per_vm("llmorch_vm_agent_report_age_seconds", "gauge", "Age of the newest valid report from the VM's agent.",
@@ -185,7 +187,8 @@ std::string render_metrics(const MetricsSnapshot& s, std::string_view version) {
               "From reading an agent report that changes the plan to the return of the last libvirt call applying it.",
               c.report_to_applied_seconds);
   e.family("llmorch_actions_applied_total", "counter", "Changes llmorchd applied, by kind (dry runs apply none).");
-  for (const auto& [kind, n] : c.actions_applied) e.sample("llmorch_actions_applied_total", "kind=\"" + escape_label_value(kind) + "\"", n);
+  for (const auto& [kind, n] : c.actions_applied)
+    e.sample("llmorch_actions_applied_total", "kind=\"" + escape_label_value(kind) + "\"", n);
   e.family("llmorch_libvirt_up", "gauge", "1 when libvirt answered during the last tick.");
   e.sample("llmorch_libvirt_up", "", std::uint64_t{s.libvirt_up ? 1u : 0u});
   e.family("llmorch_libvirt_reconnects_total", "counter", "Times the libvirt connection came back after it was lost.");
@@ -211,7 +214,8 @@ ListenAddress parse_listen_address(const std::string& text) {
     throw bad("an IPv6 address must be in brackets");
   }
   const std::string port = text.substr(colon + 1);
-  if (port.empty() || port.size() > 5 || !std::all_of(port.begin(), port.end(), [](char c) { return c >= '0' && c <= '9'; }))
+  if (port.empty() || port.size() > 5 ||
+      !std::all_of(port.begin(), port.end(), [](char c) { return c >= '0' && c <= '9'; }))
     throw bad("the port must be a number");
   a.port = std::stoi(port);
   if (a.port < 1 || a.port > 65535) throw bad("the port must be 1 to 65535");

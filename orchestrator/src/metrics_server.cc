@@ -115,11 +115,12 @@ MetricsServer::MetricsServer(const ListenAddress& at) : impl_(std::make_unique<I
     res.set_content(*text, kMetricsContentType);  // copies: the shared text is never written in place
   });
   const std::string where = at.host.find(':') == std::string::npos ? at.host + ":" + std::to_string(at.port)
-                                                                    : "[" + at.host + "]:" + std::to_string(at.port);
+                                                                   : "[" + at.host + "]:" + std::to_string(at.port);
   errno = 0;
   if (!s.bind_to_port(at.host, at.port)) {
     const int err = errno;
-    throw MetricsListenError("cannot listen for metrics on " + where + (err ? std::string(" (") + std::strerror(err) + ")" : "") +
+    throw MetricsListenError("cannot listen for metrics on " + where +
+                             (err ? std::string(" (") + std::strerror(err) + ")" : "") +
                              ": another process (a second llmorchd, an exporter) may use that port, or the address "
                              "is not one of this host's; choose another with --metrics-listen or metrics_listen in "
                              "the config, or stop that process");

@@ -113,8 +113,9 @@ TEST(Metrics, UnknownValuesHaveNoSeriesButEveryFamilyHasHelpAndType) {
   v.priority_source = "template";
   s.vms = {v};
   const std::string text = render_metrics(s, "x");
-  for (const char* family : {"llmorch_vm_vcpus_online", "llmorch_vm_cpu_seconds_total", "llmorch_vm_balloon_actual_bytes",
-                             "llmorch_vm_balloon_target_bytes", "llmorch_vm_agent_report_age_seconds"}) {
+  for (const char* family :
+       {"llmorch_vm_vcpus_online", "llmorch_vm_cpu_seconds_total", "llmorch_vm_balloon_actual_bytes",
+        "llmorch_vm_balloon_target_bytes", "llmorch_vm_agent_report_age_seconds"}) {
     EXPECT_NE(text.find(std::string("# TYPE ") + family + " "), std::string::npos) << family;
     EXPECT_NE(text.find(std::string("# HELP ") + family + " "), std::string::npos) << family;
     EXPECT_EQ(text.find(std::string(family) + "{vm=\"bare\"}"), std::string::npos) << family << " has a sample";
