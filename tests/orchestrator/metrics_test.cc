@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -172,6 +173,26 @@ TEST(Metrics, ParsesListenAddresses) {
       EXPECT_NE(std::string(e.what()).find("use e.g. 127.0.0.1:9477"), std::string::npos) << e.what();
     }
   }
+}
+
+// The text is rendered on the tick thread: what that costs for a large host.
+TEST(Metrics, RenderCostFor1000Vms) {
+  MetricsSnapshot s = sample_snapshot();
+  const VmMetrics model = s.vms[0];
+  s.vms.clear();
+  for (int i = 0; i < 1000; ++i) {
+    s.vms.push_back(model);
+    s.vms.back().name = "llm-" + std::to_string(i);
+  }
+  constexpr int kRounds = 20;
+  std::size_t bytes = 0;
+  const auto start = std::chrono::steady_clock::now();
+  for (int i = 0; i < kRounds; ++i) bytes = render_metrics(s, "x").size();
+  const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count() /
+                    kRounds;
+  std::printf("render_metrics, 1,000 VMs: %.2f ms, %zu bytes\n", ms, bytes);
+  EXPECT_GT(bytes, 1000u * 13 * 20);  // every VM in every family
+  EXPECT_LT(ms, 100.0);               // a sanity bound, not a benchmark (sanitizers are slower)
 }
 
 // promtool (Debian package prometheus) parses and lints the text as Prometheus itself would.
