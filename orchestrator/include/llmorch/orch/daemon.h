@@ -181,7 +181,7 @@ class Daemon {
   // when it goes stale (a lifecycle event, a reload, a tick that could not plan).
   std::optional<Snapshot> last_snapshot_;
   LatencyWindow report_to_apply_{kLatencySamples};
-  DaemonCounters counters_;                    // metrics: tick and report histograms, actions, reconnects
+  DaemonCounters counters_;  // metrics: tick and report histograms, actions, reconnects
 
   // Per active VM: the previous tick's balloon stats and when their last_update last moved; when
   // llmorchd last changed its balloon, and what the host got back from its last shrink.
