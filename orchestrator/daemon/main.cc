@@ -14,6 +14,8 @@
 #include "llmorch/orch/daemon.h"
 #include "llmorch/orch/journal_log.h"
 #include "llmorch/orch/libvirt_hypervisor.h"
+#include "llmorch/orch/metrics.h"
+#include "llmorch/orch/metrics_server.h"
 #include "llmorch/orch/notifier.h"
 #include "llmorch/orch/po_error.h"
 #include "llmorch/orch/service_lock.h"
@@ -48,7 +50,7 @@ int main(int argc, char** argv) {
   std::optional<std::string> uri;
   std::string config_path, state_dir, level, prefix;
   int interval_ms = 0;
-  std::string memory_limit;
+  std::string memory_limit, metrics_listen;
   desc.add_options()("help,h", "show this help")("version", "print the version and exit")(
       "connect,c", po::value<std::string>()->notifier([&](const std::string& v) { uri = v; }),
       "libvirt URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system)")(
@@ -60,7 +62,10 @@ int main(int argc, char** argv) {
       "domain-prefix", po::value(&prefix), "manage only domains whose name starts with this")(
       "host-memory-limit-mib", po::value(&memory_limit),
       "most MiB all VMs may hold together, or none (overrides the config's host_memory_limit_mib)")(
-      "log-level", po::value(&level)->default_value("info"), "trace, debug, info, warn, error, off");
+      "metrics-listen", po::value(&metrics_listen),
+      "serve Prometheus metrics at http://ADDR:PORT/metrics, e.g. 127.0.0.1:9477; empty: none (overrides the "
+      "config's metrics_listen)")("log-level", po::value(&level)->default_value("info"),
+                                  "trace, debug, info, warn, error, off");
   po::variables_map vm;
   try {
     po::store(po::parse_command_line(argc, argv, desc), vm);
@@ -91,6 +96,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> overrides;
   if (vm.count("interval-ms")) overrides.push_back("interval_ms=" + std::to_string(interval_ms));
   if (vm.count("host-memory-limit-mib")) overrides.push_back("host_memory_limit_mib=" + memory_limit);
+  if (vm.count("metrics-listen")) overrides.push_back("metrics_listen=" + metrics_listen);
   auto load = [config_path, overrides] { return load_config(config_path, overrides); };
   DaemonOptions options;
   try {
@@ -133,6 +139,20 @@ int main(int argc, char** argv) {
       spdlog::error("{}", e.what());
       return 1;
     }
+  }
+  // Prometheus metrics (not for --once: one tick is no service). A port that cannot be had is a
+  // configuration error, found now rather than by a scraper.
+  std::unique_ptr<MetricsServer> metrics;
+  if (!vm.count("once") && !options.config.metrics_listen.empty()) {
+    try {
+      metrics = std::make_unique<MetricsServer>(parse_listen_address(options.config.metrics_listen));
+    } catch (const MetricsListenError& e) {
+      spdlog::error("{}", e.what());
+      return 2;
+    }
+    options.metrics = [server = metrics.get()](const MetricsSnapshot& snapshot) {
+      server->publish(render_metrics(snapshot, LLMORCH_VERSION));
+    };
   }
   std::unique_ptr<Hypervisor> hv;
   try {

@@ -6,6 +6,7 @@
 
 #include "ini_keys.h"
 #include "llmorch/orch/config.h"
+#include "llmorch/orch/metrics.h"
 
 namespace llmorch::orch {
 namespace {
@@ -58,6 +59,11 @@ const std::vector<Key>& keys() {
        [](const std::string& v, HostConfig& c) { c.balloon.headroom_fraction = ini::number(v, 0.0, 1.0); }},
       {"balloon_pressure_psi", "a number of percent in [0, 100]",
        [](const std::string& v, HostConfig& c) { c.balloon.pressure_psi = ini::number(v, 0.0, 100.0); }},
+      {"metrics_listen", "ADDR:PORT (such as 127.0.0.1:9477), or empty for no metrics",
+       [](const std::string& v, HostConfig& c) {
+         if (!v.empty()) parse_listen_address(v);  // its message says what is wrong
+         c.metrics_listen = v;
+       }},
   };
   return table;
 }

@@ -143,7 +143,10 @@ bool Daemon::refresh_connection() {
       connected_ = false;
       return false;
     }
-    if (connection_lost_) spdlog::info("libvirt connection restored");
+    if (connection_lost_) {
+      spdlog::info("libvirt connection restored");
+      ++counters_.reconnects;
+    }
     connection_lost_ = false;
     connected_ = true;
   } catch (const HypervisorError& e) {
@@ -178,6 +181,14 @@ std::string Daemon::status_line() const {
   return line;
 }
 
+MetricsSnapshot Daemon::metrics_snapshot() const {
+  MetricsSnapshot m;
+  m.libvirt_up = connected_;
+  m.vms = vm_metrics(status_file_of(status_), status_.cpu_time_s);
+  m.counters = counters_;
+  return m;
+}
+
 void Daemon::notify_watchdog(Clock::TimePoint now) {
   if (watchdog_period_.count() <= 0 || reconciles_ == 0 || now - last_watchdog_ < watchdog_period_) return;
   notify("WATCHDOG=1");
@@ -185,7 +196,10 @@ void Daemon::notify_watchdog(Clock::TimePoint now) {
 }
 
 bool Daemon::tick() {
+  const auto started = clock_.now();
   const bool ok = reconcile();
+  counters_.tick_seconds.observe(std::chrono::duration<double>(clock_.now() - started).count());
+  if (options_.metrics) options_.metrics(metrics_snapshot());
   if (ok && !ready_sent_) {
     ready_sent_ = true;
     notify("READY=1\nSTATUS=" + status_line());
@@ -647,6 +661,7 @@ void Daemon::apply(const std::vector<Action>& actions, std::vector<Action>& appl
       }
       spdlog::info("{}", line);
       applied.push_back(a);
+      ++counters_.actions_applied[action_kind(a)];
       std::string& c = changes[a.vm];
       c += (c.empty() ? "" : "; ") + line;
       if (a.is<SetMemory>()) {
@@ -677,6 +692,7 @@ void Daemon::record_report_latency(bool applied_any, Clock::TimePoint applied_at
       continue;
     }
     report_to_apply_.add(ms);
+    counters_.report_to_applied_seconds.observe(ms / 1000.0);
     spdlog::debug("vm {}: report to applied in {:.2f} ms", vm, ms);
   }
   pending_reports_.clear();

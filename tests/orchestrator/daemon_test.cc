@@ -382,6 +382,39 @@ TEST_F(DaemonTest, LibvirtOutageIsReportedAndSurvived) {
   for (const auto& c : hv.calls) EXPECT_EQ(c.rfind("set_cpu_shares", 0), 0u) << c;  // nothing redefined
 }
 
+// Metrics (metrics.h): given after every tick, good or not; the counters add up across ticks.
+TEST_F(DaemonTest, MetricsAfterEachTickCountTicksActionsAndReconnects) {
+  std::vector<MetricsSnapshot> seen;
+  options.metrics = [&](const MetricsSnapshot& m) { seen.push_back(m); };
+  Daemon d(hv, clock, options);
+  ASSERT_TRUE(d.tick());
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_TRUE(seen[0].libvirt_up);
+  EXPECT_EQ(seen[0].counters.tick_seconds.count(), 1u);
+  EXPECT_EQ(seen[0].counters.actions_applied, (std::map<std::string, std::uint64_t>{{"cpu_shares", 2}}));
+  ASSERT_EQ(seen[0].vms.size(), 2u);
+  EXPECT_EQ(seen[0].vms[0].name, "a");
+  EXPECT_EQ(seen[0].vms[0].cpu_shares, 1455);
+  EXPECT_NEAR(seen[0].vms[1].weight, 0.2895, 1e-4);
+  EXPECT_EQ(seen[0].vms[1].priority_source, "template");
+  EXPECT_EQ(seen[0].vms[0].cpu_seconds, 0.0);  // measured: the fake's domains have used none
+  EXPECT_EQ(seen[0].counters.reconnects, 0u);
+
+  hv.down = true;
+  EXPECT_FALSE(d.tick());
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_FALSE(seen[1].libvirt_up);
+  hv.down = false;
+  hv.dom("a").cpu_shares = 1024;  // someone reset it while the connection was down
+  ASSERT_TRUE(d.tick());
+  ASSERT_EQ(seen.size(), 3u);
+  EXPECT_TRUE(seen[2].libvirt_up);
+  EXPECT_EQ(seen[2].counters.reconnects, 1u);
+  EXPECT_EQ(seen[2].counters.tick_seconds.count(), 3u);
+  EXPECT_EQ(seen[2].counters.actions_applied.at("cpu_shares"), 3u);
+  EXPECT_EQ(d.metrics_snapshot().counters.tick_seconds.count(), 3u);
+}
+
 TEST_F(DaemonTest, AgentReportChangingPriorityTriggersReconcile) {
   GuestEnd guest((dir / "b.sock").string());
   hv.dom("b").channel_path = (dir / "b.sock").string();

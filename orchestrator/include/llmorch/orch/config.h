@@ -29,6 +29,8 @@ struct HostConfig {
   std::string domain_type = "kvm";                     // default for templates that do not set one
   std::optional<std::uint64_t> host_memory_limit_mib;  // Σ VM memory the balloon keeps to; none: no limit
   policy::BalloonConfig balloon;                       // balloon_* keys
+  // Prometheus metrics (metrics.h): "ADDR:PORT" to serve GET /metrics on; empty: off. Read at start.
+  std::string metrics_listen;
 };
 
 class ConfigError : public std::runtime_error {

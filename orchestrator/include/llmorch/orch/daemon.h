@@ -58,6 +58,7 @@
 #include "llmorch/orch/failure_log.h"
 #include "llmorch/orch/hypervisor.h"
 #include "llmorch/orch/latency_window.h"
+#include "llmorch/orch/metrics.h"
 #include "llmorch/orch/notifier.h"
 #include "llmorch/orch/reconciler.h"
 #include "llmorch/orch/status_file.h"
@@ -79,6 +80,8 @@ struct DaemonOptions {
   // Told about readiness, status, reloads and stops, and pinged for its watchdog (see daemon.h's top).
   // Not owned; null: tell nobody.
   Notifier* notifier = nullptr;
+  // Given the Prometheus metrics (metrics.h) after every tick, on the loop's thread. Empty: none.
+  std::function<void(const MetricsSnapshot&)> metrics;
 };
 
 inline constexpr int kStaleStatsPeriods = 3;
@@ -116,6 +119,8 @@ class Daemon {
   const DaemonStatus& status() const { return status_; }
   // The one-line summary sent as STATUS= after each tick.
   std::string status_line() const;
+  // What the metrics callback is given: status.json's VMs, measured CPU time, the daemon's counters.
+  MetricsSnapshot metrics_snapshot() const;
   bool reconcile_due() const { return reconcile_due_; }
   std::uint64_t reconciles() const { return reconciles_; }
   AgentChannels& channels() { return channels_; }
@@ -176,6 +181,7 @@ class Daemon {
   // when it goes stale (a lifecycle event, a reload, a tick that could not plan).
   std::optional<Snapshot> last_snapshot_;
   LatencyWindow report_to_apply_{kLatencySamples};
+  DaemonCounters counters_;  // metrics: tick and report histograms, actions, reconnects
 
   // Per active VM: the previous tick's balloon stats and when their last_update last moved; when
   // llmorchd last changed its balloon, and what the host got back from its last shrink.
