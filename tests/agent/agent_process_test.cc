@@ -203,8 +203,9 @@ TEST_F(AgentProcess, SleepsWhileTheHostIsAwayAndReportsSoonAfterItIsBack) {
   const auto back = std::chrono::steady_clock::now();
   ASSERT_TRUE(wait_for([](const Report&) { return true; }));
   // A pty raises no SIGIO for the new end, so a probe finds it: they back off to 2 s at most, and the
-  // report goes out at once (1.5 s of slack for a loaded machine).
-  EXPECT_LT(std::chrono::steady_clock::now() - back, std::chrono::milliseconds(3500));
+  // report goes out at once (3 s of slack: in CI's first phase this runs beside the fuzzers on 2 cores,
+  // and 1.5 s of slack failed once under load; an agent that stopped probing would take forever).
+  EXPECT_LT(std::chrono::steady_clock::now() - back, std::chrono::milliseconds(5000));
 }
 
 TEST(AgentBinary, OncePrintsOneValidReport) {
