@@ -215,18 +215,14 @@ class LibvirtHypervisor final : public Hypervisor {
     if (n < 0) throw last_error("cannot list the domains on " + uri_);
     std::vector<Domain> owned(doms, doms + n);
     std::free(doms);
-    // The name came with the listing: checking it costs no round trip.
-    std::vector<virDomainPtr> wanted;
-    for (auto& d : owned)
-      if (std::string_view(virDomainGetName(d.get())).starts_with(name_prefix)) wanted.push_back(d.get());
     std::vector<ManagedDomain> out;
-    if (wanted.empty()) return out;
-    // Read once per listing, not once per domain (a round trip each).
-    ListingFacts facts;
-    facts.cpus = host_cpu_count(c->ptr);
-    facts.basics = read_basics(wanted);
-    for (virDomainPtr d : wanted)
-      if (auto m = describe_listed(c->ptr, d, facts)) out.push_back(std::move(*m));
+    std::optional<HostConstants> host;  // read once per listing, not once per domain (a round trip each)
+    for (auto& d : owned) {
+      // The name came with the listing: checking it costs no round trip.
+      if (!std::string_view(virDomainGetName(d.get())).starts_with(name_prefix)) continue;
+      if (!host) host = HostConstants{.cpus = host_cpu_count(c->ptr)};
+      if (auto m = describe_listed(c->ptr, d.get(), *host)) out.push_back(std::move(*m));
+    }
     return out;
   }
 
@@ -237,9 +233,8 @@ class LibvirtHypervisor final : public Hypervisor {
       if (virGetLastErrorCode() == VIR_ERR_NO_DOMAIN) return std::nullopt;
       throw last_error("cannot look up domain '" + name + "'");
     }
-    ListingFacts facts;
-    facts.cpus = host_cpu_count(c->ptr);
-    return describe(d.get(), facts);
+    HostConstants host{.cpus = host_cpu_count(c->ptr)};
+    return describe(d.get(), host);
   }
 
   bool domain_exists(const std::string& name) override {
@@ -545,48 +540,13 @@ class LibvirtHypervisor final : public Hypervisor {
   // errors: VIR_ERR_NO_DOMAIN, "domain is not running", or no error at all ("no error" messages from
   // calls that lost their object). So on any failure, look the domain up again: gone means it is not
   // listed; still there means its state changed under us, and one more try describes the new state.
-  // A domain's state and balloon size, as virDomainGetInfo answers them.
-  struct DomainBasics {
-    int state = 0;  // virDomainState
-    unsigned long long memory_kib = 0, max_memory_kib = 0;
-  };
-
-  // What describe() reads once for a whole listing rather than once per domain (a round trip each).
-  struct ListingFacts {
+  // What describe() needs of the host, the same for every domain: read once for a whole listing.
+  struct HostConstants {
     int cpus = 0;              // host_cpu_count()
     int scheduler_params = 0;  // virDomainGetSchedulerType's count, once one domain has answered (0: not yet)
-    std::map<std::string, DomainBasics> basics;  // by UUID: read_basics() of the domains listed
   };
 
-  // The basics of many domains in one round trip (virDomainListGetStats: state.state, balloon.current
-  // and balloon.maximum, which QEMU answers from the domain's definition, without its job; NOWAIT so
-  // a domain whose job is held holds up nothing). A domain it leaves out, or a driver without it, is
-  // asked on its own by describe(). By UUID.
-  static std::map<std::string, DomainBasics> read_basics(std::vector<virDomainPtr> doms) {
-    std::map<std::string, DomainBasics> out;
-    doms.push_back(nullptr);  // the list ends with NULL
-    virDomainStatsRecordPtr* records = nullptr;
-    const int n = virDomainListGetStats(doms.data(), VIR_DOMAIN_STATS_STATE | VIR_DOMAIN_STATS_BALLOON, &records,
-                                        VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT);
-    if (n < 0) {
-      virResetLastError();
-      return out;
-    }
-    for (int i = 0; i < n; ++i) {
-      const virDomainStatsRecord& r = *records[i];
-      DomainBasics b;
-      char uuid[VIR_UUID_STRING_BUFLEN];
-      if (virTypedParamsGetInt(r.params, r.nparams, "state.state", &b.state) == 1 &&
-          virTypedParamsGetULLong(r.params, r.nparams, "balloon.current", &b.memory_kib) == 1 &&
-          virTypedParamsGetULLong(r.params, r.nparams, "balloon.maximum", &b.max_memory_kib) == 1 &&
-          virDomainGetUUIDString(r.dom, uuid) == 0)
-        out[uuid] = b;
-    }
-    virDomainStatsRecordListFree(records);
-    return out;
-  }
-
-  static std::optional<ManagedDomain> describe_listed(virConnectPtr conn, virDomainPtr d, ListingFacts& host) {
+  static std::optional<ManagedDomain> describe_listed(virConnectPtr conn, virDomainPtr d, HostConstants& host) {
     try {
       return describe(d, host);
     } catch (const HypervisorError& e) {
@@ -611,7 +571,7 @@ class LibvirtHypervisor final : public Hypervisor {
     throw last_error("cannot look up a listed domain again");
   }
 
-  static std::optional<ManagedDomain> describe(virDomainPtr d, ListingFacts& host) {
+  static std::optional<ManagedDomain> describe(virDomainPtr d, HostConstants& host) {
     CString xml(virDomainGetXMLDesc(d, 0));
     if (!xml) throw last_error(std::string("cannot read the XML of domain '") + virDomainGetName(d) + "'");
     auto metadata = read_metadata(xml.get());
@@ -620,22 +580,16 @@ class LibvirtHypervisor final : public Hypervisor {
     m.name = virDomainGetName(d);
     char uuid[VIR_UUID_STRING_BUFLEN];
     if (virDomainGetUUIDString(d, uuid) == 0) m.uuid = uuid;
-    DomainBasics basics;
-    if (auto it = host.basics.find(m.uuid); it != host.basics.end()) {
-      basics = it->second;
-    } else {
-      virDomainInfo info;
-      if (virDomainGetInfo(d, &info) < 0) throw last_error("cannot read the state of domain '" + m.name + "'");
-      basics = {.state = info.state, .memory_kib = info.memory, .max_memory_kib = info.maxMem};
-    }
-    m.state = map_state(basics.state);
+    virDomainInfo info;
+    if (virDomainGetInfo(d, &info) < 0) throw last_error("cannot read the state of domain '" + m.name + "'");
+    m.state = map_state(info.state);
     if (!metadata->facts) {  // llmorch's, but unusable: name, uuid and state only (hypervisor.h)
       m.metadata_error = metadata->error;
       return m;
     }
     m.facts = std::move(*metadata->facts);
-    m.memory_actual_kib = basics.memory_kib;
-    m.memory_max_kib = basics.max_memory_kib;
+    m.memory_actual_kib = info.memory;
+    m.memory_max_kib = info.maxMem;
     LiveDomainXml live = parse_live_domain_xml(xml.get());
     m.vcpus_current = live.vcpus_current;
     m.vcpus_max = live.vcpus_max;
