@@ -184,7 +184,7 @@ std::string Daemon::status_line() const {
 MetricsSnapshot Daemon::metrics_snapshot() const {
   MetricsSnapshot m;
   m.libvirt_up = connected_;
-  m.vms = vm_metrics(status_file_of(status_), status_.cpu_time_s);
+  m.vms = vm_metrics(status_file_of(status_));
   m.counters = counters_;
   return m;
 }

@@ -38,7 +38,7 @@ std::string action_kind(const Action& action) {
                     action.change);
 }
 
-std::vector<VmMetrics> vm_metrics(const StatusFile& status, const std::map<std::string, double>& cpu_seconds) {
+std::vector<VmMetrics> vm_metrics(const StatusFile& status) {
   constexpr std::uint64_t kMiB = 1024 * 1024;
   std::vector<VmMetrics> out;
   out.reserve(status.vms.size());
@@ -50,7 +50,7 @@ std::vector<VmMetrics> vm_metrics(const StatusFile& status, const std::map<std::
     m.weight = v.weight;
     m.cpu_shares = v.cpu_shares;
     m.vcpus_online = v.vcpus_online;
-    if (auto it = cpu_seconds.find(v.name); it != cpu_seconds.end()) m.cpu_seconds = it->second;
+    m.cpu_seconds = v.cpu_time_s;
     if (v.balloon.actual_mib) m.balloon_actual_bytes = *v.balloon.actual_mib * kMiB;
     if (v.balloon.target_mib) m.balloon_target_bytes = *v.balloon.target_mib * kMiB;
     m.balloon_floor_bytes = v.balloon.floor_mib * kMiB;

@@ -141,9 +141,10 @@ TEST(Metrics, VmMetricsComeFromTheStatusFile) {
   StatusFileVm b;
   b.name = "b";
   f.vms = {a, b};
+  f.vms[0].cpu_time_s = 12.5;
   f.problems = {{"b", "unresponsive", "libvirt did not return", "2026-01-01T00:00:00.000Z"},
                 {"a", "channel_held", "held", "2026-01-01T00:00:00.000Z"}};
-  const std::vector<VmMetrics> m = vm_metrics(f, {{"a", 12.5}});
+  const std::vector<VmMetrics> m = vm_metrics(f);
   ASSERT_EQ(m.size(), 2u);
   EXPECT_EQ(m[0].priority, 2);
   EXPECT_EQ(m[0].priority_source, "stale");

@@ -99,8 +99,8 @@ struct MetricsSnapshot {
   DaemonCounters counters;
 };
 
-// The VMs of status.json (as status_file_of makes it), with their measured CPU seconds by VM name.
-std::vector<VmMetrics> vm_metrics(const StatusFile& status, const std::map<std::string, double>& cpu_seconds);
+// The VMs of status.json (as status_file_of makes it; CPU seconds are its cpu_time_s).
+std::vector<VmMetrics> vm_metrics(const StatusFile& status);
 
 // A label value escaped per the exposition format: backslash, double quote and newline.
 std::string escape_label_value(std::string_view value);
